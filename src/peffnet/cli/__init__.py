@@ -1,0 +1,58 @@
+"""The ``peffnet`` command. Each subcommand lives in its own module here and exposes ``register``.
+
+Bad input ends with one line on stderr naming the problem and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from peffnet.errors import ConfigError
+
+# One module per subcommand; each defines ``register(subparsers)`` that sets ``func`` on its parser.
+COMMAND_MODULES = (
+    "peffnet.cli.models",
+    "peffnet.cli.profile",
+)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``peffnet profile: error: ...``) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="peffnet", description=__doc__.splitlines()[0] if __doc__ else None)
+    from peffnet import __version__
+
+    parser.add_argument("--version", action="version", version=f"peffnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"peffnet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"peffnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` etc.
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Block and model configurations of the G-EfficientNet family, as data.
+
+The base network is EfficientNet B0 (Tan & Le, 2019); sizes B1-B7 scale its width, depth and
+resolution. The paper (Section 3.1) generalises every depthwise (spatial) convolution of the MBConv
+blocks to a grouped convolution of group size ``G`` and lowers the expansion ratio ``E`` to keep the
+cost similar: G1/E6 is vanilla, G4/E5 and G16/E4 are the paper's presets (Table 2). Facts the paper
+leaves open are taken from the authors' code, see ``../shared/REFERENCE.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from peffnet.errors import ConfigError
+
+NORMS = ("bn", "gn", "ln", "lnpn", "gnpn")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One MBConv stage of EfficientNet-B0, before width/depth scaling."""
+
+    kernel: int
+    stride: int
+    expand: bool  # False only for stage 1, which keeps E=1 whatever the model's expansion
+    out_channels: int
+    repeats: int
+
+
+# Tan & Le (2019), Table 1: (kernel, stride, expands, channels, repeats) of the B0 stages.
+B0_STAGES: tuple[StageConfig, ...] = (
+    StageConfig(3, 1, False, 16, 1),
+    StageConfig(3, 2, True, 24, 2),
+    StageConfig(5, 2, True, 40, 2),
+    StageConfig(3, 2, True, 80, 3),
+    StageConfig(5, 1, True, 112, 3),
+    StageConfig(5, 2, True, 192, 4),
+    StageConfig(3, 1, True, 320, 1),
+)
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+SE_RATIO = 0.25  # of the block *input* width, so SE width does not change with E
+
+
+@dataclass(frozen=True)
+class SizeConfig:
+    """Compound-scaling coefficients of one EfficientNet size."""
+
+    width: float
+    depth: float
+    resolution: int
+    drop_rate: float
+
+
+SIZES: dict[str, SizeConfig] = {
+    "b0": SizeConfig(1.0, 1.0, 224, 0.2),
+    "b1": SizeConfig(1.0, 1.1, 240, 0.2),
+    "b2": SizeConfig(1.1, 1.2, 260, 0.3),
+    "b3": SizeConfig(1.2, 1.4, 300, 0.3),
+    "b4": SizeConfig(1.4, 1.8, 380, 0.4),
+    "b5": SizeConfig(1.6, 2.2, 456, 0.4),
+    "b6": SizeConfig(1.8, 2.6, 528, 0.5),
+    "b7": SizeConfig(2.0, 3.1, 600, 0.5),
+}
+
+# Paper presets: name prefix -> (group size, expansion ratio). Table 2 / Section 4.1.
+PRESETS: dict[str, tuple[int, int]] = {
+    "": (1, 6),  # vanilla EfficientNet: depthwise, E=6
+    "g4_": (4, 5),
+    "g16_": (16, 4),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything the builder needs to make one network."""
+
+    name: str
+    size: str
+    width: float
+    depth: float
+    resolution: int
+    group_size: int = 1
+    expansion: int = 6
+    norm: str = "bn"
+    num_classes: int = 1000
+    in_chans: int = 3
+    drop_rate: float = 0.2
+    drop_path_rate: float = 0.2  # stochastic depth; survival 0.8 at the last block (REFERENCE.md)
+
+    def __post_init__(self) -> None:
+        for field in ("group_size", "expansion", "num_classes", "in_chans", "resolution"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+        if self.resolution < 32:
+            raise ConfigError(f"resolution must be at least 32 (five stride-2 layers), got {self.resolution}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        for field in ("drop_rate", "drop_path_rate"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ConfigError(f"{field} must be a number in [0, 1), got {value!r}")
+
+
+def model_names() -> list[str]:
+    """All preset names, e.g. ``efficientnet_b0``, ``g4_efficientnet_b3``, ``g16_efficientnet_b7``."""
+    return [f"{prefix}efficientnet_{size}" for prefix in PRESETS for size in SIZES]
+
+
+def preset(name: str, **overrides: object) -> ModelConfig:
+    """The configuration of a preset name with user overrides applied.
+
+    Raises:
+        ConfigError: unknown name, unknown override, or an invalid value.
+    """
+    for prefix, (group_size, expansion) in PRESETS.items():
+        stem = name.removeprefix(prefix) if prefix else name
+        if (prefix == "" or name.startswith(prefix)) and stem.startswith("efficientnet_"):
+            size_key = stem.removeprefix("efficientnet_")
+            if size_key in SIZES:
+                size = SIZES[size_key]
+                base = ModelConfig(
+                    name=name, size=size_key, width=size.width, depth=size.depth,
+                    resolution=size.resolution, group_size=group_size, expansion=expansion,
+                    drop_rate=size.drop_rate,
+                )
+                break
+    else:
+        raise ConfigError(f"unknown model {name!r}; run `peffnet models` for the list")
+    allowed = {"group_size", "expansion", "norm", "num_classes", "in_chans", "drop_rate",
+               "drop_path_rate", "resolution"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown model override(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return replace(base, **clean)  # type: ignore[arg-type]
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a scaled channel count to a multiple of ``divisor``, never dropping more than 10 %."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    """Scale a stage's block count by the depth coefficient, rounding up (Tan & Le, 2019)."""
+    return int(math.ceil(repeats * depth))
+
+
+def nearest_group_size(channels: int, group_size: int) -> int:
+    """The divisor of ``channels`` nearest to the requested group size (paper, Section 3.1, footnote 2).
+
+    Ties (two divisors equally far from ``group_size``) go to the *larger* divisor: it gives the longer
+    dot products and higher arithmetic intensity that motivate grouping in the first place (Appendix A).
+    A group size above ``channels`` becomes ``channels`` (a dense convolution).
+    """
+    best = 1
+    for d in range(1, channels + 1):
+        if channels % d == 0 and abs(d - group_size) <= abs(best - group_size):
+            best = d
+    return best

@@ -159,10 +159,7 @@ def profile_model(model: nn.Module, resolution: int, batch_size: int = 1, in_cha
 def _inside_se(model: nn.Module, name: str) -> bool:
     """True for submodules of a squeeze-excite (their outputs are 1x1 and counted with the SE)."""
     parts = name.split(".")
-    for i in range(1, len(parts)):
-        if isinstance(model.get_submodule(".".join(parts[:i])), SqueezeExcite):
-            return True
-    return False
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), SqueezeExcite) for i in range(1, len(parts)))
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:

@@ -1,0 +1,78 @@
+"""`peffnet models` and `peffnet profile`: output and bad input (issue 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from peffnet.cli import main
+
+
+def test_models_lists_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--json"]) == 0
+    names = json.loads(capsys.readouterr().out)
+    assert "g16_efficientnet_b0" in names and "efficientnet_b7" in names
+
+
+def test_profile_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "g16_efficientnet_b0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert isinstance(out["params"], int) and isinstance(out["macs"], int)
+    assert out["resolution"] == 224
+    assert abs(out["params"] - 5.91e6) < 0.01e6
+    assert set(out["parts"]) == {"stem", *(f"stage{i}" for i in range(1, 8)), "head"}
+    assert sum(p["macs"] for p in out["parts"].values()) == out["macs"]
+    assert sum(p["params"] for p in out["parts"].values()) == out["params"]
+
+
+def test_profile_resolution_and_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "efficientnet_b0", "--resolution", "448", "--group-size", "4", "--expansion", "5",
+                 "--json"]) == 0
+    big = json.loads(capsys.readouterr().out)
+    assert main(["profile", "efficientnet_b0", "--group-size", "4", "--expansion", "5", "--json"]) == 0
+    native = json.loads(capsys.readouterr().out)
+    assert big["resolution"] == 448 and big["params"] == native["params"]
+    assert 3.8 < big["macs"] / native["macs"] < 4.1  # MACs scale with pixels
+
+
+def test_profile_text_report(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "g16_efficientnet_b0", "--norm", "gn"]) == 0
+    out = capsys.readouterr().out
+    for word in ("parameters", "forward MACs", "activation memory", "arithmetic intensity", "stage7",
+                 "stages.1.0.spatial.0"):
+        assert word in out
+
+
+def test_intensity_grows_with_group_size(capsys: pytest.CaptureFixture[str]) -> None:
+    values = []
+    for g in ("1", "16"):
+        main(["profile", "efficientnet_b0", "--group-size", g, "--json"])
+        values.append(json.loads(capsys.readouterr().out)["intensity"])
+    assert values[1] > values[0]  # Appendix A: intensity increases with G
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["profile", "efficientnet_b9"], "unknown model 'efficientnet_b9'"),
+    (["profile", "efficientnet_b0", "--group-size", "0"], "group_size must be a positive integer, got 0"),
+    (["profile", "efficientnet_b0", "--group-size", "1.5"], "group_size must be a positive integer, got '1.5'"),
+    (["profile", "efficientnet_b0", "--expansion", "-2"], "expansion must be a positive integer, got -2"),
+    (["profile", "efficientnet_b0", "--resolution", "31"], "resolution must be at least 32"),
+    (["profile", "efficientnet_b0", "--resolution", "big"], "resolution must be a positive integer, got 'big'"),
+    (["profile", "efficientnet_b0", "--norm", "in"], "unknown norm 'in'"),
+])
+def test_bad_input_exit_2_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_console_script_usage_error_is_one_line() -> None:
+    proc = subprocess.run([sys.executable, "-m", "peffnet", "profile"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "MODEL" in proc.stderr.upper()
+    proc = subprocess.run([sys.executable, "-m", "peffnet", "profile", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "peffnet profile: error: unknown model 'nope'; run `peffnet models` for the list")

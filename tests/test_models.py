@@ -1,0 +1,172 @@
+"""The G-EfficientNet family: names, overrides, Table 2, and ecosystem compatibility (issue 2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import peffnet
+from conftest import meta_model
+from peffnet.models.config import nearest_group_size
+from peffnet.profile import profile_model
+
+# Paper Table 2: (size, G, E, params in M, MACs in G). Values are printed to 0.1.
+TABLE2 = [
+    ("b0", 1, 6, 5.3, 0.4), ("b0", 4, 5, 5.1, 0.4), ("b0", 16, 4, 5.9, 0.6),
+    ("b1", 1, 6, 7.8, 0.7), ("b1", 16, 4, 8.3, 1.1),
+    ("b2", 1, 6, 9.1, 1.0), ("b2", 4, 5, 8.6, 1.0), ("b2", 16, 4, 9.5, 1.5),
+    ("b3", 1, 6, 12.2, 1.8), ("b3", 16, 4, 12.6, 2.7),
+    ("b4", 1, 6, 19.3, 4.4), ("b4", 16, 4, 19.3, 6.2),
+    ("b5", 1, 6, 30.4, 10.2), ("b5", 16, 4, 28.7, 13.4),
+]
+
+
+@pytest.mark.parametrize(("size", "g", "e", "params_m", "macs_g"), TABLE2)
+def test_table2_params_and_macs(size: str, g: int, e: int, params_m: float, macs_g: float) -> None:
+    model = meta_model(f"efficientnet_{size}", group_size=g, expansion=e, norm="gn")
+    prof = profile_model(model, model.cfg.resolution)
+    assert abs(prof.params / 1e6 - params_m) <= 0.05, prof.params
+    # The paper prints F to 0.1 G, so its true value lies within +-0.05 G of the printed one; we require
+    # ours within 3 % of that interval (for B0 the rounding alone is a 12-25 % step; docs/models.md).
+    distance = max(0.0, abs(prof.macs / 1e9 - macs_g) - 0.05)
+    assert distance <= 0.03 * macs_g, prof.macs
+
+
+def test_presets_use_paper_group_size_and_expansion() -> None:
+    names = peffnet.list_models()
+    assert len(names) == 24 and len(set(names)) == 24
+    for size in range(8):
+        assert meta_model(f"efficientnet_b{size}").cfg.group_size == 1
+        g4, g16 = meta_model(f"g4_efficientnet_b{size}"), meta_model(f"g16_efficientnet_b{size}")
+        assert (g4.cfg.group_size, g4.cfg.expansion) == (4, 5)
+        assert (g16.cfg.group_size, g16.cfg.expansion) == (16, 4)
+
+
+def _spatial_convs(model: nn.Module) -> list[nn.Conv2d]:
+    return [m[0] for name, m in model.named_modules() if name.endswith(".spatial")]
+
+
+def test_group_size_rounds_to_a_divisor_of_the_channels() -> None:
+    model = meta_model("efficientnet_b2", group_size=32, expansion=3)
+    seen = set()
+    for conv in _spatial_convs(model):
+        g = conv.in_channels // conv.groups
+        assert conv.in_channels % g == 0
+        assert g == nearest_group_size(conv.in_channels, 32)
+        seen.add((conv.in_channels, g))
+    assert (624, 39) in seen  # stage 6 of B2-G32: the ratio-nearest divisor (docs/models.md)
+
+
+@pytest.mark.parametrize(("channels", "g", "expected"), [
+    (96, 16, 16), (24, 16, 12), (40, 16, 20), (32, 64, 32), (624, 32, 39), (7, 1, 1), (12, 8, 6),
+])
+def test_nearest_group_size(channels: int, g: int, expected: int) -> None:
+    assert nearest_group_size(channels, g) == expected
+
+
+def test_ratio_distance_has_no_ties() -> None:
+    # Two divisors d1 < G < d2 equally far in ratio means d1 * d2 = G^2, and then G itself divides the
+    # channels (each prime's exponent in G is the mean of those in d1 and d2), so G is picked exactly.
+    for channels in range(1, 400):
+        for g in range(1, 80):
+            d = nearest_group_size(channels, g)
+            assert channels % d == 0
+            if channels % g == 0:
+                assert d == g
+
+
+def test_forward_shapes_and_overrides() -> None:
+    model = peffnet.create_model("g16_efficientnet_b0", norm="gn", num_classes=10, in_chans=1,
+                                 drop_rate=0.1, drop_path_rate=0.1).eval()
+    out = model(torch.randn(2, 1, 64, 64))
+    assert out.shape == (2, 10)
+    assert model.dropout.p == 0.1
+    assert model.stem[0].in_channels == 1
+    drop_paths = [m.drop_path for m in model.modules() if hasattr(m, "drop_path")]
+    rates = [getattr(dp, "drop_prob", 0.0) for dp in drop_paths]
+    assert max(rates) <= 0.1 and max(rates) > 0.05  # linear ramp up to drop_path_rate
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
+def test_norm_choices_build_the_right_layers(norm: str) -> None:
+    model = peffnet.create_model("efficientnet_b0", norm=norm, num_classes=3)
+    layer = model.stem[1]
+    if norm == "bn":
+        assert isinstance(layer, nn.BatchNorm2d)
+    else:
+        assert isinstance(layer, nn.GroupNorm) and layer.num_groups == (4 if norm == "gn" else 1)
+        assert layer.eps == 1e-3
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"group_size": 0}, "group_size must be a positive integer, got 0"),
+    ({"group_size": 2.5}, "group_size must be a positive integer, got 2.5"),
+    ({"expansion": -1}, "expansion must be a positive integer, got -1"),
+    ({"norm": "xx"}, "unknown norm 'xx'"),
+    ({"resolution": 16}, "resolution must be at least 32"),
+    ({"num_classes": 0}, "num_classes must be a positive integer"),
+    ({"drop_rate": 1.5}, "drop_rate must be a number in [0, 1)"),
+    ({"colour": 1}, "unknown model override(s) colour"),
+])
+def test_bad_overrides_raise_value_error(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        peffnet.create_model("efficientnet_b0", **overrides)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(ValueError, match="unknown model 'efficientnet_b9'"):
+        peffnet.create_model("efficientnet_b9")
+
+
+def test_channels_last_matches_contiguous() -> None:
+    torch.manual_seed(0)
+    model = peffnet.create_model("g16_efficientnet_b0", norm="gn", num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        model_cl = model.to(memory_format=torch.channels_last)
+        out = model_cl(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_torch_compile_b0_small_resolution() -> None:
+    torch.manual_seed(0)
+    model = peffnet.create_model("efficientnet_b0", norm="gn", num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        compiled = torch.compile(model)
+        out = compiled(x)
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_grad_checkpointing_gives_same_gradients() -> None:
+    torch.manual_seed(0)
+    model = peffnet.create_model("g16_efficientnet_b0", norm="gn", num_classes=5, drop_path_rate=0.0,
+                                 drop_rate=0.0)
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for a, b in zip(ref, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_timm_registry_builds_our_models() -> None:
+    timm = pytest.importorskip("timm")
+    names = timm.list_models("peffnet_*")
+    assert len(names) == 24 and "peffnet_g16_efficientnet_b0" in names
+    assert "efficientnet_b0" in timm.list_models("efficientnet_b0")  # timm's own name is untouched
+    model = timm.create_model("peffnet_g16_efficientnet_b0", num_classes=7, norm="gn", drop_path_rate=0.0)
+    assert isinstance(model, peffnet.EfficientNet)
+    assert model.cfg.norm == "gn" and model.num_classes == 7
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    assert data_cfg["input_size"] == (3, 224, 224)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        timm.create_model("peffnet_efficientnet_b0", pretrained=True)

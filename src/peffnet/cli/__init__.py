@@ -15,6 +15,7 @@ from peffnet.errors import ConfigError
 COMMAND_MODULES = (
     "peffnet.cli.models",
     "peffnet.cli.profile",
+    "peffnet.cli.resolutions",
 )
 
 

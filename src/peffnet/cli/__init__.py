@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "peffnet.cli.models",
     "peffnet.cli.profile",
     "peffnet.cli.resolutions",
+    "peffnet.cli.train",
 )
 
 

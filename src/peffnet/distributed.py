@@ -1,0 +1,102 @@
+"""Device choice and data parallelism under ``torchrun`` (DDP: gloo on CPU, NCCL on CUDA).
+
+``torchrun --nproc_per_node N -m peffnet train ...`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
+without them the run is a single process. Every rank holds the full model; the global batch is split
+across ranks (and each rank's share into micro-batches), and DDP averages the gradients, so the update
+equals the single-process one for the same global batch (paper Section 3.4: data-parallel replicas with
+gradient accumulation).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from peffnet.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process runs: its rank among ``world_size`` processes and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes files, logs and the progress bar."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``; one CUDA device per local rank."""
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {preference!r}")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"local rank {local_rank} has no CUDA device (only {torch.cuda.device_count()})")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def setup(preference: str = "auto") -> Context:
+    """Join the process group torchrun describes (if any) and pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(preference, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                device_id=device if device.type == "cuda" else None)
+    return Context(rank, world_size, local_rank, device)
+
+
+def cleanup() -> None:
+    """Leave the process group (if this process joined one)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place (no-op for one process); returns it."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op for one process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_lists(items: list[str]) -> list[str]:
+    """The concatenation of every rank's ``items`` (one process: ``items``)."""
+    if not dist.is_initialized():
+        return list(items)
+    gathered: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, list(items))
+    return [x for part in gathered for x in (part or [])]

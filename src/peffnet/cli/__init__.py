@@ -14,6 +14,7 @@ from peffnet.errors import ConfigError
 # One module per subcommand; each defines ``register(subparsers)`` that sets ``func`` on its parser.
 COMMAND_MODULES = (
     "peffnet.cli.models",
+    "peffnet.cli.bench",
     "peffnet.cli.profile",
     "peffnet.cli.resolutions",
     "peffnet.cli.train",

@@ -1,0 +1,411 @@
+"""Practical efficiency of models, measured side by side (paper Sections 2.2, 4.4 and 4.5).
+
+For each model: training img/s (forward + backward + optimizer step), inference img/s, batch-1 latency
+(median and p90), peak memory, MACs and the achieved fraction of the device's measured matmul peak.
+
+Fairness rules: every model is warmed up, then the models are timed in *alternation* (the starting
+model rotates each repeat) in one process, and each figure is the median over repeats; ratios are
+medians of per-repeat ratios against the first model, so load that drifts over the run cancels out.
+
+Peak memory is the bytes of the model's own resident tensors (parameters, buffers, optimizer state,
+input batch) plus the largest transient allocation during one step: from CUDA's allocator statistics,
+or on CPU from the allocation events ``torch.profiler`` records (what tensors hold, not process RSS).
+
+Model names: a peffnet preset (``g16_efficientnet_b0``), ``timm:NAME`` or ``torchvision:NAME``
+(always randomly initialised: nothing is downloaded). ``NAME@R`` sets that model's resolution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from peffnet.errors import ConfigError
+from peffnet.models import build, preset
+from peffnet.roofline import DevicePeaks, measure_device, model_macs, synchronize
+
+GIB = 2**30
+MODES = ("train", "infer", "latency")
+PROBE_BATCHES = (1, 4)  # CPU: peak memory is measured at these and extrapolated linearly
+
+
+@dataclass
+class BenchSpec:
+    """One model to measure: a name, builder overrides (peffnet models only) and per-model settings."""
+
+    name: str
+    overrides: dict[str, object] = field(default_factory=dict)
+    resolution: int | None = None  # None: the model's native resolution
+    channels_last: bool = False
+    compile: bool = False
+    label: str = ""
+
+
+@dataclass
+class BenchOptions:
+    """What to measure and how (shared by all models of one run)."""
+
+    modes: tuple[str, ...] = MODES
+    batch_size: int | str = 32  # or "max": largest that fits (training and inference separately)
+    device: str = "cpu"
+    amp: bool = False
+    amp_dtype: str | None = None  # default: float16 on CUDA, bfloat16 on CPU
+    warmup: int = 2
+    repeats: int = 5
+    iters: int = 2  # steps per timed block
+    latency_iters: int = 10  # batch-1 calls per model per repeat
+    memory_cap_gib: float | None = None  # CPU only; default min(4 GiB, 25 % of RAM)
+    max_batch_limit: int = 4096
+    num_classes: int = 1000
+
+
+def parse_spec(text: str, overrides: dict[str, object] | None = None, **settings: object) -> BenchSpec:
+    """``NAME`` or ``NAME@R`` -> :class:`BenchSpec`; ``settings`` fill the other fields."""
+    name, _, res = text.partition("@")
+    resolution = settings.pop("resolution", None)
+    if res:
+        if not res.isdigit() or int(res) <= 0:
+            raise ConfigError(f"bad resolution in {text!r}: expected NAME@PIXELS, e.g. efficientnet_b0@160")
+        resolution = int(res)
+    return BenchSpec(name, dict(overrides or {}), resolution, **settings)  # type: ignore[arg-type]
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device that exists here, or a ConfigError naming why not."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} is not available: torch sees no CUDA GPU on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} is not available: only {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device {name!r}; use cpu or cuda[:N]")
+    return device
+
+
+def build_model(spec: BenchSpec, num_classes: int = 1000) -> tuple[nn.Module, int, str]:
+    """Build (randomly initialised) ``spec``; returns the model, its native resolution and a description."""
+    kind, _, name = spec.name.rpartition(":")
+    if kind and spec.overrides:
+        raise ConfigError(f"model overrides ({', '.join(spec.overrides)}) apply to peffnet models, not {spec.name!r}")
+    if kind == "timm":
+        import timm
+
+        if not timm.is_model(name):
+            raise ConfigError(f"unknown timm model {name!r}; see timm.list_models()")
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        return model, int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]), "timm"
+    if kind == "torchvision":
+        import torchvision
+
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise ConfigError(f"unknown torchvision classification model {name!r}; "
+                              "see torchvision.models.list_models(module=torchvision.models)")
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        try:  # the crop size of its published weights, read from metadata (nothing is downloaded)
+            res = int(torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0])
+        except (ValueError, AttributeError, KeyError):
+            res = 224
+        return model, res, "torchvision"
+    if kind:
+        raise ConfigError(f"unknown model source {kind!r} in {spec.name!r}; use timm:NAME or torchvision:NAME")
+    cfg = preset(name, **{"num_classes": num_classes, **spec.overrides})
+    return build(cfg), cfg.resolution, f"G{cfg.group_size} E{cfg.expansion} {cfg.norm}"
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the profiler's C++ start/stop log lines (file descriptor 2) for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_transient_bytes(step: Callable[[], object], device: torch.device) -> int:
+    """Largest number of bytes allocated during ``step()`` beyond what was allocated before it."""
+    if device.type == "cuda":
+        synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def _nbytes(tensors: object) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))  # type: ignore[attr-defined]
+
+
+class Subject:
+    """One model prepared on the device: eager module, the callable to time (maybe compiled), optimizer."""
+
+    def __init__(self, spec: BenchSpec, opts: BenchOptions, device: torch.device) -> None:
+        self.spec = spec
+        self.device = device
+        model, native, desc = build_model(spec, opts.num_classes)
+        self.resolution = spec.resolution or native
+        self.label = spec.label or spec.name + (f"@{spec.resolution}" if spec.resolution else "")
+        self.desc = desc
+        self.num_classes = opts.num_classes
+        self.params = sum(p.numel() for p in model.parameters())
+        self.macs = model_macs(model, self.resolution)
+        self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=self.memory_format)
+        self.fn: nn.Module = torch.compile(self.model, dynamic=False) if spec.compile else self.model  # type: ignore[assignment]
+        self.optimizer = torch.optim.RMSprop(self.model.parameters(), lr=1e-5, alpha=0.9, eps=1e-3, momentum=0.9)
+        self.amp_dtype = _amp_dtype(opts, device)
+        use_scaler = self.amp_dtype == torch.float16 and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+    def make_step(self, mode: str, batch: int, fn: nn.Module | None = None) -> tuple[Callable[[], None], int]:
+        """A closure running one ``mode`` step at ``batch``, and the bytes of resident tensors it uses."""
+        fn = fn or self.fn
+        r = self.resolution
+        x = torch.randn(batch, 3, r, r, device=self.device).contiguous(memory_format=self.memory_format)
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                  enabled=self.amp_dtype is not None)
+        resident = _nbytes(self.model.parameters()) + _nbytes(self.model.buffers()) + _nbytes([x])
+        if mode == "train":
+            y = torch.randint(0, self.num_classes, (batch,), device=self.device)
+            resident += _nbytes(v for s in self.optimizer.state.values() for v in s.values())
+
+            def step() -> None:
+                self.model.train()
+                self.optimizer.zero_grad(set_to_none=True)
+                with autocast:
+                    loss = F.cross_entropy(fn(x), y)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+        else:
+
+            def step() -> None:
+                self.model.eval()
+                with torch.inference_mode(), autocast:
+                    fn(x)
+
+        return step, resident
+
+    def peak_memory(self, mode: str, batch: int, fn: nn.Module | None = None) -> int:
+        """Resident bytes plus the largest transient allocation of one ``mode`` step at ``batch``."""
+        step, resident = self.make_step(mode, batch, fn)
+        if mode == "train" and not self.optimizer.state:
+            step()  # create the optimizer state first: it is resident, not transient
+            step, resident = self.make_step(mode, batch, fn)
+        self.optimizer.zero_grad(set_to_none=True)
+        return resident + peak_transient_bytes(step, self.device)
+
+    def memory_model(self, mode: str) -> Callable[[int], float]:
+        """CPU: predicted peak bytes of a ``mode`` step at batch b, linear through two measured batches."""
+        p1, p2 = (self.peak_memory(mode, b, self.model) for b in PROBE_BATCHES)
+        slope = max((p2 - p1) / (PROBE_BATCHES[1] - PROBE_BATCHES[0]), 1.0)
+        return lambda b: p1 + (b - PROBE_BATCHES[0]) * slope
+
+    def fits(self, mode: str, opts: BenchOptions) -> Callable[[int], bool]:
+        """Predicate "a ``mode`` step at batch b fits in memory" for :func:`max_batch`.
+
+        CUDA: run the (eager) step and catch out-of-memory. CPU: :meth:`memory_model` against the cap.
+        """
+        if self.device.type == "cpu":
+            predicted, cap = self.memory_model(mode), memory_cap(opts)
+            return lambda b: predicted(b) <= cap
+
+        def fits_cuda(b: int) -> bool:
+            try:
+                step, _ = self.make_step(mode, b, self.model)
+                step()
+                synchronize(self.device)
+                return True
+            except torch.OutOfMemoryError:
+                return False
+            finally:
+                self.optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+
+        return fits_cuda
+
+
+def _amp_dtype(opts: BenchOptions, device: torch.device) -> torch.dtype | None:
+    if not opts.amp:
+        return None
+    name = opts.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")
+    if name not in ("float16", "bfloat16"):
+        raise ConfigError(f"amp dtype must be float16 or bfloat16, got {name!r}")
+    return getattr(torch, name)
+
+
+def memory_cap(opts: BenchOptions) -> float:
+    """CPU memory budget in bytes: ``--memory-cap`` or min(4 GiB, 25 % of physical memory)."""
+    if opts.memory_cap_gib is not None:
+        if opts.memory_cap_gib <= 0:
+            raise ConfigError(f"memory cap must be positive, got {opts.memory_cap_gib} GiB")
+        return opts.memory_cap_gib * GIB
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(4 * GIB, 0.25 * total)
+
+
+def max_batch(fits: Callable[[int], bool], limit: int = 4096) -> int:
+    """Largest batch in ``[1, limit]`` with ``fits(batch)``: double until it fails, then bisect."""
+    if not fits(1):
+        raise ConfigError("even batch size 1 does not fit in memory")
+    lo, hi = 1, None
+    while lo < limit:
+        b = min(2 * lo, limit)
+        if not fits(b):
+            hi = b
+            break
+        lo = b
+    while hi is not None and hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def _time_block(step: Callable[[], None], iters: int, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / iters
+
+
+def alternate(steps: list[Callable[[], None]], warmup: int, repeats: int, iters: int, device: torch.device,
+              desc: str = "") -> list[list[float]]:
+    """Seconds per step of each closure: warm-up, then ``repeats`` rounds in rotating order."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    samples: list[list[float]] = [[] for _ in steps]
+    for r in tqdm(range(repeats), desc=desc, disable=None, leave=False):
+        for k in range(len(steps)):
+            i = (r + k) % len(steps)
+            samples[i].append(_time_block(steps[i], iters, device))
+    return samples
+
+
+def _batch_for(subject: Subject, mode: str, opts: BenchOptions) -> int:
+    """The batch to time ``mode`` at: the requested one (checked against memory) or the searched max."""
+    if mode == "latency":
+        return 1
+    what = "training" if mode == "train" else "inference"
+    if opts.batch_size == "max":
+        try:
+            return max_batch(subject.fits(mode, opts), opts.max_batch_limit)
+        except ConfigError:
+            raise ConfigError(f"{subject.label}: even batch size 1 does not fit in memory for {what}") from None
+    batch = opts.batch_size
+    if subject.device.type == "cpu" and isinstance(batch, int) and batch > PROBE_BATCHES[1]:
+        need, cap = subject.memory_model(mode)(batch), memory_cap(opts)
+        if need > cap:
+            raise ConfigError(f"batch size {batch} does not fit for {subject.label} ({what}): needs about "
+                              f"{need / GIB:.1f} GiB, the CPU memory cap is {cap / GIB:.1f} GiB "
+                              "(--memory-cap, or --batch-size max)")
+    return batch  # type: ignore[return-value]
+
+
+def run_bench(specs: list[BenchSpec], opts: BenchOptions, peaks: DevicePeaks | None = None) -> dict:
+    """Measure every spec for every mode in ``opts.modes``; returns the JSON-ready result."""
+    if not specs:
+        raise ConfigError("no models to benchmark")
+    for name, value in (("repeats", opts.repeats), ("iters", opts.iters), ("latency_iters", opts.latency_iters)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    if opts.batch_size != "max" and (not isinstance(opts.batch_size, int) or opts.batch_size < 1):
+        raise ConfigError(f"batch size must be a positive integer or 'max', got {opts.batch_size!r}")
+    device = resolve_device(opts.device)
+    amp = _amp_dtype(opts, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    subjects = [Subject(s, opts, device) for s in specs]
+    peaks = peaks or measure_device(device, amp or torch.float32)
+    results = [{"name": s.spec.name, "label": s.label, "desc": s.desc, "resolution": s.resolution,
+                "params": s.params, "macs": s.macs, "channels_last": s.spec.channels_last,
+                "compile": s.spec.compile} for s in subjects]
+    for mode in opts.modes:
+        batches = [_batch_for(s, mode, opts) for s in subjects]
+        steps = []
+        for s, b in zip(subjects, batches, strict=True):
+            steps.append(s.make_step(mode, b)[0])
+        try:
+            if mode == "latency":
+                samples = alternate(steps, opts.warmup, opts.repeats * opts.latency_iters, 1, device, "latency")
+            else:
+                samples = alternate(steps, opts.warmup, opts.repeats, opts.iters, device, mode)
+        except torch.OutOfMemoryError:
+            raise ConfigError(f"batch size {opts.batch_size} does not fit in {device} memory ({mode}); "
+                              "use a smaller --batch-size or --batch-size max") from None
+        for i, (s, b, secs) in enumerate(zip(subjects, batches, samples, strict=True)):
+            # Throughput ratio per round (batches may differ under --batch-size max), then the median.
+            ratio = statistics.median((b / t) / (batches[0] / ref) for ref, t in zip(samples[0], secs, strict=True))
+            entry: dict[str, object] = {"batch_size": b, "ratio": ratio}
+            if mode == "latency":
+                ms = [1000 * t for t in secs]
+                p90 = statistics.quantiles(ms, n=10, method="inclusive")[8] if len(ms) > 1 else ms[0]
+                entry.update(median_ms=statistics.median(ms), p90_ms=p90, samples=len(ms))
+            else:
+                img_s = b / statistics.median(secs)
+                passes = 3 if mode == "train" else 1  # backward costs about twice the forward
+                entry.update(img_per_s=img_s, peak_memory_bytes=s.peak_memory(mode, b),
+                             mac_utilization=passes * s.macs * img_s / peaks.macs_per_s)
+            results[i][mode] = entry
+    return {"env": environment(device), "peaks": peaks.to_dict(), "options": _options_dict(opts), "results": results}
+
+
+def _options_dict(opts: BenchOptions) -> dict:
+    out = dict(vars(opts))
+    out["modes"] = list(opts.modes)
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable device: the GPU's name, or the CPU model and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device) -> dict:
+    """Device and library versions, recorded with every result."""
+    import timm
+    import torchvision
+
+    from peffnet import __version__
+
+    return {"device": device.type, "device_name": device_name(device), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__, "peffnet": __version__,
+            "python": platform.python_version()}

@@ -1,0 +1,155 @@
+"""`peffnet bench`: batch search, MAC counting of baselines, memory accounting, alternation, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from peffnet.bench import BenchOptions, BenchSpec, build_model, max_batch, parse_spec, peak_transient_bytes, run_bench
+from peffnet.cli import main
+from peffnet.errors import ConfigError
+from peffnet.models import create_model
+from peffnet.profile import profile_model
+from peffnet.roofline import DevicePeaks, conv_layers, model_macs
+
+FAKE_PEAKS = DevicePeaks("cpu", "float32", 1e11, 1e10)  # skip the microbenchmarks where they are not tested
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP spin-waiting makes 2 threads up to 100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_max_batch_doubles_then_bisects() -> None:
+    probes: list[int] = []
+
+    def fits(b: int) -> bool:
+        probes.append(b)
+        return b <= 37
+
+    assert max_batch(fits) == 37
+    assert probes[:7] == [1, 2, 4, 8, 16, 32, 64]  # doubling until 64 fails
+    assert set(probes[7:]) <= set(range(33, 64))  # then bisection inside (32, 64)
+    assert max_batch(lambda b: True, limit=100) == 100
+    assert max_batch(lambda b: b <= 1) == 1
+    with pytest.raises(ConfigError):
+        max_batch(lambda b: False)
+
+
+def test_generic_layer_count_matches_profile_for_our_model() -> None:
+    model = create_model("g16_efficientnet_b0", num_classes=10)
+    generic = conv_layers(model, 96, batch_size=4)
+    ours = profile_model(model, 96, batch_size=4).layers
+    assert [(g.name, g.macs, g.group_size, g.field) for g in generic] == [(o.name, o.macs, o.group_size, o.field)
+                                                                           for o in ours]
+    assert [g.intensity for g in generic] == pytest.approx([o.intensity for o in ours])
+
+
+@pytest.mark.parametrize("name", ["timm:efficientnet_b0", "torchvision:efficientnet_b0"])
+def test_baselines_build_randomly_initialised_with_b0_cost(name: str) -> None:
+    model, res, _ = build_model(BenchSpec(name))
+    ours, _, _ = build_model(BenchSpec("efficientnet_b0"))
+    assert res == 224
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(5.29e6, rel=0.01)  # REFERENCE.md "Peers"
+    # Same architecture, same count: within 1 % of our G1 B0 (0.40 GMACs).
+    assert model_macs(model, 224) == pytest.approx(model_macs(ours, 224), rel=0.01)
+    assert model_macs(ours, 224) == pytest.approx(0.40e9, rel=0.05)  # published 0.40 also counts SE/pool ops
+
+
+def test_peak_transient_bytes_counts_live_tensors_on_cpu() -> None:
+    def step() -> None:
+        a = torch.ones(2**20)  # 4 MiB
+        b = a * 2  # + 4 MiB while a is alive
+        del a, b
+        c = torch.ones(2**19)  # 2 MiB after both are freed
+        del c
+
+    assert 8 * 2**20 <= peak_transient_bytes(step, torch.device("cpu")) < 8 * 2**20 + 1024  # + profiler scalars
+
+
+def test_parse_spec_resolution_suffix() -> None:
+    spec = parse_spec("g16_efficientnet_b0@160", {"norm": "gn"}, channels_last=True)
+    assert (spec.name, spec.resolution, spec.overrides, spec.channels_last) == ("g16_efficientnet_b0", 160,
+                                                                                {"norm": "gn"}, True)
+    with pytest.raises(ConfigError, match="NAME@PIXELS"):
+        parse_spec("efficientnet_b0@big")
+
+
+def test_run_bench_alternates_and_reports_every_figure() -> None:
+    specs = [BenchSpec("efficientnet_b0", {"norm": "gn"}, 32), BenchSpec("g16_efficientnet_b0", {}, 32)]
+    opts = BenchOptions(batch_size=2, warmup=1, repeats=2, iters=1, latency_iters=2, num_classes=10)
+    out = run_bench(specs, opts, peaks=FAKE_PEAKS)
+    first, second = out["results"]
+    assert first["train"]["ratio"] == 1.0 and first["infer"]["ratio"] == 1.0 and first["latency"]["ratio"] == 1.0
+    for r in out["results"]:
+        params_bytes = 4 * r["params"]
+        for mode in ("train", "infer"):
+            assert r[mode]["img_per_s"] > 0 and r[mode]["batch_size"] == 2
+            assert r[mode]["peak_memory_bytes"] > params_bytes  # weights + activations at least
+            assert r[mode]["mac_utilization"] == pytest.approx(
+                (3 if mode == "train" else 1) * r["macs"] * r[mode]["img_per_s"] / FAKE_PEAKS.macs_per_s)
+        # Training holds gradients, optimizer state and saved activations on top of inference's needs.
+        assert r["train"]["peak_memory_bytes"] > r["infer"]["peak_memory_bytes"]
+        assert r["latency"]["p90_ms"] >= r["latency"]["median_ms"] > 0 and r["latency"]["samples"] == 4
+    assert second["train"]["ratio"] > 0 and second["macs"] != first["macs"]
+    assert out["env"]["torch"] == torch.__version__ and out["peaks"]["macs_per_s"] == 1e11
+
+
+def test_cli_json_and_out_file(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "efficientnet_b0", "timm:efficientnet_b0", "--resolution", "32", "--infer", "--batch-size",
+               "2", "--repeats", "1", "--iters", "1", "--warmup", "1", "--json", "--out", str(out)])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads(out.read_text())
+    assert [r["label"] for r in saved["results"]] == ["efficientnet_b0@32", "timm:efficientnet_b0@32"]
+    assert "train" not in saved["results"][0] and saved["results"][1]["infer"]["img_per_s"] > 0
+    assert printed["results"] == saved["results"] and saved["command"].startswith("peffnet bench")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["timm:no_such_net"], "unknown timm model 'no_such_net'"),
+    (["torchvision:no_such_net"], "unknown torchvision classification model 'no_such_net'"),
+    (["keras:efficientnet_b0"], "unknown model source 'keras'"),
+    (["no_such_net"], "unknown model 'no_such_net'"),
+    (["efficientnet_b0", "--batch-size", "lots"], "batch size must be a positive integer or 'max'"),
+    (["efficientnet_b0", "--batch-size", "0"], "batch size must be a positive integer or 'max'"),
+    (["efficientnet_b0", "--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bad_input_is_one_line_exit_2(argv: list[str], message: str, capsys) -> None:
+    rc = main(["bench", *argv, "--resolution", "32", "--repeats", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and err.startswith("peffnet bench: error: ") and message in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_missing_cuda_device_is_exit_2(capsys) -> None:
+    assert main(["bench", "efficientnet_b0", "--device", "cuda", "--resolution", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "peffnet bench: error: device 'cuda' is not available: torch sees no CUDA GPU on this machine"
+
+
+def test_batch_that_does_not_fit_is_exit_2(capsys) -> None:
+    rc = main(["bench", "efficientnet_b0", "--infer", "--resolution", "64", "--batch-size", "100000",
+               "--memory-cap", "0.25", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "batch size 100000 does not fit for efficientnet_b0@64 (inference)" in err
+
+
+def test_batch_size_max_respects_the_cpu_memory_cap() -> None:
+    cap = 0.1  # GiB
+    opts = BenchOptions(modes=("infer",), batch_size="max", warmup=1, repeats=1, iters=1, memory_cap_gib=cap,
+                        num_classes=10)
+    specs = [BenchSpec("efficientnet_b0", {}, 32), BenchSpec("efficientnet_b0", {}, 64)]
+    small, large = (r["infer"] for r in run_bench(specs, opts, peaks=FAKE_PEAKS)["results"])
+    assert 4 < large["batch_size"] < small["batch_size"] < 4096  # 4x the pixels: a smaller batch fits
+    for infer in (small, large):  # the measured peak at the chosen batch is near the cap
+        assert 0.5 * cap * 2**30 < infer["peak_memory_bytes"] <= 1.2 * cap * 2**30
+    # The ratio compares throughput (img/s), not step time, since the batches differ.
+    assert large["ratio"] == pytest.approx(large["img_per_s"] / small["img_per_s"])

@@ -26,7 +26,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = super().forward(x)
-        return F.silu(x) if self.act else x
+        return F.silu(x, inplace=True) if self.act else x  # in place: x is BN's fresh output
 
 
 class GroupNormAct(nn.GroupNorm):
@@ -38,7 +38,7 @@ class GroupNormAct(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        return F.silu(x) if self.act else x
+        return F.silu(x, inplace=True) if self.act else x  # in place: x is GN's fresh output
 
 
 def norm_act(norm: str, channels: int, act: bool = True) -> nn.Module:

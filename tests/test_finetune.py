@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+import peffnet.finetune as finetune_module
+from peffnet import engine
+from peffnet.checkpoint import load_checkpoint, save_checkpoint
+from peffnet.cli import main
+from peffnet.data import build_dataset
+from peffnet.engine import train_step
 from peffnet.errors import ConfigError
 from peffnet.finetune import finetuned_stage_indices, freeze_for_finetune
 from peffnet.models import create_model
+from resolution_helpers import TINY_FINETUNE, train_tiny
 
 
 def tiny(norm: str = "bn") -> nn.Module:
@@ -59,3 +71,121 @@ def test_frozen_parts_stay_in_eval_mode_and_keep_statistics() -> None:
 def test_bad_depth(bad: object) -> None:
     with pytest.raises(ConfigError, match="--stages must be 1, 2 or 3"):
         finetuned_stage_indices(bad)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- runs (tiny, synthetic)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on the shared 2-core test machine two contending threads run tiny convs ~4x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("parent"))
+
+
+@pytest.fixture(scope="module")
+def run(parent: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[bool]]:
+    """A fine-tuning at 64 px of parts 1-2, recording the preprocessing each dataset was built with."""
+    out, transforms = tmp_path_factory.mktemp("ft") / "run", []
+
+    def spy(spec: str, split: str, resolution: int, train_transform: bool, *a: object, **k: object) -> object:
+        transforms.append(train_transform)
+        return build_dataset(spec, split, resolution, train_transform, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(finetune_module, "build_dataset", spy)
+        assert main(["finetune", str(parent), "--resolution", "64", "--stages", "2", "--out", str(out),
+                     *TINY_FINETUNE]) == 0
+    return out, transforms
+
+
+def test_run_directory_and_summary(parent: Path, run: tuple[Path, list[bool]]) -> None:
+    out, transforms = run
+    assert transforms == [False, False]  # validation preprocessing for training too
+    for name in ("config.yaml", "checkpoint.pt", "metrics.jsonl", "metrics.csv", "summary.json", "tb"):
+        assert (out / name).exists()
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["train_resolution"], s["finetune_stages"], s["epochs"], s["steps"]) == (64, 2, 2, 4)
+    assert Path(s["parent"]) == (parent / "checkpoint.pt").resolve() and s["parent_train_resolution"] == 32
+    assert 0 <= s["top1"] <= 100 and s["trainable_params"] < s["params"]
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["finetune_stages"] == 2 and state["train_resolution"] == 64
+    assert state["optimizer"]["param_groups"][0]["momentum"] == 0.0  # vanilla SGD
+    assert all(torch.equal(state["averaged"][k], v) for k, v in state["model"].items())
+
+
+def test_only_the_chosen_parts_changed(parent: Path, run: tuple[Path, list[bool]]) -> None:
+    before = load_checkpoint(parent / "checkpoint.pt")["averaged"]  # fine-tuning starts from the averaged weights
+    after = load_checkpoint(run[0] / "checkpoint.pt")["model"]
+    trained = ("head.", "classifier.", "stages.5.", "stages.6.")
+    for k, v in before.items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        if k.startswith(trained) and k.endswith("weight") and v.ndim > 1:
+            assert not torch.equal(after[k], v), k
+        elif not k.startswith(trained):
+            assert torch.equal(after[k], v), k
+
+
+def test_cosine_lr_from_scaled_reference(run: tuple[Path, list[bool]]) -> None:
+    steps = [json.loads(line) for line in (run[0] / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in steps if r["kind"] == "step"]
+    peak, total = 0.25 * 8 / 512, 4
+    assert lrs == pytest.approx([peak * 0.5 * (1 + math.cos(math.pi * k / total)) for k in range(total)])
+
+
+def test_resume_mid_epoch_matches_uninterrupted(parent: Path, tmp_path: Path) -> None:
+    args = [str(parent), "--resolution", "32", "--stages", "3", "--epochs", "1", "--checkpoint-every", "2",
+            *TINY_FINETUNE, "--batch-size", "4"]
+    assert main(["finetune", *args, "--out", str(tmp_path / "a")]) == 0
+    calls = []
+
+    def interrupted_step(*a: object, **k: object) -> float:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return train_step(*a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "train_step", interrupted_step)
+        assert main(["finetune", *args, "--out", str(tmp_path / "b")]) == 130
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 2
+    assert main(["finetune", *args, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt")["model"] for d in "ab")
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point()) < 1e-6
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines if '"step"' in x and '"kind": "step"' in x] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--resolution", "16"], "--resolution must be at least 32"),
+    (["--resolution", "abc"], "--resolution must be an integer"),
+    (["--resolution", "64", "--stages", "4"], "--stages must be 1, 2 or 3"),
+    (["--resolution", "64", "--stages", "0"], "--stages must be 1, 2 or 3"),
+    (["--resolution", "64", "--model", "g16_efficientnet_b0"], "holds efficientnet_b0 (G1 E6 gn), not the requested"),
+    (["--resolution", "64", "--norm", "lnpn"], "not the requested norm 'lnpn'"),
+    (["--resolution", "64", "--data", "fashion-mnist"], "1 channel(s), but the checkpoint's efficientnet_b0"),
+])
+def test_bad_input(parent: Path, tmp_path: Path, extra: list[str], message: str,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["finetune", str(parent), "--out", str(tmp_path / "x"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "x" / "checkpoint.pt").exists()
+
+
+def test_missing_or_mismatched_checkpoint(parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["finetune", str(tmp_path / "none.pt"), "--resolution", "64", "--out", str(tmp_path / "x")]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    state = load_checkpoint(parent / "checkpoint.pt")
+    state["averaged"]["classifier.weight"] = torch.zeros(3, 7)  # weights of another shape than its config
+    save_checkpoint(tmp_path / "bad.pt", state)
+    assert main(["finetune", str(tmp_path / "bad.pt"), "--resolution", "64", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "classifier.weight has shape (3, 7)" in err and err.count("\n") == 1

@@ -15,8 +15,11 @@ from peffnet.errors import ConfigError
 COMMAND_MODULES = (
     "peffnet.cli.models",
     "peffnet.cli.bench",
+    "peffnet.cli.report",
     "peffnet.cli.profile",
     "peffnet.cli.resolutions",
+    "peffnet.cli.finetune",
+    "peffnet.cli.eval",
     "peffnet.cli.train",
 )
 

@@ -15,7 +15,6 @@ from peffnet.errors import ConfigError
 COMMAND_MODULES = (
     "peffnet.cli.models",
     "peffnet.cli.bench",
-    "peffnet.cli.report",
     "peffnet.cli.profile",
     "peffnet.cli.resolutions",
     "peffnet.cli.finetune",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +156,28 @@ def test_batch_size_max_respects_the_cpu_memory_cap() -> None:
         assert 0.5 * cap * 2**30 < infer["peak_memory_bytes"] <= 1.2 * cap * 2**30
     # The ratio compares throughput (img/s), not step time, since the batches differ.
     assert large["ratio"] == pytest.approx(large["img_per_s"] / small["img_per_s"])
+
+
+def test_suite_quick_writes_json_and_side_by_side_markdown(tmp_path, monkeypatch) -> None:
+    script = Path(__file__).parents[1] / "benchmarks" / "run_suite.py"
+    spec = importlib.util.spec_from_file_location("run_suite", script)
+    suite = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "run_suite", suite)  # dataclasses look their module up there
+    spec.loader.exec_module(suite)
+    md = tmp_path / "RESULTS.md"
+    assert suite.main(["--quick", "--device", "cpu", "--only", "peers", "resolution", "--results", str(tmp_path),
+                       "--markdown", str(md)]) == 0
+    (path,) = tmp_path.glob("cpu-*-quick.json")
+    result = json.loads(path.read_text())
+    assert [c["key"] for c in result["comparisons"]] == ["peers", "resolution"]
+    peers = result["comparisons"][0]
+    assert [r["label"] for r in peers["runs"][0]["results"]] == ["ours G1-BN", "timm", "torchvision"]
+    timm_ratio = peers["runs"][0]["results"][1]["train"]["ratio"]
+    text = md.read_text()
+    assert f"| ours G1-BN / timm, training | {1 / timm_ratio:.2f}x |" in text
+    assert "## Half vs native training resolution" in text and result["command"] in text
+    # A second device's file renders beside the first: one column per device in the headline table.
+    other = dict(result, env=dict(result["env"], device="cuda", device_name="Fake GPU"))
+    (tmp_path / "cuda-fake-gpu-quick.json").write_text(json.dumps(other))
+    assert suite.main(["--render", "--quick", "--results", str(tmp_path), "--markdown", str(md)]) == 0
+    assert "| comparison | CPU: " in md.read_text() and "| CUDA: Fake GPU |" in md.read_text()

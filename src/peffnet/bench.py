@@ -178,6 +178,7 @@ class Subject:
         self.label = spec.label or spec.name + (f"@{spec.resolution}" if spec.resolution else "")
         self.desc = desc
         self.num_classes = opts.num_classes
+        self.in_chans = int(getattr(getattr(model, "cfg", None), "in_chans", 3))
         self.params = sum(p.numel() for p in model.parameters())
         self.macs = model_macs(model, self.resolution)
         self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
@@ -192,7 +193,7 @@ class Subject:
         """A closure running one ``mode`` step at ``batch``, and the bytes of resident tensors it uses."""
         fn = fn or self.fn
         r = self.resolution
-        x = torch.randn(batch, 3, r, r, device=self.device).contiguous(memory_format=self.memory_format)
+        x = torch.randn(batch, self.in_chans, r, r, device=self.device).contiguous(memory_format=self.memory_format)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                   enabled=self.amp_dtype is not None)
         resident = _nbytes(self.model.parameters()) + _nbytes(self.model.buffers()) + _nbytes([x])

@@ -83,7 +83,7 @@ def measure_bandwidth(device: torch.device, numel: int | None = None, repeats: i
     return 3 * 4 * n / best_time(lambda: torch.add(a, b, out=c), device, repeats, inner=2)
 
 
-def measure_device(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 5) -> DevicePeaks:
+def measure_device(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 10) -> DevicePeaks:
     """Both ceilings of ``device``; compute for ``dtype``, bandwidth in bytes (dtype independent)."""
     return DevicePeaks(str(device), str(dtype).removeprefix("torch."),
                        measure_peak_macs(device, dtype, repeats=repeats), measure_bandwidth(device, repeats=repeats))

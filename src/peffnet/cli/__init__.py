@@ -15,6 +15,7 @@ from peffnet.errors import ConfigError
 COMMAND_MODULES = (
     "peffnet.cli.models",
     "peffnet.cli.bench",
+    "peffnet.cli.report",
     "peffnet.cli.profile",
     "peffnet.cli.resolutions",
     "peffnet.cli.finetune",

@@ -1,0 +1,271 @@
+"""The benchmark suite behind ``benchmarks/RESULTS.md`` (paper Sections 4.4-4.5; REFERENCE.md "Peers").
+
+    python benchmarks/run_suite.py                # CPU: about 6 minutes on 2 cores
+    python benchmarks/run_suite.py --device cuda  # GPU: AMP, larger batches, inference at the largest batch
+    python benchmarks/run_suite.py --render       # only rebuild RESULTS.md from benchmarks/results/*.json
+
+Every comparison is one or two :func:`peffnet.bench.run_bench` calls: its models are measured in
+alternation in this one process after warm-up, and each figure is a median over rounds, so the
+ratios are fair on a shared, noisy machine even when the absolute img/s drift. The result of each
+device goes to ``benchmarks/results/<device>.json``; RESULTS.md shows every device's results side by side.
+
+On CPU, ``OMP_WAIT_POLICY=PASSIVE`` is set before torch loads OpenMP: with threads spin-waiting, a
+2-core machine shared with other processes made the same forward pass vary 70x (15 ms to 3.6 s).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from peffnet.bench import BenchOptions, BenchSpec, resolve_device, run_bench  # noqa: E402
+from peffnet.roofline import DevicePeaks, measure_device  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one device's suite: training at ``train_res``, inference and latency at ``infer_res``."""
+
+    train_res: int
+    train_batch: int | str
+    infer_res: int
+    infer_batch: int | str
+    amp: bool = False
+    repeats: int = 5
+    iters: int = 2
+    latency_iters: int = 5
+    warmup: int = 2
+    compile_train: bool = False  # CPU: compiling a training step takes minutes on 2 cores
+    native_res: int = 224  # the half-vs-native comparison (paper Table 1, B0)
+    half_res: int = 160
+
+
+SETTINGS = {
+    "cpu": Settings(train_res=128, train_batch=8, infer_res=224, infer_batch=8),
+    "cuda": Settings(train_res=224, train_batch=128, infer_res=224, infer_batch="max", amp=True, repeats=7,
+                     iters=10, latency_iters=20, warmup=5, compile_train=True),
+    "quick": Settings(train_res=32, train_batch=2, infer_res=32, infer_batch=2, repeats=1, iters=1,
+                      latency_iters=1, warmup=1, native_res=64, half_res=32),
+}
+
+
+@dataclass
+class Comparison:
+    """Models measured together; ``summary`` pairs (numerator, denominator) become headline ratios."""
+
+    key: str
+    title: str
+    specs: list[BenchSpec]
+    modes: tuple[str, ...] = ("train", "infer", "latency")
+    summary: list[tuple[str, str]] = field(default_factory=list)
+    note: str = ""
+
+
+def ours(label: str, name: str = "efficientnet_b0", **kw: object) -> BenchSpec:
+    return BenchSpec(name, label=label, **kw)  # type: ignore[arg-type]
+
+
+def comparisons(s: Settings) -> list[Comparison]:
+    """The suite: peers, group size, normalization, resolution, memory format, compilation."""
+    g16 = "g16_efficientnet_b0"
+    return [
+        Comparison("peers", "Ours (G1-BN B0) vs timm and torchvision EfficientNet-B0", [
+            ours("ours G1-BN"), ours("timm", "timm:efficientnet_b0"),
+            ours("torchvision", "torchvision:efficientnet_b0"),
+        ], summary=[("ours G1-BN", "timm"), ("ours G1-BN", "torchvision")],
+            note="All three randomly initialised with 1000 classes; timm and torchvision as created by default "
+                 "(timm: no stochastic depth; torchvision and ours: 0.2)."),
+        Comparison("group_size", "Group size: G16 (E4) vs G1 (E6), GN, B0", [
+            ours("G1-GN", overrides={"norm": "gn"}), ours("G16-GN", g16, overrides={"norm": "gn"}),
+        ], summary=[("G16-GN", "G1-GN")]),
+        Comparison("norms", "Normalization of G16 B0: LN+PN vs GN vs BN", [
+            ours("G16-GN", g16, overrides={"norm": "gn"}), ours("G16-BN", g16),
+            ours("G16-LN+PN", g16, overrides={"norm": "lnpn"}),
+        ], modes=("train", "infer"), summary=[("G16-LN+PN", "G16-GN"), ("G16-BN", "G16-GN")],
+            note="LN+PN in inference computes the proxy moments once (cached in eval mode); no folding applied."),
+        Comparison("resolution", "Half vs native training resolution, G16-LN+PN B0", [
+            ours("G16-LN+PN-Native", g16, overrides={"norm": "lnpn"}, resolution=s.native_res),
+            ours("G16-LN+PN-Half", g16, overrides={"norm": "lnpn"}, resolution=s.half_res),
+        ], modes=("train",), summary=[("G16-LN+PN-Half", "G16-LN+PN-Native")],
+            note="Both at the same batch; half resolution (160 px) has about half the pixels of native (224 px)."),
+        Comparison("channels_last", "Memory format: channels_last (NHWC) vs NCHW", [
+            ours("G1-BN NCHW"), ours("G1-BN NHWC", channels_last=True),
+            ours("G16-BN NCHW", g16), ours("G16-BN NHWC", g16, channels_last=True),
+        ], modes=("train", "infer"), summary=[("G1-BN NHWC", "G1-BN NCHW"), ("G16-BN NHWC", "G16-BN NCHW")]),
+        Comparison("compile", "torch.compile vs eager, G1-BN B0", [
+            ours("G1-BN eager"), ours("G1-BN compiled", compile=True),
+        ], modes=("train", "infer") if s.compile_train else ("infer",),
+            summary=[("G1-BN compiled", "G1-BN eager")],
+            note="" if s.compile_train else "Inference only: compiling a training step takes minutes on 2 CPU cores."),
+    ]
+
+
+def run_comparison(c: Comparison, s: Settings, device: str, peaks: DevicePeaks) -> list[dict]:
+    """One bench run for training (at ``train_res``) and one for inference + latency (at ``infer_res``)."""
+    runs = []
+    base = BenchOptions(device=device, amp=s.amp, warmup=s.warmup, repeats=s.repeats, iters=s.iters,
+                        latency_iters=s.latency_iters)
+    for modes, res, batch in ((("train",), s.train_res, s.train_batch),
+                              (("infer", "latency"), s.infer_res, s.infer_batch)):
+        wanted = tuple(m for m in modes if m in c.modes)
+        if not wanted:
+            continue
+        specs = [replace(sp, resolution=sp.resolution or res) for sp in c.specs]
+        opts = replace(base, modes=wanted, batch_size=batch)
+        print(f"[{c.key}] {', '.join(wanted)}: {', '.join(sp.label for sp in specs)}", file=sys.stderr, flush=True)
+        runs.append(run_bench(specs, opts, peaks=peaks))
+    return runs
+
+
+def device_key(env: dict) -> str:
+    """File name of a device's results, e.g. ``cpu-amd-epyc`` or ``cuda-nvidia-h100-80gb-hbm3``."""
+    name = re.sub(r"\(.*?\)", "", env["device_name"]).strip().lower()
+    return f"{env['device']}-{re.sub(r'[^a-z0-9]+', '-', name).strip('-')}"
+
+
+def _ratio(run: dict, label: str, mode: str) -> float | None:
+    row = next((r for r in run["results"] if r["label"] == label), None)
+    return row[mode]["ratio"] if row and mode in row else None
+
+
+def headline(comp: dict, num: str, den: str, mode: str) -> float | None:
+    """``num`` over ``den`` for ``mode``: a quotient of the runs' ratios against their first model."""
+    for run in comp["runs"]:
+        a, b = _ratio(run, num, mode), _ratio(run, den, mode)
+        if a is not None and b is not None:
+            return a / b
+    return None
+
+
+def device_title(res: dict) -> str:
+    env = res["env"]
+    return f"{env['device'].upper()}: {env['device_name']}"
+
+
+def _cells(row: dict, mode: str) -> list[str]:
+    m = row.get(mode)
+    if m is None:
+        return [""] * (6 if mode != "latency" else 2)
+    if mode == "latency":
+        return [f"{m['median_ms']:.1f} / {m['p90_ms']:.1f}", f"{m['ratio']:.2f}x"]
+    return [f"{row['resolution']} / {m['batch_size']}", f"{row['macs'] / 1e9:.3f}", f"{m['img_per_s']:.1f}",
+            f"{m['ratio']:.2f}x", f"{m['peak_memory_bytes'] / 2**20:.0f}", f"{100 * m['mac_utilization']:.1f} %"]
+
+
+def comparison_table(comp: dict) -> list[str]:
+    """One markdown table: a row per model, training / inference / latency columns as measured."""
+    modes = [m for m in ("train", "infer", "latency") if any(m in r for run in comp["runs"] for r in run["results"])]
+    heads = {"train": ["train res / batch", "GMACs", "train img/s", "ratio", "peak MiB", "MAC util"],
+             "infer": ["infer res / batch", "GMACs", "infer img/s", "ratio", "peak MiB", "MAC util"],
+             "latency": ["batch-1 latency ms (median / p90)", "speed"]}
+    cols = ["model", "params", *[h for m in modes for h in heads[m]]]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    labels = list(dict.fromkeys(r["label"] for run in comp["runs"] for r in run["results"]))
+    for label in labels:
+        rows = {m: r for run in comp["runs"] for r in run["results"] if r["label"] == label for m in modes if m in r}
+        first = next(iter(rows.values()))
+        cells = [label, f"{first['params'] / 1e6:.2f}M"]
+        for m in modes:
+            cells += _cells(rows.get(m, {}), m)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render(results: list[dict]) -> str:
+    """RESULTS.md: headline ratios of every device side by side, then each comparison's tables."""
+    out = ["# Benchmark results", "",
+           "Generated by `python benchmarks/run_suite.py` from `benchmarks/results/*.json` (one file per device; "
+           "see docs/benchmarks.md). Do not edit by hand. Models of one table are measured in alternation in one "
+           "process; *ratio* is the median over rounds of each model's img/s over the table's first model "
+           "(higher is faster), so it is fair even when the machine's load drifts. GMACs per image at that "
+           "resolution; training MAC utilization counts 3x the forward MACs (forward + backward) against the "
+           "measured matmul peak.", ""]
+    mode_name = {"train": "training", "infer": "inference", "latency": "batch-1 latency"}
+    out += ["## Headline ratios (higher = faster)", "",
+            "| comparison | " + " | ".join(device_title(r) for r in results) + " |",
+            "|---|" + "---|" * len(results)]
+    keys: dict[tuple[str, str, str, str], str] = {}
+    for res in results:
+        for comp in res["comparisons"]:
+            for num, den in comp["summary"]:
+                for mode in ("train", "infer", "latency"):
+                    if headline(comp, num, den, mode) is not None:
+                        keys.setdefault((comp["key"], num, den, mode), f"{num} / {den}, {mode_name[mode]}")
+    for (key, num, den, mode), text in keys.items():
+        vals = []
+        for res in results:
+            comp = next((c for c in res["comparisons"] if c["key"] == key), None)
+            value = headline(comp, num, den, mode) if comp else None
+            vals.append("" if value is None else f"{value:.2f}x")
+        out.append(f"| {text} | " + " | ".join(vals) + " |")
+    titles = {c["key"]: (c["title"], c["note"]) for res in results for c in res["comparisons"]}
+    for key, (title, note) in titles.items():
+        out += ["", f"## {title}", ""] + ([note, ""] if note else [])
+        for res in results:
+            comp = next((c for c in res["comparisons"] if c["key"] == key), None)
+            if comp is None:
+                continue
+            env, peaks, st = res["env"], res["peaks"], res["settings"]
+            out += [f"### {device_title(res)}", "",
+                    f"`{res['command']}` (whole suite {res['wall_time_s'] / 60:.1f} min); torch {env['torch']}, "
+                    f"torchvision {env['torchvision']}, timm {env['timm']}, peffnet {env['peffnet']}; measured peak "
+                    f"{peaks['macs_per_s'] / 1e9:.1f} GMAC/s ({peaks['dtype']} matmul), bandwidth "
+                    f"{peaks['bytes_per_s'] / 1e9:.1f} GB/s; AMP {'on' if st['amp'] else 'off'}; warm-up "
+                    f"{st['warmup']}, {st['repeats']} rounds of {st['iters']} steps "
+                    f"({st['repeats'] * st['latency_iters']} batch-1 calls per model for latency).", ""]
+            out += comparison_table(comp)
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--only", nargs="+", metavar="KEY", help="run only these comparisons (keys as in RESULTS.md)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one round: a smoke test, not a measurement")
+    p.add_argument("--results", type=Path, default=HERE / "results", help="folder of the per-device JSON files")
+    p.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md", help="the rendered tables")
+    p.add_argument("--render", action="store_true", help="only rebuild the markdown from the JSON files")
+    args = p.parse_args(argv)
+    if not args.render:
+        device = resolve_device(args.device)
+        s = SETTINGS["quick" if args.quick else device.type]
+        todo = [c for c in comparisons(s) if not args.only or c.key in args.only]
+        start = time.perf_counter()
+        dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if s.amp else torch.float32
+        peaks = measure_device(device, dtype)
+        cmd = ["python", "benchmarks/run_suite.py", *(argv if argv is not None else sys.argv[1:])]
+        out = {"command": " ".join(cmd),
+               "settings": vars(s), "comparisons": []}
+        for c in todo:
+            runs = run_comparison(c, s, str(device), peaks)
+            out["comparisons"].append({"key": c.key, "title": c.title, "note": c.note, "summary": c.summary,
+                                       "runs": runs})
+        out["env"] = runs[0]["env"]
+        out["peaks"] = runs[0]["peaks"]
+        out["wall_time_s"] = time.perf_counter() - start
+        args.results.mkdir(parents=True, exist_ok=True)
+        path = args.results / f"{device_key(out['env'])}{'-quick' if args.quick else ''}.json"
+        path.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {path} ({out['wall_time_s']:.0f} s)", file=sys.stderr)
+    files = sorted(p for p in args.results.glob("*.json") if not p.stem.endswith("-quick") or args.quick)
+    args.markdown.write_text(render([json.loads(f.read_text()) for f in files]))
+    print(f"wrote {args.markdown}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

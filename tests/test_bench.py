@@ -15,7 +15,14 @@ from peffnet.cli import main
 from peffnet.errors import ConfigError
 from peffnet.models import create_model
 from peffnet.profile import profile_model
-from peffnet.roofline import DevicePeaks, conv_layers, model_macs
+from peffnet.roofline import (
+    DevicePeaks,
+    conv_layers,
+    layer_kind,
+    measure_bandwidth,
+    measure_peak_macs,
+    model_macs,
+)
 
 FAKE_PEAKS = DevicePeaks("cpu", "float32", 1e11, 1e10)  # skip the microbenchmarks where they are not tested
 
@@ -181,3 +188,37 @@ def test_suite_quick_writes_json_and_side_by_side_markdown(tmp_path, monkeypatch
     (tmp_path / "cuda-fake-gpu-quick.json").write_text(json.dumps(other))
     assert suite.main(["--render", "--quick", "--results", str(tmp_path), "--markdown", str(md)]) == 0
     assert "| comparison | CPU: " in md.read_text() and "| CUDA: Fake GPU |" in md.read_text()
+
+
+def test_device_ceilings_are_measured() -> None:
+    cpu = torch.device("cpu")
+    assert measure_peak_macs(cpu, size=256, repeats=2) > 1e8  # any CPU does 0.1 GMAC/s
+    assert measure_bandwidth(cpu, numel=2**22, repeats=2) > 1e8
+
+
+def test_roofline_places_g16_spatial_convs_at_higher_intensity() -> None:
+    """Appendix A: intensity grows with the group size, so G16's spatial convs sit right of G1's."""
+    rows = {}
+    for name in ("efficientnet_b0", "g16_efficientnet_b0"):
+        layers = conv_layers(create_model(name), 224, batch_size=8)
+        rows[name] = [layer for layer in layers if layer_kind(layer) == "spatial kxk"]
+        assert len(rows[name]) == 16  # one per MBConv block of B0
+    g1 = sorted(layer.intensity for layer in rows["efficientnet_b0"])
+    g16 = sorted(layer.intensity for layer in rows["g16_efficientnet_b0"])
+    assert g16[len(g16) // 2] > 5 * g1[len(g1) // 2]
+
+
+def test_roofline_cli_writes_plot_and_measured_points(tmp_path, capsys) -> None:
+    out = tmp_path / "roof"
+    assert main(["roofline", "efficientnet_b0", "timm:efficientnet_b0", "--resolution", "32", "--batch-size", "2",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert "ridge" in capsys.readouterr().out
+    for name in ("roofline.png", "roofline.svg"):
+        assert (out / name).stat().st_size > 1000
+    record = json.loads((out / "roofline.json").read_text())
+    ours, timm_layers = record["layers"].values()
+    assert len(ours) == len(timm_layers) == 82  # 81 convs + classifier, in both implementations
+    assert all(layer["achieved_macs_per_s"] > 0 for layer in ours)
+    assert {r["kind"] for r in record["summary"]} >= {"stem", "spatial kxk", "pointwise 1x1", "squeeze-excite"}
+    assert record["peaks"]["ridge_macs_per_byte"] == pytest.approx(
+        record["peaks"]["macs_per_s"] / record["peaks"]["bytes_per_s"])

@@ -16,10 +16,12 @@ COMMAND_MODULES = (
     "peffnet.cli.models",
     "peffnet.cli.bench",
     "peffnet.cli.report",
+    "peffnet.cli.roofline",
     "peffnet.cli.profile",
     "peffnet.cli.resolutions",
     "peffnet.cli.finetune",
     "peffnet.cli.eval",
+    "peffnet.cli.recipe",
     "peffnet.cli.train",
 )
 

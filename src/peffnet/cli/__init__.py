@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "peffnet.cli.bench",
     "peffnet.cli.report",
     "peffnet.cli.roofline",
+    "peffnet.cli.export",
     "peffnet.cli.profile",
     "peffnet.cli.resolutions",
     "peffnet.cli.finetune",

@@ -1,0 +1,88 @@
+"""`peffnet export`: ONNX and TorchScript files that reproduce PyTorch to 1e-4; bad input."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import peffnet.export as export_mod
+from peffnet.checkpoint import model_from_checkpoint
+from peffnet.cli import main
+from peffnet.errors import ConfigError
+
+TINY = ["--data", "synthetic", "--subset", "16", "--val-subset", "8", "--batch-size", "8", "--resolution", "32",
+        "--epochs", "1", "--no-progress", "--drop-rate", "0", "--drop-path-rate", "0", "--mixup-alpha", "0",
+        "--cutmix-lambda", "1", "--lr", "0.01", "--warmup-epochs", "0.5", "--recipe-epochs", "0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP spin-waiting makes 2 threads up to 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A real (tiny) training run: G16-GN B0 on synthetic 32 px images, 2 steps."""
+    out = tmp_path_factory.mktemp("export") / "g16gn"
+    assert main(["train", "--model", "g16_efficientnet_b0", "--norm", "gn", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def reference_logits(run_dir: Path, x: torch.Tensor) -> np.ndarray:
+    model, _ = model_from_checkpoint(run_dir / "checkpoint.pt")
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+def test_onnx_export_matches_pytorch(run_dir: Path, tmp_path: Path, capsys) -> None:
+    import onnxruntime as ort
+
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(run_dir), "--format", "onnx", "--resolution", "64", "--out", str(out)]) == 0
+    assert "max |difference| to PyTorch" in capsys.readouterr().out
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))  # batch 5: the batch axis is dynamic
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert got.shape == (5, 10)
+    np.testing.assert_allclose(got, reference_logits(run_dir, x), rtol=0, atol=1e-4)
+
+
+def test_torchscript_export_matches_pytorch_and_defaults_beside_the_checkpoint(run_dir: Path, capsys) -> None:
+    assert main(["export", str(run_dir / "checkpoint.pt"), "--format", "torchscript"]) == 0
+    out = run_dir / "g16_efficientnet_b0-32px.torchscript.pt"
+    assert str(out) in capsys.readouterr().out
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still loadable
+        got = torch.jit.load(str(out))(x).numpy()
+    np.testing.assert_allclose(got, reference_logits(run_dir, x), rtol=0, atol=1e-4)
+
+
+def test_mismatch_writes_nothing(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    real = export_mod._run_exported
+    monkeypatch.setattr(export_mod, "_run_exported", lambda fmt, path, x: real(fmt, path, x) + 1e-3)
+    out = tmp_path / "bad.pt"
+    with pytest.raises(ConfigError, match="differs from PyTorch by 0.001 > 0.0001; nothing written"):
+        export_mod.export_checkpoint(run_dir, "torchscript", out=out)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["{missing}"], "cannot read checkpoint"),
+    (["{run}", "--resolution", "16"], "resolution must be at least 32"),
+    (["{run}", "--resolution", "big"], "resolution must be an integer"),
+    (["{run}", "--out", "{missing}/x.onnx"], "does not exist"),
+])
+def test_bad_input_is_one_line_exit_2(run_dir: Path, tmp_path: Path, args: list[str], message: str, capsys) -> None:
+    argv = [a.format(run=run_dir, missing=tmp_path / "nope") for a in args]
+    assert main(["export", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("peffnet export: error: ") and message in err

@@ -9,8 +9,8 @@ alternation in this one process after warm-up, and each figure is a median over 
 ratios are fair on a shared, noisy machine even when the absolute img/s drift. The result of each
 device goes to ``benchmarks/results/<device>.json``; RESULTS.md shows every device's results side by side.
 
-On CPU, ``OMP_WAIT_POLICY=PASSIVE`` is set before torch loads OpenMP: with threads spin-waiting, a
-2-core machine shared with other processes made the same forward pass vary 70x (15 ms to 3.6 s).
+``OMP_WAIT_POLICY=PASSIVE`` is set before torch loads OpenMP: on a CPU shared with other processes,
+threads that spin while waiting for each other make timings erratic (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -29,8 +29,16 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from peffnet.bench import BenchOptions, BenchSpec, resolve_device, run_bench  # noqa: E402
-from peffnet.roofline import DevicePeaks, measure_device  # noqa: E402
+from peffnet.bench import BenchOptions, BenchSpec, environment, resolve_device, run_bench  # noqa: E402
+from peffnet.errors import ConfigError  # noqa: E402
+from peffnet.roofline import (  # noqa: E402
+    DevicePeaks,
+    conv_layers,
+    measure_device,
+    plot_roofline,
+    summarize,
+    time_layers,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,14 +59,15 @@ class Settings:
     compile_train: bool = False  # CPU: compiling a training step takes minutes on 2 cores
     native_res: int = 224  # the half-vs-native comparison (paper Table 1, B0)
     half_res: int = 160
+    roofline_batch: int = 8  # batch B of Eq. 7 and of the per-layer timings
 
 
 SETTINGS = {
     "cpu": Settings(train_res=128, train_batch=8, infer_res=224, infer_batch=8),
     "cuda": Settings(train_res=224, train_batch=128, infer_res=224, infer_batch="max", amp=True, repeats=7,
-                     iters=10, latency_iters=20, warmup=5, compile_train=True),
+                     iters=10, latency_iters=20, warmup=5, compile_train=True, roofline_batch=64),
     "quick": Settings(train_res=32, train_batch=2, infer_res=32, infer_batch=2, repeats=1, iters=1,
-                      latency_iters=1, warmup=1, native_res=64, half_res=32),
+                      latency_iters=1, warmup=1, native_res=64, half_res=32, roofline_batch=2),
 }
 
 
@@ -128,6 +137,23 @@ def run_comparison(c: Comparison, s: Settings, device: str, peaks: DevicePeaks) 
         print(f"[{c.key}] {', '.join(wanted)}: {', '.join(sp.label for sp in specs)}", file=sys.stderr, flush=True)
         runs.append(run_bench(specs, opts, peaks=peaks))
     return runs
+
+
+def run_roofline(s: Settings, device: torch.device, path: Path) -> dict:
+    """G1 vs G16 B0 on the float32 roofline (Appendix A): plot next to the results, summary into them."""
+    from peffnet.models import create_model
+
+    res = s.infer_res
+    peaks = measure_device(device)
+    points = {}
+    for name in ("efficientnet_b0", "g16_efficientnet_b0"):
+        print(f"[roofline] {name}@{res}, batch {s.roofline_batch}", file=sys.stderr, flush=True)
+        model = create_model(name)
+        layers = conv_layers(model, res, s.roofline_batch)
+        points[f"{name}@{res}"] = list(zip(layers, time_layers(model, layers, s.roofline_batch, device), strict=True))
+    files = plot_roofline(peaks, points, path, title=f"G1 vs G16 B0, batch {s.roofline_batch}, {device}")
+    return {"batch_size": s.roofline_batch, "resolution": res, "peaks": peaks.to_dict(),
+            "summary": summarize(points, peaks), "files": [f.name for f in files]}
 
 
 def device_key(env: dict) -> str:
@@ -228,7 +254,35 @@ def render(results: list[dict]) -> str:
                     f"({st['repeats'] * st['latency_iters']} batch-1 calls per model for latency).", ""]
             out += comparison_table(comp)
             out.append("")
+    out += roofline_section(results)
     return "\n".join(out).rstrip() + "\n"
+
+
+def roofline_section(results: list[dict]) -> list[str]:
+    """Per device: the roofline plot and, per layer family, median intensity and fraction of peak."""
+    have = [r for r in results if "roofline" in r]
+    if not have:
+        return []
+    out = ["", "## Roofline: G1 vs G16 B0 convolutions (Appendix A)", "",
+           "Each convolution run alone at its in-network input shape; x = Eq. 7 intensity (MACs per byte, "
+           "float32), y = achieved MAC/s; the roof is the measured matmul peak and vector-add bandwidth. "
+           "Same as `peffnet roofline efficientnet_b0 g16_efficientnet_b0 --batch-size B`.", ""]
+    for res in have:
+        roof = res["roofline"]
+        pk = roof["peaks"]
+        out += [f"### {device_title(res)}", "",
+                f"`{res['command']}`; batch {roof['batch_size']}, {roof['resolution']} px; peak "
+                f"{pk['macs_per_s'] / 1e9:.1f} GMAC/s, bandwidth {pk['bytes_per_s'] / 1e9:.1f} GB/s, ridge "
+                f"{pk['ridge_macs_per_byte']:.1f} MACs/byte.", "",
+                f"![roofline](results/{roof['files'][0]})", "",
+                "| model | layers | count | share of MACs | median intensity (MACs/byte) | median fraction of peak |",
+                "|---|---|---|---|---|---|"]
+        for row in roof["summary"]:
+            frac = row["median_fraction_of_peak"]
+            out.append(f"| {row['model']} | {row['kind']} | {row['layers']} | {100 * row['mac_share']:.1f} % | "
+                       f"{row['median_intensity']:.1f} | {'' if frac is None else f'{100 * frac:.1f} %'} |")
+        out.append("")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,17 +302,19 @@ def main(argv: list[str] | None = None) -> int:
         dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if s.amp else torch.float32
         peaks = measure_device(device, dtype)
         cmd = ["python", "benchmarks/run_suite.py", *(argv if argv is not None else sys.argv[1:])]
-        out = {"command": " ".join(cmd),
-               "settings": vars(s), "comparisons": []}
+        env = environment(device)
+        stem = f"{device_key(env)}{'-quick' if args.quick else ''}"
+        out = {"command": " ".join(cmd), "env": env, "peaks": peaks.to_dict(), "settings": vars(s),
+               "comparisons": []}
+        args.results.mkdir(parents=True, exist_ok=True)
         for c in todo:
             runs = run_comparison(c, s, str(device), peaks)
             out["comparisons"].append({"key": c.key, "title": c.title, "note": c.note, "summary": c.summary,
                                        "runs": runs})
-        out["env"] = runs[0]["env"]
-        out["peaks"] = runs[0]["peaks"]
+        if not args.only or "roofline" in args.only:
+            out["roofline"] = run_roofline(s, device, args.results / f"{stem}-roofline")
         out["wall_time_s"] = time.perf_counter() - start
-        args.results.mkdir(parents=True, exist_ok=True)
-        path = args.results / f"{device_key(out['env'])}{'-quick' if args.quick else ''}.json"
+        path = args.results / f"{stem}.json"
         path.write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {path} ({out['wall_time_s']:.0f} s)", file=sys.stderr)
     files = sorted(p for p in args.results.glob("*.json") if not p.stem.endswith("-quick") or args.quick)
@@ -268,4 +324,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ConfigError as err:
+        print(f"run_suite.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -172,8 +172,8 @@ def test_suite_quick_writes_json_and_side_by_side_markdown(tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "run_suite", suite)  # dataclasses look their module up there
     spec.loader.exec_module(suite)
     md = tmp_path / "RESULTS.md"
-    assert suite.main(["--quick", "--device", "cpu", "--only", "peers", "resolution", "--results", str(tmp_path),
-                       "--markdown", str(md)]) == 0
+    assert suite.main(["--quick", "--device", "cpu", "--only", "peers", "resolution", "roofline", "--results",
+                       str(tmp_path), "--markdown", str(md)]) == 0
     (path,) = tmp_path.glob("cpu-*-quick.json")
     result = json.loads(path.read_text())
     assert [c["key"] for c in result["comparisons"]] == ["peers", "resolution"]
@@ -183,6 +183,7 @@ def test_suite_quick_writes_json_and_side_by_side_markdown(tmp_path, monkeypatch
     text = md.read_text()
     assert f"| ours G1-BN / timm, training | {1 / timm_ratio:.2f}x |" in text
     assert "## Half vs native training resolution" in text and result["command"] in text
+    assert "## Roofline: G1 vs G16 B0" in text and (tmp_path / result["roofline"]["files"][0]).stat().st_size > 1000
     # A second device's file renders beside the first: one column per device in the headline table.
     other = dict(result, env=dict(result["env"], device="cuda", device_name="Fake GPU"))
     (tmp_path / "cuda-fake-gpu-quick.json").write_text(json.dumps(other))

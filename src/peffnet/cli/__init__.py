@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "peffnet.cli.resolutions",
     "peffnet.cli.finetune",
     "peffnet.cli.eval",
+    "peffnet.cli.recipe",
     "peffnet.cli.train",
 )
 

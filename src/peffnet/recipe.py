@@ -1,0 +1,212 @@
+"""The paper's whole resolution pipeline in one call (Sections 3.3, 3.4 and 4.3).
+
+1. **train** at half resolution (``native - 32k`` closest to ``native / sqrt(2)``) with ``peffnet train``;
+2. **fine-tune** the last parts at a higher resolution (default: native) with ``peffnet finetune``;
+3. **evaluate** the fine-tuned model over the test sizes ``= r_train (mod 32)`` (and, to show what
+   fine-tuning adds, the half-resolution model at the fine-tuning size);
+4. **summarise** accuracy, time and throughput of each stage in ``summary.md`` and ``summary.json``.
+
+With ``baseline=True`` it also trains the same model at the native resolution for the same epochs and
+evaluates it over the same sizes: the paper's "Native" column (Tables 4-5) beside its "Half".
+
+Fashion-MNIST (28 px images on the 32 px canvas of :mod:`peffnet.data`) has no native EfficientNet
+size; we take **64** (:data:`SMALL_IMAGE_NATIVE`): its half by the rule is 32, the canvas itself, and
+fine-tuning/testing at 64 and 96 keep the mod-32 rule. See ``docs/resolution.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peffnet.data import parse_spec
+from peffnet.errors import ConfigError
+from peffnet.evaluate import evaluate_checkpoint
+from peffnet.finetune import FinetuneConfig, finetune
+from peffnet.models import preset
+from peffnet.resolution import check_resolution, half_resolution, mod32_ok, test_resolutions
+from peffnet.runconfig import TrainConfig, make_config, read_yaml
+from peffnet.train import train
+
+SMALL_IMAGE_NATIVE = 64
+"""The "native" size we give the 28/32 px datasets (fashion-mnist, synthetic): half = 32, the canvas."""
+
+STAGES = ("train", "finetune", "native")
+
+
+@dataclass
+class RecipeConfig:
+    """Settings of ``peffnet recipe``; the defaults finish in about 10 minutes on 2 CPU cores (Fashion-MNIST)."""
+
+    out: str
+    data: str = "fashion-mnist"
+    model: str = "g16_efficientnet_b0"
+    norm: str = "lnpn"  # the paper's G16 + LN+PN configuration
+    native: int | None = None  # default: 64 for fashion-mnist/synthetic, the model's native size otherwise
+    train_resolution: int | None = None  # default: half of native
+    finetune_resolution: int | None = None  # default: native
+    test_resolutions: list[int] | None = None  # default: = r_train (mod 32) from r_train to native + 32
+    epochs: int = 1
+    batch_size: int = 256
+    subset: int | None = None
+    train_config: str | None = None  # YAML of further `peffnet train` settings
+    finetune_stages: int = 2
+    finetune_epochs: int = 2
+    finetune_batch_size: int = 256  # lr 0.25 * 256 / 512 (Section 3.4 scaled linearly)
+    finetune_subset: int | None = 10000
+    val_subset: int | None = None  # evaluate every stage on this many validation images
+    baseline: bool = False  # also train at native resolution for comparison
+    seed: int = 0
+    data_dir: str | None = None
+    device: str = "auto"
+    amp: str = "off"
+    threads: int | None = None  # torch intra-op threads (default: torch's)
+    resume: bool = False
+    progress: bool = True
+
+    def sizes(self) -> tuple[int, int, int, list[int]]:
+        """(native, training, fine-tuning, test) resolutions, defaults filled in and checked."""
+        if self.native is not None:
+            native = check_resolution(self.native, "--native")
+        elif parse_spec(self.data)[0] == "imagefolder":
+            native = preset(self.model).resolution
+        else:
+            native = SMALL_IMAGE_NATIVE
+        train_res = check_resolution(self.train_resolution or half_resolution(native), "--train-resolution")
+        ft_res = check_resolution(self.finetune_resolution or native, "--finetune-resolution")
+        tests = self.test_resolutions or test_resolutions(train_res, train_res, native + 32)
+        tests = [check_resolution(r, "test resolution") for r in tests]
+        return native, train_res, ft_res, tests
+
+
+def _stage_state(run_dir: Path, resume: bool) -> tuple[dict[str, Any] | None, bool]:
+    """(summary of a finished stage when resuming, whether to resume its checkpoint); refuses to overwrite."""
+    has_checkpoint = (run_dir / "checkpoint.pt").exists()
+    if has_checkpoint and not resume:
+        raise ConfigError(f"{run_dir.parent} already holds a recipe run; add --resume to continue it or choose "
+                          f"another --out")
+    summary = run_dir / "summary.json"
+    return (json.loads(summary.read_text()) if resume and summary.exists() else None), resume and has_checkpoint
+
+
+def _train_config(cfg: RecipeConfig, run_dir: Path, resolution: int, resume: bool) -> TrainConfig:
+    """The ``peffnet train`` settings of a training stage (validated now, before anything runs)."""
+    settings = read_yaml(cfg.train_config) if cfg.train_config else {}
+    flags = {"model": cfg.model, "norm": cfg.norm, "data": cfg.data, "data_dir": cfg.data_dir,
+             "resolution": str(resolution), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+             "subset": cfg.subset, "val_subset": cfg.val_subset, "seed": cfg.seed, "device": cfg.device,
+             "amp": cfg.amp, "out": str(run_dir), "resume": resume, "progress": cfg.progress}
+    return make_config(settings, flags)
+
+
+def _finetune_config(cfg: RecipeConfig, parent: Path, run_dir: Path, resolution: int, resume: bool
+                     ) -> FinetuneConfig:
+    """The ``peffnet finetune`` settings of the fine-tuning stage (validated now)."""
+    return FinetuneConfig(
+        checkpoint=str(parent), resolution=resolution, out=str(run_dir), stages=cfg.finetune_stages,
+        data=cfg.data, data_dir=cfg.data_dir, subset=cfg.finetune_subset, val_subset=cfg.val_subset,
+        epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch_size, seed=cfg.seed, amp=cfg.amp,
+        device=cfg.device, resume=resume, progress=cfg.progress)
+
+
+def _evaluate(cfg: RecipeConfig, run_dir: Path, resolutions: list[int]) -> dict[str, Any]:
+    """Sweep ``resolutions`` on the validation set; the record also goes to ``run_dir/eval.json``."""
+    start = time.perf_counter()
+    record = evaluate_checkpoint(run_dir, cfg.data, resolutions, data_dir=cfg.data_dir, val_subset=cfg.val_subset,
+                                 device=cfg.device, amp=cfg.amp, progress=cfg.progress)
+    record["wall_time_s"] = time.perf_counter() - start
+    (run_dir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
+    """Run the pipeline into ``cfg.out`` (``train/``, ``finetune/``, optionally ``native/``, and the
+    summaries); returns the ``summary.json`` record. Every setting is checked before the first stage runs;
+    with ``resume`` finished stages are kept and an interrupted one continues from its checkpoint."""
+    native, train_res, ft_res, tests = cfg.sizes()
+    preset(cfg.model, norm=cfg.norm)
+    if cfg.threads is not None:
+        if isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads <= 0:
+            raise ConfigError(f"--threads must be a positive integer, got {cfg.threads!r}")
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    plan = {"train": (out / "train", train_res), **({"native": (out / "native", native)} if cfg.baseline else {})}
+    done, configs = {}, {}
+    for name, (run_dir, resolution) in plan.items():
+        done[name], resume = _stage_state(run_dir, cfg.resume)
+        configs[name] = _train_config(cfg, run_dir, resolution, resume)
+    done["finetune"], resume = _stage_state(out / "finetune", cfg.resume)
+    ft_config = _finetune_config(cfg, out / "train", out / "finetune", ft_res, resume)
+
+    t0 = time.perf_counter()
+    stages = {"train": done["train"] or train(configs["train"])}
+    stages["finetune"] = done["finetune"] or finetune(ft_config)
+    sweep = _evaluate(cfg, out / "finetune", tests)
+    no_ft = _evaluate(cfg, out / "train", [ft_res])
+    native_sweep = None
+    if cfg.baseline:
+        stages["native"] = done["native"] or train(configs["native"])
+        native_sweep = _evaluate(cfg, out / "native", test_resolutions(native, train_res, native + 32))
+    summary = {
+        "config": dataclasses.asdict(cfg), "native": native, "train_resolution": train_res,
+        "finetune_resolution": ft_res,
+        "stages": {name: _stage_record(s) for name, s in stages.items()},
+        "half_without_finetune": no_ft["results"][0],
+        "sweep": sweep["results"], "best": sweep["best"],
+        "at_native": next((r for r in sweep["results"] if r["resolution"] == native), None),
+        "native_sweep": native_sweep["results"] if native_sweep else None,
+        "native_best": native_sweep["best"] if native_sweep else None,
+        "half_wall_time_s": stages["train"]["wall_time_s"] + stages["finetune"]["wall_time_s"],
+        "native_wall_time_s": stages["native"]["wall_time_s"] if cfg.baseline else None,
+        "recipe_wall_time_s": time.perf_counter() - t0,
+        "eval_wall_time_s": sweep["wall_time_s"] + no_ft["wall_time_s"],
+        "device": stages["train"]["device"], "torch": torch.__version__,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(format_summary(summary))
+    return summary
+
+
+def _stage_record(s: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a run's ``summary.json`` the recipe reports for one stage."""
+    keys = ("train_resolution", "epochs", "steps", "batch_size", "top1", "top5", "wall_time_s", "train_time_s",
+            "train_img_per_s", "params", "macs", "finetune_stages", "trainable_params")
+    return {k: s[k] for k in keys if k in s}
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """``summary.md``: the stages, the test-resolution sweep and (with a baseline) half vs native."""
+    c = s["config"]
+    lines = [f"# Resolution recipe: {c['model']} ({c['norm']}) on {c['data']}", "",
+             f"Native {s['native']} px; training at half resolution {s['train_resolution']} px, fine-tuning "
+             f"{c['finetune_stages']} part(s) at {s['finetune_resolution']} px (paper Sections 3.3-3.4). "
+             f"Device: {s['device']}, torch {s['torch']}. Whole recipe: {s['recipe_wall_time_s']:.0f} s.", "",
+             "| stage | resolution | epochs | steps x batch | top-1 % | top-5 % | wall time s | train img/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, st in s["stages"].items():
+        lines.append(f"| {name} | {st['train_resolution']} | {st['epochs']} | {st['steps']} x {st['batch_size']} | "
+                     f"{st['top1']:.2f} | {st['top5']:.2f} | {st['wall_time_s']:.0f} | {st['train_img_per_s']:.0f} |")
+    h = s["half_without_finetune"]
+    lines += ["", f"Half-resolution model tested at {h['resolution']} px without fine-tuning: top-1 {h['top1']:.2f} %.",
+              "", "Fine-tuned model over test resolutions (r_test = r_train mod 32):", "",
+              "| test resolution | top-1 % | top-5 % | eval img/s |", "|---|---|---|---|"]
+    for r in s["sweep"]:
+        best = " (best)" if r == s["best"] else ""
+        lines.append(f"| {r['resolution']}{best} | {r['top1']:.2f} | {r['top5']:.2f} | {r['img_per_s']:.0f} |")
+    if s["native_sweep"]:
+        lines += ["", f"Native-resolution baseline ({s['native']} px training, no fine-tuning):", "",
+                  "| test resolution | top-1 % | top-5 % |", "|---|---|---|"]
+        for r in s["native_sweep"]:
+            lines.append(f"| {r['resolution']}{' (best)' if r == s['native_best'] else ''} | {r['top1']:.2f} | "
+                         f"{r['top5']:.2f} |")
+        lines += ["", f"Training wall time: half + fine-tune {s['half_wall_time_s']:.0f} s, native "
+                      f"{s['native_wall_time_s']:.0f} s."]
+    if not all(mod32_ok(s["train_resolution"], r["resolution"]) for r in s["sweep"]):
+        lines += ["", "Warning: some test resolutions break r_test = r_train (mod 32)."]
+    return "\n".join(lines) + "\n"

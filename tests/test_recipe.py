@@ -1,0 +1,86 @@
+"""`peffnet recipe`: half-resolution training -> fine-tuning -> sweep -> summaries (issue 5)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from peffnet.cli import main
+from peffnet.recipe import SMALL_IMAGE_NATIVE, RecipeConfig
+
+TINY = ["--data", "synthetic", "--model", "efficientnet_b0", "--norm", "gn", "--subset", "16",
+        "--finetune-subset", "16", "--val-subset", "8", "--batch-size", "8", "--finetune-batch-size", "8",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on the shared 2-core test machine two contending threads run tiny convs ~4x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("recipe") / "r"
+    assert main(["recipe", "--out", str(out), "--baseline", *TINY]) == 0
+    return out
+
+
+def test_default_sizes() -> None:
+    assert RecipeConfig(out="x").sizes() == (64, 32, 64, [32, 64, 96])
+    assert SMALL_IMAGE_NATIVE == 64
+    assert RecipeConfig(out="x", data="imagefolder:/d", model="efficientnet_b3").sizes() == (
+        300, 204, 300, [204, 236, 268, 300, 332])
+
+
+def test_stages_and_summary(recipe: Path) -> None:
+    s = json.loads((recipe / "summary.json").read_text())
+    assert (s["native"], s["train_resolution"], s["finetune_resolution"]) == (64, 32, 64)
+    assert list(s["stages"]) == ["train", "finetune", "native"]
+    train, ft, native = (s["stages"][k] for k in ("train", "finetune", "native"))
+    assert (train["train_resolution"], ft["train_resolution"], native["train_resolution"]) == (32, 64, 64)
+    assert ft["finetune_stages"] == 2 and ft["epochs"] == 2 and ft["trainable_params"] < ft["params"]
+    for st in s["stages"].values():
+        assert st["wall_time_s"] > 0 and st["train_img_per_s"] > 0 and 0 <= st["top1"] <= 100
+    assert [r["resolution"] for r in s["sweep"]] == [32, 64, 96] and s["best"] in s["sweep"]
+    assert s["at_native"]["resolution"] == 64 and s["half_without_finetune"]["resolution"] == 64
+    assert s["half_wall_time_s"] == pytest.approx(train["wall_time_s"] + ft["wall_time_s"])
+    # each stage is a complete run directory, chained through the checkpoint's parent
+    summary_ft = json.loads((recipe / "finetune" / "summary.json").read_text())
+    assert Path(summary_ft["parent"]) == (recipe / "train" / "checkpoint.pt").resolve()
+    assert ft["top1"] == summary_ft["top1"] == s["at_native"]["top1"]  # the sweep re-measures the same weights
+    md = (recipe / "summary.md").read_text()
+    assert "| train | 32 |" in md and "| finetune | 64 |" in md and "(best)" in md and "native" in md
+
+
+def test_resume_keeps_finished_stages(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = {d: (recipe / d / "checkpoint.pt").stat().st_mtime_ns for d in ("train", "finetune", "native")}
+    assert main(["recipe", "--out", str(recipe), "--baseline", "--resume", *TINY]) == 0
+    assert {d: (recipe / d / "checkpoint.pt").stat().st_mtime_ns for d in before} == before
+    assert "| finetune | 64 |" in capsys.readouterr().out
+    assert main(["recipe", "--out", str(recipe), *TINY]) == 2  # no silent overwrite
+    assert "already holds a recipe run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--finetune-stages", "4"], "--stages must be 1, 2 or 3"),
+    (["--native", "20"], "--native must be at least 32"),
+    (["--test-resolutions", "64,16"], "test resolution must be at least 32"),
+    (["--norm", "xx"], "unknown norm"),
+    (["--epochs", "0"], "epochs must be a positive"),
+    (["--threads", "0"], "--threads must be a positive integer"),
+    (["--train-config", "/nonexistent.yaml"], "cannot read config"),
+])
+def test_bad_input_fails_before_training(tmp_path: Path, extra: list[str], message: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recipe", "--out", str(tmp_path / "r"), *TINY, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()

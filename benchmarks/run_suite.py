@@ -103,8 +103,11 @@ def comparisons(s: Settings) -> list[Comparison]:
         Comparison("norms", "Normalization of G16 B0: LN+PN vs GN vs BN", [
             ours("G16-GN", g16, overrides={"norm": "gn"}), ours("G16-BN", g16),
             ours("G16-LN+PN", g16, overrides={"norm": "lnpn"}),
-        ], modes=("train", "infer"), summary=[("G16-LN+PN", "G16-GN"), ("G16-BN", "G16-GN")],
-            note="LN+PN in inference computes the proxy moments once (cached in eval mode); no folding applied."),
+            ours("G16-LN+PN folded", g16, overrides={"norm": "lnpn"}, fold_pn=True),
+        ], modes=("train", "infer"),
+            summary=[("G16-LN+PN", "G16-GN"), ("G16-LN+PN folded", "G16-GN"), ("G16-BN", "G16-GN")],
+            note="LN+PN unfolded computes the proxy moments once per parameter change (cached in eval mode); "
+                 "*folded* is after `peffnet.fold_proxy_norm` (inference only, so it has no training figures)."),
         Comparison("resolution", "Half vs native training resolution, G16-LN+PN B0", [
             ours("G16-LN+PN-Native", g16, overrides={"norm": "lnpn"}, resolution=s.native_res),
             ours("G16-LN+PN-Half", g16, overrides={"norm": "lnpn"}, resolution=s.half_res),
@@ -132,7 +135,8 @@ def run_comparison(c: Comparison, s: Settings, device: str, peaks: DevicePeaks) 
         wanted = tuple(m for m in modes if m in c.modes)
         if not wanted:
             continue
-        specs = [replace(sp, resolution=sp.resolution or res) for sp in c.specs]
+        specs = [replace(sp, resolution=sp.resolution or res) for sp in c.specs
+                 if not (sp.fold_pn and "train" in wanted)]
         opts = replace(base, modes=wanted, batch_size=batch)
         print(f"[{c.key}] {', '.join(wanted)}: {', '.join(sp.label for sp in specs)}", file=sys.stderr, flush=True)
         runs.append(run_bench(specs, opts, peaks=peaks))

@@ -223,3 +223,16 @@ def test_roofline_cli_writes_plot_and_measured_points(tmp_path, capsys) -> None:
     assert {r["kind"] for r in record["summary"]} >= {"stem", "spatial kxk", "pointwise 1x1", "squeeze-excite"}
     assert record["peaks"]["ridge_macs_per_byte"] == pytest.approx(
         record["peaks"]["macs_per_s"] / record["peaks"]["bytes_per_s"])
+
+
+def test_folded_proxy_norm_is_benchmarked_for_inference_only(capsys) -> None:
+    opts = BenchOptions(modes=("infer",), batch_size=2, warmup=1, repeats=1, iters=1, num_classes=10)
+    specs = [BenchSpec("g16_efficientnet_b0", {"norm": "lnpn"}, 32),
+             BenchSpec("g16_efficientnet_b0", {"norm": "lnpn"}, 32, fold_pn=True)]
+    unfolded, folded = run_bench(specs, opts, peaks=FAKE_PEAKS)["results"]
+    assert folded["label"] == "g16_efficientnet_b0@32 folded" and folded["desc"].endswith("lnpn folded")
+    assert folded["macs"] == unfolded["macs"] and folded["infer"]["img_per_s"] > 0
+    with pytest.raises(ConfigError, match="folded proxy norm is for inference only"):
+        run_bench(specs, BenchOptions(modes=("train",), batch_size=2), peaks=FAKE_PEAKS)
+    assert main(["bench", "timm:efficientnet_b0", "--fold-pn", "--resolution", "32"]) == 2
+    assert "proxy-norm folding applies to peffnet models, not 'timm:efficientnet_b0'" in capsys.readouterr().err

@@ -49,6 +49,7 @@ class BenchSpec:
     resolution: int | None = None  # None: the model's native resolution
     channels_last: bool = False
     compile: bool = False
+    fold_pn: bool = False  # inference only: proxy norm folded by peffnet.fold_proxy_norm
     label: str = ""
 
 
@@ -100,8 +101,9 @@ def resolve_device(name: str) -> torch.device:
 def build_model(spec: BenchSpec, num_classes: int = 1000) -> tuple[nn.Module, int, str]:
     """Build (randomly initialised) ``spec``; returns the model, its native resolution and a description."""
     kind, _, name = spec.name.rpartition(":")
-    if kind and spec.overrides:
-        raise ConfigError(f"model overrides ({', '.join(spec.overrides)}) apply to peffnet models, not {spec.name!r}")
+    if kind and (spec.overrides or spec.fold_pn):
+        what = f"model overrides ({', '.join(spec.overrides)})" if spec.overrides else "proxy-norm folding"
+        raise ConfigError(f"{what} applies to peffnet models, not {spec.name!r}")
     if kind == "timm":
         import timm
 
@@ -124,7 +126,12 @@ def build_model(spec: BenchSpec, num_classes: int = 1000) -> tuple[nn.Module, in
     if kind:
         raise ConfigError(f"unknown model source {kind!r} in {spec.name!r}; use timm:NAME or torchvision:NAME")
     cfg = preset(name, **{"num_classes": num_classes, **spec.overrides})
-    return build(cfg), cfg.resolution, f"G{cfg.group_size} E{cfg.expansion} {cfg.norm}"
+    model = build(cfg)
+    if spec.fold_pn:
+        from peffnet import fold_proxy_norm
+
+        fold_proxy_norm(model.eval())
+    return model, cfg.resolution, f"G{cfg.group_size} E{cfg.expansion} {cfg.norm}" + (" folded" if spec.fold_pn else "")
 
 
 @contextlib.contextmanager
@@ -175,7 +182,8 @@ class Subject:
         self.device = device
         model, native, desc = build_model(spec, opts.num_classes)
         self.resolution = spec.resolution or native
-        self.label = spec.label or spec.name + (f"@{spec.resolution}" if spec.resolution else "")
+        self.label = spec.label or (spec.name + (f"@{spec.resolution}" if spec.resolution else "")
+                                    + (" folded" if spec.fold_pn else ""))
         self.desc = desc
         self.num_classes = opts.num_classes
         self.in_chans = int(getattr(getattr(model, "cfg", None), "in_chans", 3))
@@ -345,6 +353,8 @@ def run_bench(specs: list[BenchSpec], opts: BenchOptions, peaks: DevicePeaks | N
             raise ConfigError(f"{name} must be at least 1, got {value}")
     if opts.batch_size != "max" and (not isinstance(opts.batch_size, int) or opts.batch_size < 1):
         raise ConfigError(f"batch size must be a positive integer or 'max', got {opts.batch_size!r}")
+    if "train" in opts.modes and any(s.fold_pn for s in specs):
+        raise ConfigError("folded proxy norm is for inference only; measure training without --fold-pn")
     device = resolve_device(opts.device)
     amp = _amp_dtype(opts, device)
     if device.type == "cuda":

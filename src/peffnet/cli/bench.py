@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp-dtype", choices=("float16", "bfloat16"), help="override the autocast dtype")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and input")
     p.add_argument("--compile", action="store_true", help="torch.compile the models (slow to warm up on CPU)")
+    p.add_argument("--fold-pn", action="store_true",
+                   help="fold proxy norm into constants and adjacent layers (peffnet models; --infer/--latency only)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model before timing (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds over all models (default 5)")
@@ -63,7 +65,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     """Validate the shared options (one-line errors) and build :class:`BenchOptions`."""
     import torch
 
-    modes = tuple(m for m in MODES if getattr(args, m)) or MODES
+    modes = tuple(m for m in MODES if getattr(args, m)) or (("infer", "latency") if args.fold_pn else MODES)
     batch: int | str = args.batch_size
     if batch != "max":
         try:
@@ -82,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resolution is not None and args.resolution < 32:
         raise ConfigError(f"resolution must be at least 32, got {args.resolution}")
     specs = [parse_spec(m, model_overrides(args) if ":" not in m else {}, resolution=args.resolution,
-                        channels_last=args.channels_last, compile=args.compile) for m in args.models]
+                        channels_last=args.channels_last, compile=args.compile, fold_pn=args.fold_pn)
+             for m in args.models]
     result = run_bench(specs, opts)
     result["command"] = command_line(args)
     if args.out:

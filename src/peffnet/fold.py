@@ -1,0 +1,175 @@
+"""Fold proxy normalization into the network for inference (paper Section 3.2, Eq. 4).
+
+In eval mode Eq. 4 is a constant per-channel affine ``z = a * s + t`` of ``a = swish(gamma y + beta)``, with
+``s = 1 / sqrt(Var + eps~) > 0`` and ``t = -E s``, i.e. ``z = s (a - E)``. :func:`fold_proxy_norm` moves
+it into the linear layer that consumes ``z`` wherever that is exact:
+
+* The **scale** folds into the next convolution's weights (per input channel) always, zero padding
+  included: a padded zero stays zero after scaling.
+* The **shift** folds into a bias only where every output sees every input position exactly once with
+  no padding: a 1x1 convolution or, after global pooling, a linear layer. Through a k x k convolution
+  with zero padding it does not (border outputs would see ``t`` where the unfolded model sees 0).
+
+What each PN layer of an :class:`~peffnet.models.EfficientNet` becomes:
+
+=====================  =========================================  ==========================================
+PN after               consumer of ``z``                          folded
+=====================  =========================================  ==========================================
+head 1x1 conv          pool -> dropout -> classifier (linear)     scale and shift into the classifier
+spatial k x k conv     squeeze-excite, gate, project 1x1          scale into SE reduce and project, shift
+                                                                  into SE reduce's bias; the gate multiplies
+                                                                  ``(a - E)``, so ``-E g`` rides in the gating
+                                                                  multiply (``addcmul``, no extra pass)
+expansion 1x1 conv     spatial k x k conv (zero padded)           scale into the spatial conv; ``a - E`` stays
+stem 3x3 conv          first block's spatial k x k conv           as the expansion (a subtraction)
+                       (or its 1x1 expansion, if it has one)      (scale and shift, when 1x1)
+=====================  =========================================  ==========================================
+
+Any other PN layer keeps its cached affine as a constant (:class:`FoldedNormAct2d` with ``scale`` and
+``shift``), so a folded model never computes moments. Folding is exact up to float rounding
+(``tests/test_proxy_norm.py`` checks 1e-5 relative on the logits); the folded model is for inference and
+export only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
+from peffnet.layers.proxy_norm import ProxyNormAct2d
+
+
+class FoldedNormAct2d(nn.Module):
+    """Inference form of a proxy-normalized swish: ``group_norm`` (own gamma/beta), swish, then
+    ``x * scale + shift`` with whatever part of Eq. 4's affine was not folded into the next layer."""
+
+    def __init__(self, pn: ProxyNormAct2d, scale: torch.Tensor | None, shift: torch.Tensor | None) -> None:
+        super().__init__()
+        self.groups, self.eps = pn.groups, pn.eps
+        self.weight = nn.Parameter(pn.weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(pn.bias.detach().clone(), requires_grad=False)
+        dtype = pn.weight.dtype
+        self.register_buffer("scale", None if scale is None else scale.to(dtype).view(-1, 1, 1))
+        self.register_buffer("shift", None if shift is None else shift.to(dtype).view(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.silu(F.group_norm(x, self.groups, self.weight, self.bias, self.eps), inplace=True)
+        if self.scale is not None:
+            return torch.addcmul(self.shift, x, self.scale, out=x) if self.shift is not None else x.mul_(self.scale)
+        return x.add_(self.shift) if self.shift is not None else x
+
+
+class FoldedSqueezeExcite(nn.Module):
+    """Squeeze-excite of an input ``z = s (a - E)`` folded to take ``a``: the reduce conv absorbs ``s`` and
+    ``t = -E s``, and the output ``(a - E) * gate`` (the following projection absorbs ``s``)."""
+
+    def __init__(self, se: SqueezeExcite, mean: torch.Tensor) -> None:
+        super().__init__()
+        self.reduce, self.expand = se.reduce, se.expand
+        self.register_buffer("mean", mean.to(se.reduce.weight.dtype).view(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.expand(F.silu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        return torch.addcmul(-self.mean * gate, x, gate)  # (x - E) * gate in one pass
+
+
+@torch.no_grad()
+def _scale_inputs(layer: nn.Conv2d | nn.Linear, scale: torch.Tensor) -> None:
+    """``layer(x * scale) == layer'(x)``: multiply each input channel's weights (grouped convs too)."""
+    w = layer.weight
+    if isinstance(layer, nn.Linear):
+        factor = scale.view(1, -1)
+    else:
+        per_group = w.shape[1]  # input channels per group
+        factor = scale.view(layer.groups, 1, per_group).expand(layer.groups, w.shape[0] // layer.groups, per_group)
+        factor = factor.reshape(w.shape[0], per_group, 1, 1)
+    w.copy_(w.double() * factor.double())
+
+
+@torch.no_grad()
+def _shift_inputs(layer: nn.Conv2d | nn.Linear, shift: torch.Tensor) -> None:
+    """``layer(x + shift) == layer'(x)`` for a linear layer or an unpadded, ungrouped 1x1 conv."""
+    if isinstance(layer, nn.Conv2d):
+        assert layer.kernel_size == (1, 1) and layer.padding == (0, 0) and layer.groups == 1
+    w = layer.weight.double().reshape(layer.weight.shape[0], -1)
+    delta = (w @ shift.double()).to(layer.weight.dtype)
+    if layer.bias is None:
+        layer.bias = nn.Parameter(delta, requires_grad=False)
+    else:
+        layer.bias.add_(delta)
+
+
+def _is_pointwise(conv: nn.Module) -> bool:
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.padding == (0, 0)
+            and conv.groups == 1)
+
+
+def _affine(pn: ProxyNormAct2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(scale, shift, E)`` of Eq. 4, in float64."""
+    with torch.no_grad():
+        scale, shift = (t.double() for t in pn.proxy_affine())
+    return scale, shift, -shift / scale
+
+
+def _fold_into_next(norm_act: ProxyNormAct2d, consumer: nn.Module) -> FoldedNormAct2d:
+    """Fold a PN layer's affine into the conv/linear ``consumer`` that takes its output."""
+    scale, shift, mean = _affine(norm_act)
+    if _is_pointwise(consumer) or isinstance(consumer, nn.Linear):
+        _shift_inputs(consumer, shift)
+        _scale_inputs(consumer, scale)
+        return FoldedNormAct2d(norm_act, None, None)
+    _scale_inputs(consumer, scale)  # k x k, zero padded: only the scale is exact
+    return FoldedNormAct2d(norm_act, None, -mean)
+
+
+def _fold_block(block: MBConv) -> None:
+    if isinstance(block.expand, ConvNormAct) and isinstance(block.expand[1], ProxyNormAct2d) and block.expand[1].act:
+        block.expand[1] = _fold_into_next(block.expand[1], block.spatial[0])
+    pn = block.spatial[1]
+    if isinstance(pn, ProxyNormAct2d) and pn.act and type(block.se) is SqueezeExcite:
+        scale, shift, mean = _affine(pn)
+        _shift_inputs(block.se.reduce, shift)  # the SE pools z = s a + t: exact into its 1x1 reduce
+        _scale_inputs(block.se.reduce, scale)
+        _scale_inputs(block.project[0], scale)
+        block.se = FoldedSqueezeExcite(block.se, mean)
+        block.spatial[1] = FoldedNormAct2d(pn, None, None)
+
+
+def fold_proxy_norm(model: nn.Module) -> nn.Module:
+    """Fold every proxy-normalized activation of an eval-mode ``model`` for inference, in place.
+
+    Eq. 4's per-channel affine moves into the following linear layers wherever that is exact (see the
+    module docstring for which part goes where); every other PN layer keeps its affine as a constant.
+    Afterwards no layer computes proxy moments and no :class:`ProxyNormAct2d` with an activation remains;
+    outputs match the unfolded model up to float rounding. Models without PN are returned unchanged.
+
+    Returns:
+        ``model`` (modified in place), for chaining.
+
+    Raises:
+        ValueError: ``model`` is in training mode (folding freezes the moments of the current parameters).
+    """
+    if model.training:
+        raise ValueError("fold_proxy_norm needs a model in eval mode; call model.eval() first")
+    stages = getattr(model, "stages", None)
+    blocks = [b for stage in stages for b in stage if isinstance(b, MBConv)] if stages is not None else []
+    stem, head = getattr(model, "stem", None), getattr(model, "head", None)
+    if blocks and isinstance(stem, ConvNormAct) and isinstance(stem[1], ProxyNormAct2d) and stem[1].act \
+            and not blocks[0].has_residual:
+        first = blocks[0]
+        consumer = first.expand[0] if isinstance(first.expand, ConvNormAct) else first.spatial[0]
+        stem[1] = _fold_into_next(stem[1], consumer)
+    for block in blocks:
+        _fold_block(block)
+    classifier = getattr(model, "classifier", None)
+    if isinstance(head, ConvNormAct) and isinstance(head[1], ProxyNormAct2d) and head[1].act \
+            and isinstance(classifier, nn.Linear) and isinstance(getattr(model, "pool", None), nn.AdaptiveAvgPool2d):
+        head[1] = _fold_into_next(head[1], classifier)  # global average pooling commutes with the affine
+    for name, module in list(model.named_modules()):  # anything else: the cached affine as a constant
+        if name and isinstance(module, ProxyNormAct2d) and module.act:
+            scale, shift, _ = _affine(module)
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent), leaf, FoldedNormAct2d(module, scale, shift))
+    return model

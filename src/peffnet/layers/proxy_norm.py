@@ -1,0 +1,118 @@
+"""Proxy-normalized activations (paper Section 3.2, Eq. 3-4; Labatie et al., 2021).
+
+After a batch-independent normalization (LN, Eq. 3, or GN) of the pre-activations ``Y``, Eq. 4 applies
+
+    Z_c = (phi(gamma_c Y_c + beta_c) - E[phi(gamma_c Ỹ_c + beta_c)]) / sqrt(Var[phi(gamma_c Ỹ_c + beta_c)] + eps~)
+
+with the Gaussian *proxy* ``Ỹ_c ~ N(beta~_c, (1 + gamma~_c)^2)``. The proxy moments depend on the four
+per-channel parameters only, never on the batch or the resolution: they cost O(channels) per forward
+(:func:`peffnet.layers.proxy_moments.proxy_norm_moments`) and, in eval mode, are computed once and cached.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from peffnet.layers.proxy_moments import proxy_affine, proxy_norm_moments
+
+NORM_EPS = 1e-3  # eps of the LN/GN step (Eq. 3), paper Section 3.4
+PROXY_EPS = 3e-2  # eps~ of Eq. 4 (REFERENCE.md)
+
+__all__ = ["NORM_EPS", "PROXY_EPS", "ProxyNormAct2d", "proxy_affine", "proxy_norm_moments"]
+
+
+class _ChannelAffine(torch.autograd.Function):
+    """``a * scale + shift`` per channel (dim 1), written into ``a`` (a fresh activation).
+
+    In place, so PN stores no activation beyond what GN + swish store: the backward recovers
+    ``a = (z - shift) / scale`` from the output ``z`` (``scale > 0``), which the next conv keeps anyway.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        view = (-1,) + (1,) * (a.dim() - 2)
+        ctx.mark_dirty(a)
+        z = torch.addcmul(shift.to(a.dtype).view(view), a, scale.to(a.dtype).view(view), out=a)
+        ctx.save_for_backward(z, scale, shift)
+        return z
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z, scale, shift = ctx.saved_tensors
+        dims = [0, *range(2, grad.dim())]
+        grad_shift = grad.sum(dims, dtype=shift.dtype)
+        grad_scale = ((grad * z).sum(dims, dtype=scale.dtype) - shift * grad_shift) / scale
+        view = (-1,) + (1,) * (grad.dim() - 2)
+        return grad * scale.to(grad.dtype).view(view), grad_scale, grad_shift
+
+
+class ProxyNormAct2d(nn.Module):
+    """Batch-independent normalization followed by a proxy-normalized swish (Eq. 3-4).
+
+    ``groups=1`` is LN over (C, H, W) of each image (Eq. 3), ``groups=4`` is GN; the normalization has no
+    affine of its own (eps 1e-3). With ``act=True`` the layer owns Eq. 4's ``gamma`` (``weight``), ``beta``
+    (``bias``), ``gamma~`` (``proxy_weight``) and ``beta~`` (``proxy_bias``), the tilde parameters
+    initialised to 0 (and weight-decayed by :func:`peffnet.optim.param_groups`), eps~ 3e-2. With
+    ``act=False`` (after the projection conv) it is the normalization with a per-channel scale, no shift
+    and no PN, as in the authors' reference (REFERENCE.md).
+
+    Forward: ``group_norm`` with ``gamma``/``beta`` fused in as its affine, swish in place, then Eq. 4 as the
+    per-channel affine ``(a - E) / sqrt(Var + eps~)`` in place. In eval mode (without gradients to the
+    parameters) that affine is computed once and cached until a parameter changes: the cache is keyed on
+    each parameter's storage and version counter, and dropped by ``train()``/``eval()`` and
+    ``load_state_dict``. Edits through ``param.data`` bypass version counters: call :meth:`clear_cache`.
+    """
+
+    def __init__(self, channels: int, groups: int = 1, act: bool = True, eps: float = NORM_EPS,
+                 proxy_eps: float = PROXY_EPS) -> None:
+        super().__init__()
+        if channels % groups:
+            raise ValueError(f"{channels} channels cannot be split into {groups} normalization groups")
+        self.channels, self.groups, self.act = channels, groups, act
+        self.eps, self.proxy_eps = eps, proxy_eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        if act:
+            self.bias = nn.Parameter(torch.zeros(channels))
+            self.proxy_weight = nn.Parameter(torch.zeros(channels))
+            self.proxy_bias = nn.Parameter(torch.zeros(channels))
+        self._cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def proxy_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 4 as a per-channel affine of ``a = swish(gamma y + beta)``: ``(scale, shift)`` with
+        ``scale = 1 / sqrt(Var + eps~)`` and ``shift = -E * scale`` (float32 or wider)."""
+        params = (self.weight, self.bias, self.proxy_weight, self.proxy_bias)
+        cacheable = (not self.training and not self.weight.is_meta and not torch.compiler.is_compiling()
+                     and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)))
+        if cacheable:
+            key = (torch.is_inference_mode_enabled(), *((p.data_ptr(), p._version, p.dtype) for p in params))
+            if self._cache is not None and self._cache[0] == key:
+                return self._cache[1], self._cache[2]
+        scale, shift = proxy_affine("swish", *params, self.proxy_eps)
+        if cacheable:
+            self._cache = (key, scale, shift)
+        return scale, shift
+
+    def clear_cache(self) -> None:
+        """Forget the cached eval-mode moments (needed only after edits through ``param.data``)."""
+        self._cache = None
+
+    def train(self, mode: bool = True) -> ProxyNormAct2d:
+        self.clear_cache()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self.clear_cache()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.act:
+            return F.group_norm(x, self.groups, self.weight, None, self.eps)
+        x = F.silu(F.group_norm(x, self.groups, self.weight, self.bias, self.eps), inplace=True)  # phi(gamma Y + beta)
+        return _ChannelAffine.apply(x, *self.proxy_affine())  # Eq. 4
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, groups={self.groups}, act={self.act}, eps={self.eps}, proxy_eps={self.proxy_eps}"

@@ -1,0 +1,305 @@
+"""Proxy-normalized activations (paper Section 3.2, Eq. 3-4, Appendix C): moments, layer, cache, folding."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import integrate, special
+
+import peffnet
+from peffnet import create_model, fold_proxy_norm, proxy_norm_moments
+from peffnet.fold import FoldedNormAct2d, FoldedSqueezeExcite
+from peffnet.layers.blocks import ConvNormAct, SqueezeExcite
+from peffnet.layers.proxy_norm import ProxyNormAct2d
+
+ROOT = Path(__file__).resolve().parents[1]
+EXACT = {"swish": lambda u: u * special.expit(u), "gelu": lambda u: u * special.ndtr(u),
+         "relu": lambda u: np.maximum(u, 0.0)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP waits dominate tiny ops."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def exact_moments(act: str, mu: float, sigma: float) -> tuple[float, float]:
+    """E and Var of act(mu + sigma Z) by adaptive quadrature, split at the bend."""
+    f, z0 = EXACT[act], -mu / sigma
+
+    def expect(g):
+        return integrate.quad(lambda z: g(mu + sigma * z) * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi), -14, 14,
+                              points=[z0] if abs(z0) < 14 else None, limit=400, epsabs=1e-13, epsrel=1e-12)[0]
+
+    mean = expect(f)
+    return mean, expect(lambda u: (f(u) - mean) ** 2)
+
+
+def box_params(n: int, seed: int = 0) -> np.ndarray:
+    """Corners of the issue's box (gamma [0.1, 5], beta [-3, 3], gamma~ [-0.5, 1], beta~ [-1, 1]) + random."""
+    rng = np.random.default_rng(seed)
+    lo, hi = np.array([0.1, -3, -0.5, -1]), np.array([5, 3, 1, 1])
+    corners = np.array(list(itertools.product(*zip(lo, hi, strict=True))))
+    # points where sigma = gamma (1 + gamma~) sits on either side of the switch between the two rules
+    switch = np.array([[1.25, b, 0.0, bt] for b in (-1.0, 0.0, 2.0) for bt in (-0.5, 0.5)])
+    switch = np.concatenate([switch * [1 - 1e-6, 1, 1, 1], switch * [1 + 1e-6, 1, 1, 1]])
+    return np.concatenate([corners, switch, lo + (hi - lo) * rng.random((n, 4))])
+
+
+@pytest.mark.parametrize("act", ["swish", "gelu", "relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_moments_match_adaptive_quadrature(act: str, dtype: torch.dtype) -> None:
+    params = box_params(60)
+    mean, var = proxy_norm_moments(act, *(torch.tensor(params[:, i], dtype=dtype) for i in range(4)))
+    assert mean.dtype == dtype and mean.shape == (len(params),)
+    for (g, b, gt, bt), m, v in zip(params, mean.tolist(), var.tolist(), strict=True):
+        ref_m, ref_v = exact_moments(act, g * bt + b, abs(g * (1 + gt)))
+        assert abs(m - ref_m) <= max(1e-3, 0.01 * abs(ref_m)), (act, g, b, gt, bt, m, ref_m)
+        assert abs(v - ref_v) <= max(1e-3, 0.01 * abs(ref_v)), (act, g, b, gt, bt, v, ref_v)
+
+
+def test_relu_moments_match_closed_form_and_known_values() -> None:
+    # relu(Z), Z ~ N(0, 1): mean 1/sqrt(2 pi), variance 1/2 - 1/(2 pi); swish at gamma -> 0 is swish(beta)
+    mean, var = proxy_norm_moments("relu", *(torch.tensor([v], dtype=torch.float64) for v in (1.0, 0.0, 0.0, 0.0)))
+    assert mean.item() == pytest.approx(1 / np.sqrt(2 * np.pi), rel=1e-6)
+    assert var.item() == pytest.approx(0.5 - 1 / (2 * np.pi), rel=1e-5)
+    mean, var = proxy_norm_moments("swish", *(torch.tensor([v], dtype=torch.float64) for v in (1e-4, 1.5, 0.0, 0.0)))
+    assert mean.item() == pytest.approx(1.5 * special.expit(1.5), rel=1e-6) and var.item() < 1e-7
+
+
+@pytest.mark.parametrize("act", ["swish", "gelu", "relu"])
+def test_moments_gradcheck_all_four_parameters(act: str) -> None:
+    params = torch.tensor(box_params(24, seed=1)[-24:], dtype=torch.float64)  # random points, off the switch
+    sigma = (params[:, 0] * (1 + params[:, 2])).abs()
+    assert (sigma <= 1.25).any() and (sigma > 1.25).any()
+    inputs = tuple(params[:, i].clone().requires_grad_() for i in range(4))
+    assert torch.autograd.gradcheck(lambda *p: proxy_norm_moments(act, *p), inputs)
+
+
+def test_moments_broadcast_and_bad_activation() -> None:
+    gamma = torch.ones(2, 3)
+    mean, var = proxy_norm_moments("swish", gamma, torch.zeros(3), torch.zeros(()), torch.zeros(2, 1))
+    assert mean.shape == var.shape == (2, 3)
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+        proxy_norm_moments("tanh", gamma, gamma, gamma, gamma)
+
+
+def randomize(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> None:
+    """Move every 1-D parameter (norm/PN affine, biases) away from its initial value."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.ndim == 1:
+                p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def eq4(x: torch.Tensor, layer: ProxyNormAct2d, params: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    """Eq. 3-4 written out with plain autograd ops: LN/GN without affine, gamma/beta, swish, proxy moments."""
+    gamma, beta, gamma_t, beta_t = params or (layer.weight, layer.bias, layer.proxy_weight, layer.proxy_bias)
+    g = x.reshape(x.shape[0], layer.groups, -1)
+    y = ((g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + 1e-3)).view_as(x)
+    mean, var = proxy_norm_moments("swish", gamma, beta, gamma_t, beta_t)
+    a = F.silu(y * gamma.view(-1, 1, 1) + beta.view(-1, 1, 1))
+    return (a - mean.view(-1, 1, 1)) / torch.sqrt(var.view(-1, 1, 1) + 3e-2)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_layer_is_eq4_with_the_documented_parameters(groups: int) -> None:
+    layer = ProxyNormAct2d(8, groups=groups).double()
+    assert {n for n, _ in layer.named_parameters()} == {"weight", "bias", "proxy_weight", "proxy_bias"}
+    assert layer.proxy_weight.abs().sum() == 0 and layer.proxy_bias.abs().sum() == 0
+    assert (layer.eps, layer.proxy_eps) == (1e-3, 3e-2)
+    randomize(layer)
+    x = torch.randn(3, 8, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x.clone()), eq4(x, layer))
+    # gradients (custom in-place affine + moments backward) against autograd through the plain formula
+    names = ("weight", "bias", "proxy_weight", "proxy_bias")
+
+    def library(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params, strict=True)), (x * 1.0,))
+
+    inputs = (x.requires_grad_(), *(getattr(layer, n).detach().clone().requires_grad_() for n in names))
+    assert torch.autograd.gradcheck(library, inputs)
+    out, ref = library(*inputs), eq4(inputs[0], layer, inputs[1:])
+    weights = torch.randn_like(out)
+    for g_lib, g_ref in zip(torch.autograd.grad((out * weights).sum(), inputs),
+                            torch.autograd.grad((ref * weights).sum(), inputs), strict=True):
+        torch.testing.assert_close(g_lib, g_ref)
+
+
+def test_projection_norm_has_scale_no_shift_no_pn() -> None:
+    layer = ProxyNormAct2d(8, groups=1, act=False)
+    assert [n for n, _ in layer.named_parameters()] == ["weight"]
+    randomize(layer)
+    x = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(layer(x), F.group_norm(x, 1, eps=1e-3) * layer.weight.view(-1, 1, 1))
+
+
+@pytest.mark.parametrize("norm", ["lnpn", "gnpn"])
+def test_placement_in_the_network(norm: str) -> None:
+    """stem, expansion, spatial and head: norm + PN-swish; projection: scale-only norm; SE: plain swish."""
+    model = create_model("g16_efficientnet_b0", norm=norm)
+    groups = 1 if norm == "lnpn" else 4
+    blocks = [b for stage in model.stages for b in stage]
+    with_pn = [model.stem, model.head, *(b.spatial for b in blocks), *(b.expand for b in blocks
+                                                                      if isinstance(b.expand, ConvNormAct))]
+    assert all(isinstance(m[1], ProxyNormAct2d) and m[1].act and m[1].groups == groups for m in with_pn)
+    assert all(isinstance(b.project[1], ProxyNormAct2d) and not b.project[1].act for b in blocks)
+    assert all(type(b.se) is SqueezeExcite and not any(isinstance(m, ProxyNormAct2d) for m in b.se.modules())
+               for b in blocks)
+    pn = [m for m in model.modules() if isinstance(m, ProxyNormAct2d) and m.act]
+    assert len(pn) == len(with_pn) == 33
+
+
+def test_every_preset_builds_with_pn() -> None:
+    for name, norm in itertools.product(peffnet.list_models(), ["lnpn", "gnpn"]):
+        with torch.device("meta"):
+            model = create_model(name, norm=norm)
+        assert any(isinstance(m, ProxyNormAct2d) for m in model.modules()), name
+    with torch.device("meta"):  # and runs (shapes only) in both modes
+        model = create_model("g16_efficientnet_b7", norm="gnpn", num_classes=10)
+        assert model(torch.empty(2, 3, 64, 64)).shape == (2, 10)
+        assert model.eval()(torch.empty(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_eval_cache_computed_once_and_refreshed_on_change() -> None:
+    layer = ProxyNormAct2d(6)
+    randomize(layer)
+    x = torch.randn(2, 6, 3, 3)
+    layer.eval()
+    with torch.no_grad():
+        first = layer.proxy_affine()
+        assert layer.proxy_affine()[0] is first[0]  # cached: the very same tensor
+        y = layer(x.clone())
+        layer.proxy_weight.add_(0.5)  # an optimizer-style in-place update bumps the version counter
+        second = layer.proxy_affine()
+        assert second[0] is not first[0] and not torch.equal(second[0], first[0])
+        assert not torch.equal(layer(x.clone()), y)
+        layer.load_state_dict(ProxyNormAct2d(6).state_dict())  # fresh parameters: moments follow
+        torch.testing.assert_close(layer(x.clone()), eq4(x, layer))
+        layer.proxy_bias.data = torch.ones(6)  # new storage
+        torch.testing.assert_close(layer(x.clone()), eq4(x, layer))
+        layer.double()
+        assert layer.proxy_affine()[0].dtype == torch.float64
+    # training mode never caches, and gradients reach the PN parameters
+    layer.float().train()
+    layer(x.clone()).sum().backward()
+    assert layer.proxy_weight.grad is not None and layer._cache is None
+    # eval with gradients wanted (e.g. a frozen-but-trainable part): no stale, gradient-less cache
+    layer.eval().zero_grad()
+    (layer(x.clone()) * torch.randn(2, 6, 3, 3)).sum().backward()
+    assert layer.proxy_bias.grad.abs().sum() > 0
+
+
+def test_cache_in_inference_mode_does_not_leak_into_autograd() -> None:
+    layer = ProxyNormAct2d(4).eval().requires_grad_(False)
+    x = torch.randn(2, 4, 3, 3)
+    with torch.inference_mode():
+        y = layer(x.clone())
+    xg = x.clone().requires_grad_()
+    out = layer(xg * 1.0)  # frozen layer, input needs gradients: must not reuse inference tensors
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), y)
+    assert xg.grad is not None
+
+
+def test_channels_last_matches() -> None:
+    torch.manual_seed(0)
+    model = create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10, drop_rate=0, drop_path_rate=0)
+    randomize(model)
+    x = torch.randn(2, 3, 64, 64)
+    ref = model(x)
+    ref.sum().backward()
+    grad = model.stem[1].proxy_weight.grad.clone()
+    model.zero_grad()
+    model_cl = model.to(memory_format=torch.channels_last)
+    out = model_cl(x.contiguous(memory_format=torch.channels_last))
+    out.sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.stem[1].proxy_weight.grad, grad, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager() -> None:
+    """A small conv + LN-PN + GN-scale stack (a whole B0 compiles too, but takes minutes on 2 cores)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), ProxyNormAct2d(8), torch.nn.Conv2d(8, 8, 1),
+                              ProxyNormAct2d(8, groups=4, act=False))
+    randomize(net)
+    x = torch.randn(2, 3, 8, 8)
+    compiled = torch.compile(net)
+    out = compiled(x)
+    out.sum().backward()
+    grads = [p.grad.clone() for p in net[1].parameters()]
+    net.zero_grad()
+    ref = net(x)
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref)
+    for g, p in zip(grads, net[1].parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval()(x), net.eval()(x))
+
+
+@pytest.mark.parametrize("norm", ["lnpn", "gnpn"])
+@pytest.mark.parametrize("name", ["g16_efficientnet_b0", "efficientnet_b0"])
+def test_fold_is_exact_and_removes_every_moment(name: str, norm: str, monkeypatch) -> None:
+    model = create_model(name, norm=norm, num_classes=10).double()
+    randomize(model)
+    model.eval()
+    x = torch.randn(3, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x)
+        ref32 = copy.deepcopy(model).float()(x.float())
+    folded = fold_proxy_norm(copy.deepcopy(model))
+    folded32 = fold_proxy_norm(copy.deepcopy(model).float())
+    assert not any(isinstance(m, ProxyNormAct2d) and m.act for m in folded.modules())
+    blocks = [b for stage in folded.stages for b in stage]
+    assert all(isinstance(b.se, FoldedSqueezeExcite) for b in blocks)
+    assert folded.head[1].shift is None and folded.head[1].scale is None  # into the classifier
+    assert all(b.spatial[1].shift is None for b in blocks)  # into SE reduce, project and the gate
+    assert all(b.expand[1].shift is not None for b in blocks if isinstance(b.expand, ConvNormAct))  # k x k
+    monkeypatch.setattr(ProxyNormAct2d, "proxy_affine", lambda self: pytest.fail("moments computed"))
+    with torch.no_grad():
+        out, out32 = folded(x), folded32(x.float())
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-10
+    assert ((out32 - ref32).abs().max() / ref32.abs().max()).item() < 1e-5
+
+
+def test_fold_other_layouts_and_errors() -> None:
+    # a PN layer feeding something fold does not know keeps its affine as a constant: still exact
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), ProxyNormAct2d(8), torch.nn.Conv2d(8, 4, 3))
+    randomize(net)
+    net.eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = net(x)
+        out = fold_proxy_norm(net)(x)
+    assert isinstance(net[1], FoldedNormAct2d) and net[1].scale is not None
+    torch.testing.assert_close(out, ref)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_proxy_norm(create_model("g16_efficientnet_b0", norm="lnpn"))
+    gn = create_model("g16_efficientnet_b0", norm="gn").eval()  # nothing to fold: unchanged
+    before = {k: v.clone() for k, v in gn.state_dict().items()}
+    fold_proxy_norm(gn)
+    assert all(torch.equal(before[k], v) for k, v in gn.state_dict().items())
+
+
+def test_appendix_c_pre_activations_stay_normalized_only_with_pn() -> None:
+    simulate = runpy.run_path(str(ROOT / "scripts" / "appendix_c.py"))["simulate"]
+    stats = {m: simulate(m, depth=20, width=128, samples=512, dtype=torch.float64) for m in ("lnpn", "ln", "none")}
+    pn = stats["lnpn"]
+    assert pn["mean_rms"].max() < 0.25
+    assert pn["var_median"].min() > 0.8 and pn["var_median"].max() < 1.25
+    assert stats["ln"]["mean_rms"][-1] > 0.5 and stats["ln"]["var_median"][-1] < 0.3  # channels collapse
+    assert stats["none"]["var_median"][-1] < 1e-3  # variance vanishes

@@ -29,7 +29,14 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from peffnet.bench import BenchOptions, BenchSpec, environment, resolve_device, run_bench  # noqa: E402
+from peffnet.bench import (  # noqa: E402
+    BenchOptions,
+    BenchSpec,
+    environment,
+    resolve_device,
+    run_bench,
+    set_utilization,
+)
 from peffnet.errors import ConfigError  # noqa: E402
 from peffnet.roofline import (  # noqa: E402
     DevicePeaks,
@@ -60,14 +67,17 @@ class Settings:
     native_res: int = 224  # the half-vs-native comparison (paper Table 1, B0)
     half_res: int = 160
     roofline_batch: int = 8  # batch B of Eq. 7 and of the per-layer timings
+    peak_repeats: int = 10  # timings per device-ceiling measurement (best one kept)
 
 
 SETTINGS = {
-    "cpu": Settings(train_res=128, train_batch=8, infer_res=224, infer_batch=8),
+    "cpu": Settings(train_res=128, train_batch=8, infer_res=224, infer_batch=8, repeats=10, iters=1,
+                    latency_iters=3),
     "cuda": Settings(train_res=224, train_batch=128, infer_res=224, infer_batch="max", amp=True, repeats=7,
                      iters=10, latency_iters=20, warmup=5, compile_train=True, roofline_batch=64),
     "quick": Settings(train_res=32, train_batch=2, infer_res=32, infer_batch=2, repeats=1, iters=1,
-                      latency_iters=1, warmup=1, native_res=64, half_res=32, roofline_batch=2),
+                      latency_iters=1, warmup=1, native_res=64, half_res=32, roofline_batch=2,
+                      peak_repeats=2),
 }
 
 
@@ -148,13 +158,14 @@ def run_roofline(s: Settings, device: torch.device, path: Path) -> dict:
     from peffnet.models import create_model
 
     res = s.infer_res
-    peaks = measure_device(device)
+    peaks = measure_device(device, repeats=s.peak_repeats)
     points = {}
     for name in ("efficientnet_b0", "g16_efficientnet_b0"):
         print(f"[roofline] {name}@{res}, batch {s.roofline_batch}", file=sys.stderr, flush=True)
         model = create_model(name)
         layers = conv_layers(model, res, s.roofline_batch)
         points[f"{name}@{res}"] = list(zip(layers, time_layers(model, layers, s.roofline_batch, device), strict=True))
+    peaks = peaks.max_with(measure_device(device, repeats=s.peak_repeats))  # load only lowers them
     files = plot_roofline(peaks, points, path, title=f"G1 vs G16 B0, batch {s.roofline_batch}, {device}")
     return {"batch_size": s.roofline_batch, "resolution": res, "peaks": peaks.to_dict(),
             "summary": summarize(points, peaks), "files": [f.name for f in files]}
@@ -166,17 +177,24 @@ def device_key(env: dict) -> str:
     return f"{env['device']}-{re.sub(r'[^a-z0-9]+', '-', name).strip('-')}"
 
 
-def _ratio(run: dict, label: str, mode: str) -> float | None:
+def _entry(run: dict, label: str, mode: str) -> dict | None:
     row = next((r for r in run["results"] if r["label"] == label), None)
-    return row[mode]["ratio"] if row and mode in row else None
+    return row[mode] if row and mode in row else None
 
 
-def headline(comp: dict, num: str, den: str, mode: str) -> float | None:
-    """``num`` over ``den`` for ``mode``: a quotient of the runs' ratios against their first model."""
+def headline(comp: dict, num: str, den: str, mode: str) -> tuple[float, tuple[float, float] | None] | None:
+    """``num`` over ``den`` for ``mode`` and, when one of them is the run's first model, the interquartile
+    range of the per-round ratios; otherwise a quotient of the two ratios against the first model."""
     for run in comp["runs"]:
-        a, b = _ratio(run, num, mode), _ratio(run, den, mode)
-        if a is not None and b is not None:
-            return a / b
+        a, b = _entry(run, num, mode), _entry(run, den, mode)
+        if a is None or b is None:
+            continue
+        first = run["results"][0]["label"]
+        if den == first:
+            return a["ratio"], tuple(a["ratio_iqr"])
+        if num == first:
+            return 1 / b["ratio"], (1 / b["ratio_iqr"][1], 1 / b["ratio_iqr"][0])
+        return a["ratio"] / b["ratio"], None
     return None
 
 
@@ -225,6 +243,7 @@ def render(results: list[dict]) -> str:
            "measured matmul peak.", ""]
     mode_name = {"train": "training", "infer": "inference", "latency": "batch-1 latency"}
     out += ["## Headline ratios (higher = faster)", "",
+            "In brackets: the interquartile range of the per-round ratios, a measure of the noise.", "",
             "| comparison | " + " | ".join(device_title(r) for r in results) + " |",
             "|---|" + "---|" * len(results)]
     keys: dict[tuple[str, str, str, str], str] = {}
@@ -238,8 +257,12 @@ def render(results: list[dict]) -> str:
         vals = []
         for res in results:
             comp = next((c for c in res["comparisons"] if c["key"] == key), None)
-            value = headline(comp, num, den, mode) if comp else None
-            vals.append("" if value is None else f"{value:.2f}x")
+            got = headline(comp, num, den, mode) if comp else None
+            if got is None:
+                vals.append("")
+            else:
+                value, iqr = got
+                vals.append(f"{value:.2f}x" + (f" ({iqr[0]:.2f}-{iqr[1]:.2f})" if iqr else ""))
         out.append(f"| {text} | " + " | ".join(vals) + " |")
     titles = {c["key"]: (c["title"], c["note"]) for res in results for c in res["comparisons"]}
     for key, (title, note) in titles.items():
@@ -304,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         todo = [c for c in comparisons(s) if not args.only or c.key in args.only]
         start = time.perf_counter()
         dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if s.amp else torch.float32
-        peaks = measure_device(device, dtype)
+        peaks = measure_device(device, dtype, s.peak_repeats)
         cmd = ["python", "benchmarks/run_suite.py", *(argv if argv is not None else sys.argv[1:])]
         env = environment(device)
         stem = f"{device_key(env)}{'-quick' if args.quick else ''}"
@@ -315,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
             runs = run_comparison(c, s, str(device), peaks)
             out["comparisons"].append({"key": c.key, "title": c.title, "note": c.note, "summary": c.summary,
                                        "runs": runs})
+            peaks = peaks.max_with(measure_device(device, dtype, s.peak_repeats))  # the best seen: load only lowers it
+        for comp in out["comparisons"]:  # utilization against the best peak of the whole suite
+            for run in comp["runs"]:
+                set_utilization(run["results"], peaks)
+                run["peaks"] = peaks.to_dict()
+        out["peaks"] = peaks.to_dict()
         if not args.only or "roofline" in args.only:
             out["roofline"] = run_roofline(s, device, args.results / f"{stem}-roofline")
         out["wall_time_s"] = time.perf_counter() - start

@@ -104,6 +104,8 @@ def test_run_bench_alternates_and_reports_every_figure() -> None:
             assert r[mode]["peak_memory_bytes"] > params_bytes  # weights + activations at least
             assert r[mode]["mac_utilization"] == pytest.approx(
                 (3 if mode == "train" else 1) * r["macs"] * r[mode]["img_per_s"] / FAKE_PEAKS.macs_per_s)
+            lo, hi = r[mode]["ratio_iqr"]
+            assert lo <= r[mode]["ratio"] <= hi
         # Training holds gradients, optimizer state and saved activations on top of inference's needs.
         assert r["train"]["peak_memory_bytes"] > r["infer"]["peak_memory_bytes"]
         assert r["latency"]["p90_ms"] >= r["latency"]["median_ms"] > 0 and r["latency"]["samples"] == 4
@@ -179,9 +181,12 @@ def test_suite_quick_writes_json_and_side_by_side_markdown(tmp_path, monkeypatch
     assert [c["key"] for c in result["comparisons"]] == ["peers", "resolution"]
     peers = result["comparisons"][0]
     assert [r["label"] for r in peers["runs"][0]["results"]] == ["ours G1-BN", "timm", "torchvision"]
-    timm_ratio = peers["runs"][0]["results"][1]["train"]["ratio"]
+    timm = peers["runs"][0]["results"][1]["train"]
     text = md.read_text()
-    assert f"| ours G1-BN / timm, training | {1 / timm_ratio:.2f}x |" in text
+    lo, hi = 1 / timm["ratio_iqr"][1], 1 / timm["ratio_iqr"][0]  # ours / timm: the inverse of timm / ours
+    assert f"| ours G1-BN / timm, training | {1 / timm['ratio']:.2f}x ({lo:.2f}-{hi:.2f}) |" in text
+    util = timm["achieved_macs_per_s"] / result["peaks"]["macs_per_s"]  # against the suite's best peak
+    assert timm["mac_utilization"] == pytest.approx(util)
     assert "## Half vs native training resolution" in text and result["command"] in text
     assert "## Roofline: G1 vs G16 B0" in text and (tmp_path / result["roofline"]["files"][0]).stat().st_size > 1000
     # A second device's file renders beside the first: one column per device in the headline table.

@@ -43,6 +43,11 @@ class DevicePeaks:
     def to_dict(self) -> dict:
         return {**asdict(self), "ridge_macs_per_byte": self.ridge}
 
+    def max_with(self, other: DevicePeaks) -> DevicePeaks:
+        """The higher of two measurements of each ceiling (on a shared machine, load only lowers them)."""
+        return DevicePeaks(self.device, self.dtype, max(self.macs_per_s, other.macs_per_s),
+                           max(self.bytes_per_s, other.bytes_per_s))
+
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued kernels, so wall-clock timings cover the work (no-op on CPU)."""

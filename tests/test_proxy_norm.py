@@ -268,7 +268,8 @@ def test_fold_is_exact_and_removes_every_moment(name: str, norm: str, monkeypatc
     assert all(isinstance(b.se, FoldedSqueezeExcite) for b in blocks)
     assert folded.head[1].shift is None and folded.head[1].scale is None  # into the classifier
     assert all(b.spatial[1].shift is None for b in blocks)  # into SE reduce, project and the gate
-    assert all(b.expand[1].shift is not None for b in blocks if isinstance(b.expand, ConvNormAct))  # k x k
+    assert all(b.expand[1].shift is not None and b.expand[1].scale is None  # k x k: the shift stays
+               for b in blocks if isinstance(b.expand, ConvNormAct))
     monkeypatch.setattr(ProxyNormAct2d, "proxy_affine", lambda self: pytest.fail("moments computed"))
     with torch.no_grad():
         out, out32 = folded(x), folded32(x.float())

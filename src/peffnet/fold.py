@@ -18,8 +18,8 @@ PN after               consumer of ``z``                          folded
 head 1x1 conv          pool -> dropout -> classifier (linear)     scale and shift into the classifier
 spatial k x k conv     squeeze-excite, gate, project 1x1          scale into SE reduce and project, shift
                                                                   into SE reduce's bias; the gate multiplies
-                                                                  ``(a - E)``, so ``-E g`` rides in the gating
-                                                                  multiply (``addcmul``, no extra pass)
+                                                                  ``(a - E)``: ``a g - E g``, an in-place
+                                                                  subtraction after the gating multiply
 expansion 1x1 conv     spatial k x k conv (zero padded)           scale into the spatial conv; ``a - E`` stays
 stem 3x3 conv          first block's spatial k x k conv           as the expansion (a subtraction)
                        (or its 1x1 expansion, if it has one)      (scale and shift, when 1x1)
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
-from peffnet.layers.proxy_norm import ProxyNormAct2d
+from peffnet.layers.proxy_norm import ProxyNormAct2d, channel_affine_
 
 
 class FoldedNormAct2d(nn.Module):
@@ -50,15 +50,20 @@ class FoldedNormAct2d(nn.Module):
         self.groups, self.eps = pn.groups, pn.eps
         self.weight = nn.Parameter(pn.weight.detach().clone(), requires_grad=False)
         self.bias = nn.Parameter(pn.bias.detach().clone(), requires_grad=False)
+        if shift is None and scale is not None:
+            shift = torch.zeros_like(scale)
         dtype = pn.weight.dtype
-        self.register_buffer("scale", None if scale is None else scale.to(dtype).view(-1, 1, 1))
-        self.register_buffer("shift", None if shift is None else shift.to(dtype).view(-1, 1, 1))
+        self.register_buffer("scale", None if scale is None else scale.to(dtype))
+        self.register_buffer("shift", None if shift is None else shift.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.silu(F.group_norm(x, self.groups, self.weight, self.bias, self.eps), inplace=True)
-        if self.scale is not None:
-            return torch.addcmul(self.shift, x, self.scale, out=x) if self.shift is not None else x.mul_(self.scale)
-        return x.add_(self.shift) if self.shift is not None else x
+        if self.shift is None:
+            return x
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():  # plain broadcast ops in exported graphs
+            x = x if self.scale is None else x * self.scale.view(-1, 1, 1)
+            return x + self.shift.view(-1, 1, 1)
+        return channel_affine_(x, self.scale, self.shift)
 
 
 class FoldedSqueezeExcite(nn.Module):
@@ -72,7 +77,7 @@ class FoldedSqueezeExcite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = torch.sigmoid(self.expand(F.silu(self.reduce(x.mean((2, 3), keepdim=True)))))
-        return torch.addcmul(-self.mean * gate, x, gate)  # (x - E) * gate in one pass
+        return (x * gate).sub_(self.mean * gate)  # (x - E) * gate
 
 
 @torch.no_grad()

@@ -11,6 +11,8 @@ per-channel parameters only, never on the batch or the resolution: they cost O(c
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,8 +26,38 @@ PROXY_EPS = 3e-2  # eps~ of Eq. 4 (REFERENCE.md)
 __all__ = ["NORM_EPS", "PROXY_EPS", "ProxyNormAct2d", "proxy_affine", "proxy_norm_moments"]
 
 
+def _per_position(v: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as an (N, C * H * W) view and the per-channel vector ``v`` repeated for every position.
+
+    A per-channel affine over that flat view is a row-vector broadcast, which CPU kernels vectorize several
+    times better than a (C, 1, 1) broadcast over small feature maps (``benchmarks/bench_norms.py``).
+    """
+    return x.view(x.shape[0], -1), v.to(x.dtype).repeat_interleave(math.prod(x.shape[2:]))
+
+
+def channel_affine_(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor) -> torch.Tensor:
+    """``x * scale + shift`` per channel (dim 1), in place; ``scale=None`` only adds ``shift``."""
+    if x.dim() > 2 and x.is_contiguous():
+        flat, b = _per_position(shift, x)
+        if scale is None:
+            flat.add_(b)
+        else:
+            torch.addcmul(b, flat, _per_position(scale, x)[1], out=flat)
+        return x
+    view = (-1,) + (1,) * (x.dim() - 2)  # e.g. channels-last, where channels are innermost already
+    b = shift.to(x.dtype).view(view)
+    return x.add_(b) if scale is None else torch.addcmul(b, x, scale.to(x.dtype).view(view), out=x)
+
+
+def _channel_sum(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Sum over every dim but the channels (dim 1)."""
+    if t.dim() > 2 and t.is_contiguous():
+        return t.view(t.shape[0], -1).sum(0, dtype=dtype).view(t.shape[1], -1).sum(1)
+    return t.sum([0, *range(2, t.dim())], dtype=dtype)
+
+
 class _ChannelAffine(torch.autograd.Function):
-    """``a * scale + shift`` per channel (dim 1), written into ``a`` (a fresh activation).
+    """``a * scale + shift`` per channel, written into ``a`` (a fresh activation).
 
     In place, so PN stores no activation beyond what GN + swish store: the backward recovers
     ``a = (z - shift) / scale`` from the output ``z`` (``scale > 0``), which the next conv keeps anyway.
@@ -33,9 +65,8 @@ class _ChannelAffine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        view = (-1,) + (1,) * (a.dim() - 2)
         ctx.mark_dirty(a)
-        z = torch.addcmul(shift.to(a.dtype).view(view), a, scale.to(a.dtype).view(view), out=a)
+        z = channel_affine_(a, scale, shift)
         ctx.save_for_backward(z, scale, shift)
         return z
 
@@ -43,11 +74,15 @@ class _ChannelAffine(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z, scale, shift = ctx.saved_tensors
-        dims = [0, *range(2, grad.dim())]
-        grad_shift = grad.sum(dims, dtype=shift.dtype)
-        grad_scale = ((grad * z).sum(dims, dtype=scale.dtype) - shift * grad_shift) / scale
-        view = (-1,) + (1,) * (grad.dim() - 2)
-        return grad * scale.to(grad.dtype).view(view), grad_scale, grad_shift
+        grad = grad.contiguous(memory_format=torch.channels_last if not z.is_contiguous() else torch.contiguous_format)
+        grad_shift = _channel_sum(grad, shift.dtype)
+        grad_scale = (_channel_sum(grad * z, scale.dtype) - shift * grad_shift) / scale
+        if grad.dim() > 2 and grad.is_contiguous():
+            flat, s = _per_position(scale, grad)
+            grad_a = (flat * s).view_as(grad)
+        else:
+            grad_a = grad * scale.to(grad.dtype).view((-1,) + (1,) * (grad.dim() - 2))
+        return grad_a, grad_scale, grad_shift
 
 
 class ProxyNormAct2d(nn.Module):
@@ -112,7 +147,10 @@ class ProxyNormAct2d(nn.Module):
         if not self.act:
             return F.group_norm(x, self.groups, self.weight, None, self.eps)
         x = F.silu(F.group_norm(x, self.groups, self.weight, self.bias, self.eps), inplace=True)  # phi(gamma Y + beta)
-        return _ChannelAffine.apply(x, *self.proxy_affine())  # Eq. 4
+        scale, shift = self.proxy_affine()
+        if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+            return _ChannelAffine.apply(x, scale, shift)  # Eq. 4
+        return channel_affine_(x, scale, shift)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, groups={self.groups}, act={self.act}, eps={self.eps}, proxy_eps={self.proxy_eps}"

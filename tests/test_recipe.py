@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from peffnet.cli import main
-from peffnet.recipe import SMALL_IMAGE_NATIVE, RecipeConfig
+from peffnet.recipe import SMALL_IMAGE_NATIVE, RecipeConfig, result_at
 
 TINY = ["--data", "synthetic", "--model", "efficientnet_b0", "--norm", "gn", "--subset", "16",
-        "--finetune-subset", "16", "--val-subset", "8", "--batch-size", "8", "--finetune-batch-size", "8",
-        "--no-progress"]
+        "--finetune-subset", "16", "--val-subset", "8", "--test-subset", "8", "--batch-size", "8",
+        "--finetune-batch-size", "8", "--no-progress"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,15 +49,21 @@ def test_stages_and_summary(recipe: Path) -> None:
     assert ft["finetune_stages"] == 2 and ft["epochs"] == 2 and ft["trainable_params"] < ft["params"]
     for st in s["stages"].values():
         assert st["wall_time_s"] > 0 and st["train_img_per_s"] > 0 and 0 <= st["top1"] <= 100
-    assert [r["resolution"] for r in s["sweep"]] == [32, 64, 96] and s["best"] in s["sweep"]
-    assert s["at_native"]["resolution"] == 64 and s["half_without_finetune"]["resolution"] == 64
+    ev = s["evaluations"]
+    assert [r["resolution"] for r in ev["finetuned"]["results"]] == [32, 64, 96]
+    assert [r["resolution"] for r in ev["native"]["results"]] == [32, 64, 96]
+    assert [r["resolution"] for r in ev["half"]["results"]] == [32, 64]
+    for e in ev.values():
+        assert e["best"] == max(e["results"], key=lambda r: (r["top1"], -r["resolution"]))
     assert s["half_wall_time_s"] == pytest.approx(train["wall_time_s"] + ft["wall_time_s"])
     # each stage is a complete run directory, chained through the checkpoint's parent
     summary_ft = json.loads((recipe / "finetune" / "summary.json").read_text())
     assert Path(summary_ft["parent"]) == (recipe / "train" / "checkpoint.pt").resolve()
-    assert ft["top1"] == summary_ft["top1"] == s["at_native"]["top1"]  # the sweep re-measures the same weights
+    # with in-run and final evaluations on the same images, the sweep re-measures the fine-tuned accuracy
+    assert ft["top1"] == summary_ft["top1"] == result_at(s, "finetuned", 64)["top1"]
+    assert train["top1"] == result_at(s, "half", 32)["top1"]
     md = (recipe / "summary.md").read_text()
-    assert "| train | 32 |" in md and "| finetune | 64 |" in md and "(best)" in md and "native" in md
+    assert "| train | 32 |" in md and "| finetune | 64 |" in md and "| half + fine-tuned |" in md and "*" in md
 
 
 def test_resume_keeps_finished_stages(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -40,6 +40,22 @@ def test_rule_matches_published_except_b4() -> None:
     assert abs(284 - 380 / math.sqrt(2)) < abs(252 - 380 / math.sqrt(2))
 
 
+# Paper Table 5: best test sizes of the G16-GN/LN+PN "Half" and "Native" columns, B0-B5.
+TABLE5_BEST = {"half": {224: (352, 384), 240: (400, 400), 260: (388, 420), 300: (460, 396), 380: (508, 444),
+                        456: (424, 488)},
+               "native": {224: (480, 416, 448), 240: (528, 528, 528), 260: (548, 516, 516), 300: (652, 588, 556),
+                          380: (668, 572, 604), 456: (680, 648, 616)}}
+
+
+def test_paper_best_sizes_follow_the_mod32_rule() -> None:
+    """Every best size of Table 5 is = its training size (mod 32): evidence for B2 = 196 (192 would fail)."""
+    for native, sizes in TABLE5_BEST["half"].items():
+        assert all(mod32_ok(half_resolution(native), r) for r in sizes), native
+        assert native != 260 or not mod32_ok(192, sizes[0])
+    for native, sizes in TABLE5_BEST["native"].items():
+        assert all(mod32_ok(native, r) for r in sizes), native
+
+
 def test_rule_for_b6_b7_and_custom() -> None:
     assert half_resolution(528) == 368 and half_resolution(600) == 440
     assert half_resolution(64) == 32 and half_resolution(32) == 32

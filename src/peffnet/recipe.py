@@ -37,7 +37,15 @@ from peffnet.train import train
 SMALL_IMAGE_NATIVE = 64
 """The "native" size we give the 28/32 px datasets (fashion-mnist, synthetic): half = 32, the canvas."""
 
-STAGES = ("train", "finetune", "native")
+SHORT_RUN_TRAINING = {
+    "head_init_scale": 0.0, "recipe_epochs": 0.0, "warmup_epochs": 0.1, "decay_epochs": 0.1,
+    "drop_path_rate": 0.0, "mixup_alpha": 0.0,
+}
+"""``peffnet train`` settings of the recipe's default one-epoch runs on the small datasets: the paper's
+optimizer and lr (RMSProp, B * 2^-14) with a zero-initialised classifier (the EfficientNet init gives
+10-class logits of std ~7), a 0.1-epoch warm-up, lr x 0.97 every 0.1 epoch, and no stochastic depth or
+Mixup (regularizers for 350-epoch runs that slow a one-epoch run down). ``--train-config`` overrides them;
+image folders get none of them (the paper's recipe)."""
 
 
 @dataclass
@@ -53,14 +61,15 @@ class RecipeConfig:
     finetune_resolution: int | None = None  # default: native
     test_resolutions: list[int] | None = None  # default: = r_train (mod 32) from r_train to native + 32
     epochs: int = 1
-    batch_size: int = 256
+    batch_size: int = 128
     subset: int | None = None
-    train_config: str | None = None  # YAML of further `peffnet train` settings
+    train_config: str | None = None  # YAML of `peffnet train` settings (over SHORT_RUN_TRAINING)
     finetune_stages: int = 2
     finetune_epochs: int = 2
     finetune_batch_size: int = 256  # lr 0.25 * 256 / 512 (Section 3.4 scaled linearly)
     finetune_subset: int | None = 10000
-    val_subset: int | None = None  # evaluate every stage on this many validation images
+    val_subset: int | None = 2000  # validation images of the per-epoch evaluations inside train/fine-tune
+    test_subset: int | None = None  # validation images of the final evaluations (default: all)
     baseline: bool = False  # also train at native resolution for comparison
     seed: int = 0
     data_dir: str | None = None
@@ -97,7 +106,8 @@ def _stage_state(run_dir: Path, resume: bool) -> tuple[dict[str, Any] | None, bo
 
 def _train_config(cfg: RecipeConfig, run_dir: Path, resolution: int, resume: bool) -> TrainConfig:
     """The ``peffnet train`` settings of a training stage (validated now, before anything runs)."""
-    settings = read_yaml(cfg.train_config) if cfg.train_config else {}
+    small = parse_spec(cfg.data)[0] != "imagefolder"
+    settings = {**(SHORT_RUN_TRAINING if small else {}), **(read_yaml(cfg.train_config) if cfg.train_config else {})}
     flags = {"model": cfg.model, "norm": cfg.norm, "data": cfg.data, "data_dir": cfg.data_dir,
              "resolution": str(resolution), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
              "subset": cfg.subset, "val_subset": cfg.val_subset, "seed": cfg.seed, "device": cfg.device,
@@ -118,7 +128,7 @@ def _finetune_config(cfg: RecipeConfig, parent: Path, run_dir: Path, resolution:
 def _evaluate(cfg: RecipeConfig, run_dir: Path, resolutions: list[int]) -> dict[str, Any]:
     """Sweep ``resolutions`` on the validation set; the record also goes to ``run_dir/eval.json``."""
     start = time.perf_counter()
-    record = evaluate_checkpoint(run_dir, cfg.data, resolutions, data_dir=cfg.data_dir, val_subset=cfg.val_subset,
+    record = evaluate_checkpoint(run_dir, cfg.data, resolutions, data_dir=cfg.data_dir, val_subset=cfg.test_subset,
                                  device=cfg.device, amp=cfg.amp, progress=cfg.progress)
     record["wall_time_s"] = time.perf_counter() - start
     (run_dir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -147,30 +157,30 @@ def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     stages = {"train": done["train"] or train(configs["train"])}
     stages["finetune"] = done["finetune"] or finetune(ft_config)
-    sweep = _evaluate(cfg, out / "finetune", tests)
-    no_ft = _evaluate(cfg, out / "train", [ft_res])
-    native_sweep = None
+    evals = {"half": _evaluate(cfg, out / "train", sorted({train_res, ft_res})),
+             "finetuned": _evaluate(cfg, out / "finetune", tests)}
     if cfg.baseline:
         stages["native"] = done["native"] or train(configs["native"])
-        native_sweep = _evaluate(cfg, out / "native", test_resolutions(native, train_res, native + 32))
+        evals["native"] = _evaluate(cfg, out / "native", tests)
     summary = {
         "config": dataclasses.asdict(cfg), "native": native, "train_resolution": train_res,
-        "finetune_resolution": ft_res,
-        "stages": {name: _stage_record(s) for name, s in stages.items()},
-        "half_without_finetune": no_ft["results"][0],
-        "sweep": sweep["results"], "best": sweep["best"],
-        "at_native": next((r for r in sweep["results"] if r["resolution"] == native), None),
-        "native_sweep": native_sweep["results"] if native_sweep else None,
-        "native_best": native_sweep["best"] if native_sweep else None,
+        "finetune_resolution": ft_res, "stages": {name: _stage_record(st) for name, st in stages.items()},
+        "evaluations": {name: {"results": e["results"], "best": e["best"], "wall_time_s": e["wall_time_s"]}
+                        for name, e in evals.items()},
         "half_wall_time_s": stages["train"]["wall_time_s"] + stages["finetune"]["wall_time_s"],
         "native_wall_time_s": stages["native"]["wall_time_s"] if cfg.baseline else None,
         "recipe_wall_time_s": time.perf_counter() - t0,
-        "eval_wall_time_s": sweep["wall_time_s"] + no_ft["wall_time_s"],
         "device": stages["train"]["device"], "torch": torch.__version__,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(format_summary(summary))
     return summary
+
+
+def result_at(summary: dict[str, Any], model: str, resolution: int) -> dict[str, Any] | None:
+    """The final evaluation of ``model`` ("half", "finetuned", "native") at ``resolution``, if measured."""
+    evaluation = summary["evaluations"].get(model)
+    return next((r for r in evaluation["results"] if r["resolution"] == resolution), None) if evaluation else None
 
 
 def _stage_record(s: dict[str, Any]) -> dict[str, Any]:
@@ -180,33 +190,35 @@ def _stage_record(s: dict[str, Any]) -> dict[str, Any]:
     return {k: s[k] for k in keys if k in s}
 
 
+MODEL_LABELS = {"half": "trained at half resolution, not fine-tuned", "finetuned": "half + fine-tuned",
+                "native": "trained at native resolution"}
+
+
 def format_summary(s: dict[str, Any]) -> str:
-    """``summary.md``: the stages, the test-resolution sweep and (with a baseline) half vs native."""
+    """``summary.md``: time and throughput of each stage, then every model over the test resolutions."""
     c = s["config"]
     lines = [f"# Resolution recipe: {c['model']} ({c['norm']}) on {c['data']}", "",
              f"Native {s['native']} px; training at half resolution {s['train_resolution']} px, fine-tuning "
              f"{c['finetune_stages']} part(s) at {s['finetune_resolution']} px (paper Sections 3.3-3.4). "
              f"Device: {s['device']}, torch {s['torch']}. Whole recipe: {s['recipe_wall_time_s']:.0f} s.", "",
-             "| stage | resolution | epochs | steps x batch | top-1 % | top-5 % | wall time s | train img/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| stage | resolution | epochs | steps x batch | wall time s | train img/s | top-1 % on "
+             f"{c['val_subset'] or 'all'} val images |", "|---|---|---|---|---|---|---|"]
     for name, st in s["stages"].items():
         lines.append(f"| {name} | {st['train_resolution']} | {st['epochs']} | {st['steps']} x {st['batch_size']} | "
-                     f"{st['top1']:.2f} | {st['top5']:.2f} | {st['wall_time_s']:.0f} | {st['train_img_per_s']:.0f} |")
-    h = s["half_without_finetune"]
-    lines += ["", f"Half-resolution model tested at {h['resolution']} px without fine-tuning: top-1 {h['top1']:.2f} %.",
-              "", "Fine-tuned model over test resolutions (r_test = r_train mod 32):", "",
-              "| test resolution | top-1 % | top-5 % | eval img/s |", "|---|---|---|---|"]
-    for r in s["sweep"]:
-        best = " (best)" if r == s["best"] else ""
-        lines.append(f"| {r['resolution']}{best} | {r['top1']:.2f} | {r['top5']:.2f} | {r['img_per_s']:.0f} |")
-    if s["native_sweep"]:
-        lines += ["", f"Native-resolution baseline ({s['native']} px training, no fine-tuning):", "",
-                  "| test resolution | top-1 % | top-5 % |", "|---|---|---|"]
-        for r in s["native_sweep"]:
-            lines.append(f"| {r['resolution']}{' (best)' if r == s['native_best'] else ''} | {r['top1']:.2f} | "
-                         f"{r['top5']:.2f} |")
+                     f"{st['wall_time_s']:.0f} | {st['train_img_per_s']:.0f} | {st['top1']:.2f} |")
+    sizes = sorted({r["resolution"] for e in s["evaluations"].values() for r in e["results"]})
+    lines += ["", f"Top-1 % on {c['test_subset'] or 'all'} validation images per test resolution "
+                  f"(r_test = r_train mod 32; * = best of the model):", "",
+              "| model | " + " | ".join(f"{r} px" for r in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for name, e in s["evaluations"].items():
+        cells = []
+        for size in sizes:
+            r = result_at(s, name, size)
+            cells.append("" if r is None else f"{r['top1']:.2f}{'*' if r == e['best'] else ''}")
+        lines.append(f"| {MODEL_LABELS[name]} | " + " | ".join(cells) + " |")
+    if s["native_wall_time_s"] is not None:
         lines += ["", f"Training wall time: half + fine-tune {s['half_wall_time_s']:.0f} s, native "
                       f"{s['native_wall_time_s']:.0f} s."]
-    if not all(mod32_ok(s["train_resolution"], r["resolution"]) for r in s["sweep"]):
+    if not all(mod32_ok(s["train_resolution"], r["resolution"]) for r in s["evaluations"]["finetuned"]["results"]):
         lines += ["", "Warning: some test resolutions break r_test = r_train (mod 32)."]
     return "\n".join(lines) + "\n"

@@ -109,7 +109,7 @@ def resolution_plan(native: int, lo: int | None = None, hi: int | None = None) -
     return {
         "native": native,
         "half": half,
-        "half_source": "paper Table 1" if native in PUBLISHED_HALF else "rule",
+        "half_source": "published" if native in PUBLISHED_HALF else "rule",
         "half_rule": half_resolution_rule(native),
         "modulus": downsampling_modulus(),
         "range": [lo, hi],

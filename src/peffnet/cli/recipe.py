@@ -30,15 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "from r_train to native + 32]")
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=loose_int, default=1, help="training epochs [default: 1]")
-    g.add_argument("--batch-size", type=loose_int, default=256, help="training global batch [default: 256]")
+    g.add_argument("--batch-size", type=loose_int, default=128, help="training global batch [default: 128]")
     g.add_argument("--subset", type=loose_int, help="train on a fixed random subset of this many images")
-    g.add_argument("--train-config", metavar="FILE.yaml", help="further `peffnet train` settings")
+    g.add_argument("--train-config", metavar="FILE.yaml", help="`peffnet train` settings (over the recipe's "
+                   "short-run defaults for fashion-mnist/synthetic, see docs/resolution.md)")
     g.add_argument("--finetune-stages", type=loose_int, default=2, help="1, 2 or 3 parts [default: 2]")
     g.add_argument("--finetune-epochs", type=loose_int, default=2, help="[default: 2]")
     g.add_argument("--finetune-batch-size", type=loose_int, default=256, help="[default: 256, lr 0.125]")
     g.add_argument("--finetune-subset", type=loose_int, default=10000, help="fine-tune on this many training "
                    "images [default: 10000]")
-    g.add_argument("--val-subset", type=loose_int, help="evaluate on this many validation images [default: all]")
+    g.add_argument("--val-subset", type=loose_int, default=2000, help="validation images of the per-epoch "
+                   "evaluations inside training and fine-tuning [default: 2000]")
+    g.add_argument("--test-subset", type=loose_int, help="validation images of the final evaluations [default: all]")
     g.add_argument("--baseline", action="store_true", help="also train at the native resolution, for comparison")
     g.add_argument("--seed", type=loose_int, default=0, help="[default: 0]")
     g = p.add_argument_group("execution")

@@ -278,9 +278,12 @@ class Loader:
         keys = [[(i, self.epoch, self.seed) if self.shuffle else i for i in idx.tolist()] for idx in batches]
         loader = DataLoader(self.dataset, batch_sampler=keys, num_workers=self.workers, collate_fn=collate,
                             pin_memory=self.pin_memory)
-        for images, labels, skipped in loader:
-            self.skipped.extend(skipped)
-            yield images, labels
+        try:
+            for images, labels, skipped in loader:
+                self.skipped.extend(skipped)
+                yield images, labels
+        except ConfigError as err:  # from a worker, the message carries the worker's traceback: keep its last line
+            raise ConfigError(str(err).strip().splitlines()[-1].removeprefix("peffnet.errors.ConfigError: ")) from None
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,

@@ -163,7 +163,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
         tick = time.perf_counter()
         torch.manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
         lr = optimizer.param_groups[0]["lr"]
-        loss = train_step(model, optimizer, scaler, images, labels, settings)
+        try:
+            loss = train_step(model, optimizer, scaler, images, labels, settings)
+        except NonFiniteLoss as err:
+            raise NonFiniteLoss(f"{err} at step {step + 1}") from None
         scheduler.step()
         step += 1
         losses.append(loss)

@@ -116,18 +116,17 @@ class ImageFolderDataset(Dataset):
         Returns (image tensor, label, paths of unreadable files skipped to get it).
         """
         index, epoch, seed = key if isinstance(key, tuple) else (key, 0, 0)
-        skipped: list[str] = []
         for attempt in range(MAX_CONSECUTIVE_FAILURES):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
                 image = load_rgb(Path(path))
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-                skipped.append(path)
                 continue
-            torch.manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + index)
-            return self.transform(image), label, skipped
+            torch.manual_seed(((seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63)
+            # only this index's own file is reported: a failing substitute is reported when its turn comes
+            return self.transform(image), label, [self.samples[index][0]] if attempt else []
         raise ConfigError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images in {self.root / self.split}, "
-                          f"starting at {skipped[0]}; is the dataset corrupt?")
+                          f"starting at {self.samples[index][0]}; is the dataset corrupt?")
 
 
 def collate(batch: list[tuple[torch.Tensor, int, list[str]]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

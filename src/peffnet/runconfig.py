@@ -58,6 +58,9 @@ class TrainConfig:
                                   FRACTION)
     drop_path_rate: float | None = opt(None, "stochastic depth rate at the last block (default 0.2: survival 0.8)",
                                        float, FRACTION)
+    head_init_scale: float = opt(1.0, "multiplier of the classifier's initial weights (as timm's head_init_scale); "
+                                      "the EfficientNet init U(+-1/sqrt(classes)) gives large logits for few "
+                                      "classes", float, NON_NEGATIVE)
     data: str = opt("", "dataset: fashion-mnist, synthetic or imagefolder:PATH (train/CLASS/*, val/CLASS/*)")
     data_dir: str | None = opt(None, "where the dataset lives (fashion-mnist: folder of the idx files; "
                                      "imagefolder: base of a relative PATH)", execution=True)

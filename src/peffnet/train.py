@@ -118,6 +118,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, make_optimizer: Optimizer
     # model, optimizer, schedule, weight average, loss scaler
     torch.manual_seed(c.seed)
     model = build(run.model).to(ctx.device)
+    with torch.no_grad():
+        model.classifier.weight.mul_(c.head_init_scale)
     if c.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.set_grad_checkpointing(c.recompute)
@@ -138,7 +140,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, make_optimizer: Optimizer
 
     def save(at_step: int) -> None:
         """Checkpoint the run at ``at_step`` (every rank joins the gather of skipped files; rank 0 writes)."""
-        done["skipped"] += distributed.all_gather_lists(train_loader.skipped + val_loader.skipped)
+        new = distributed.all_gather_lists(train_loader.skipped + val_loader.skipped)
+        done["skipped"] = sorted(set(done["skipped"]).union(new))  # unreadable files, each listed once
         train_loader.skipped.clear()
         val_loader.skipped.clear()
         done["wall_time_s"] = wall_before + time.perf_counter() - t0
@@ -175,8 +178,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, make_optimizer: Optimizer
                                                    on_step=functools.partial(on_step, bar=bar))
         except NonFiniteLoss as err:
             last = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint yet"
-            raise NonFiniteLoss(f"{err} at step {bar.n + epoch * steps_per_epoch + 1} (epoch {epoch + 1}); "
-                                f"training stopped, {last}") from None
+            raise NonFiniteLoss(f"{err} (epoch {epoch + 1}); training stopped, {last}") from None
         finally:
             bar.close()
         step += steps
@@ -192,7 +194,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, make_optimizer: Optimizer
                        f"{steps * c.batch_size / seconds:.0f} img/s")
         save(step)
         if ctx.is_main and done["skipped"]:
-            tqdm.write(f"skipped {len(done['skipped'])} unreadable image(s) so far, e.g. {done['skipped'][-1]}")
+            tqdm.write(f"skipped {len(done['skipped'])} unreadable image file(s) so far, e.g. {done['skipped'][0]}")
 
     # final weights: the exponential average of the per-epoch weights
     avg_top1, avg_top5 = evaluate(average.module if average.epochs_seen else model, val_loader, c.amp,
@@ -241,7 +243,6 @@ def make_summary(run: Resolved, ctx: distributed.Context, model: torch.nn.Module
         macs = profile_model(build(m), c.eval_resolution, in_chans=m.in_chans).macs
     device = (torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda"
               else f"cpu ({torch.get_num_threads()} threads)")
-    skipped = sorted(set(done["skipped"]))
     return {
         "model": m.name, "group_size": m.group_size, "expansion": m.expansion, "norm": m.norm,
         "train_resolution": int(c.resolution), "eval_resolution": c.eval_resolution,
@@ -253,7 +254,7 @@ def make_summary(run: Resolved, ctx: distributed.Context, model: torch.nn.Module
         "params": sum(p.numel() for p in model.parameters()), "macs": macs,
         "epochs": c.epochs, "steps": steps, "batch_size": c.batch_size, "micro_batch_size": c.micro_batch_size,
         "world_size": ctx.world_size, "amp": c.amp, "dataset": c.data, "num_classes": run.num_classes,
-        "skipped_images": len(skipped), "skipped_files": skipped[:100],
+        "skipped_images": len(done["skipped"]), "skipped_files": done["skipped"][:100],
         "config_hash": config_hash(c), "device": device, "torch": torch.__version__, "peffnet": peffnet.__version__,
         "checkpoint": str(ckpt_path),
     }

@@ -1,0 +1,237 @@
+"""`peffnet train` (issue 4): configuration, recipe pieces, an end-to-end run, micro-batching, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from peffnet.checkpoint import load_checkpoint, model_from_checkpoint
+from peffnet.cli import main
+from peffnet.data import build_dataset, make_loader
+from peffnet.engine import EpochAverage, evaluate, recipe_lr_factor
+from peffnet.errors import ConfigError
+from peffnet.mixing import mix_batch
+from peffnet.models import build, preset
+from peffnet.runconfig import TrainConfig, make_config, read_yaml, resolve, resolve_resolution
+from train_helpers import final_weights, make_image_folder, max_abs_diff, tiny_args
+
+CONTRACT_SUMMARY_KEYS = {"model", "group_size", "expansion", "norm", "train_resolution", "eval_resolution", "top1",
+                         "top5", "train_img_per_s", "wall_time_s", "peak_memory_bytes", "params", "macs", "epochs",
+                         "dataset", "config_hash", "device", "torch"}
+CONTRACT_CHECKPOINT_KEYS = {"format", "model_config", "model", "averaged", "optimizer", "scheduler", "epoch", "step",
+                            "train_resolution", "num_classes", "data", "rng", "config"}
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def test_config_layers_and_types(tmp_path: Path) -> None:
+    cfg = make_config({"epochs": "3", "lr": "0.5", "channels_last": "yes"}, {"epochs": 4})
+    assert (cfg.epochs, cfg.lr, cfg.channels_last, cfg.batch_size) == (4, 0.5, True, 768)
+    for bad, message in [({"epochs": "ten"}, "epochs must be an int"), ({"epochs": 0}, "epochs must be a positive"),
+                         ({"amp": "fp8"}, "amp must be one of off, bf16, fp16"), ({"epochs": 2.5}, "must be an int"),
+                         ({"momentum": 1.0}, r"momentum must be a number in \[0, 1\)")]:
+        with pytest.raises(ConfigError, match=message):
+            make_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("batch-size: 16\nnorm: ln\n")
+    assert read_yaml(str(good)) == {"batch_size": 16, "norm": "ln"}
+    for text, message in [("epochs: [1\n", "not valid YAML"), ("- 1\n", "must be a mapping"),
+                          ("epoks: 3\n", "unknown setting.*epoks")]:
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            read_yaml(str(tmp_path / "bad.yaml"))
+
+
+def test_auto_values_follow_the_paper() -> None:
+    run = resolve(make_config({"data": "synthetic", "out": "x", "model": "g16_efficientnet_b0"}), 1, 10, 3)
+    c = run.config
+    assert c.lr == 768 * 2**-14 and c.rmsprop_decay == 1 - 768 * 2**-14  # Section 3.4
+    assert (c.micro_batch_size, c.mixup_alpha, c.cutmix_lambda, c.resolution) == (768, 0.1, 1.0, "32")
+    assert (c.drop_path_rate, c.drop_rate, run.time_scale) == (0.2, 0.2, 1.0)
+    b3 = resolve(make_config({"data": "imagefolder:x", "out": "x", "model": "efficientnet_b3",
+                              "resolution": "half", "batch_size": 512, "lr_scale": 2}), 4, 1000, 3)
+    assert (b3.config.mixup_alpha, b3.config.cutmix_lambda, b3.config.resolution) == (0.2, 0.85, "204")
+    assert (b3.config.micro_batch_size, b3.config.lr) == (128, 2 * 512 * 2**-14)
+    assert resolve_resolution("native", "synthetic", 240) == 240
+    short = resolve(make_config({"data": "synthetic", "out": "x", "epochs": 35}), 1, 10, 3)
+    assert short.time_scale == 0.1 and math.isclose(short.average_decay_per_epoch, 0.97**10)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"batch_size": 8, "micro_batch_size": 3}, "cannot be split into micro-batches of 3"),
+    ({"batch_size": 16384}, "set --rmsprop-decay"),
+    ({"resolution": "16"}, "at least 32"),
+    ({"resolution": "big"}, "native, half or a number"),
+    ({"norm": "xn"}, "unknown norm"),
+    ({"out": ""}, "--out is required"),
+])
+def test_impossible_settings(settings: dict, message: str) -> None:
+    cfg = make_config({"data": "synthetic", "out": "x", **settings})
+    with pytest.raises(ConfigError, match=message):
+        resolve(cfg, 1, 10, 3)
+    with pytest.raises(ConfigError, match="must be a multiple of micro-batch x processes"):
+        resolve(make_config({"data": "synthetic", "out": "x", "batch_size": 8, "micro_batch_size": 4}), 4, 10, 3)
+
+
+# ------------------------------------------------------------------ recipe pieces
+
+
+def test_lr_schedule_warmup_then_staircase_decay() -> None:
+    f = [recipe_lr_factor(s, 10, 5, 2.4, 0.97) for s in range(100)]
+    assert f[0] == pytest.approx(1 / 50) and f[49] == pytest.approx(1.0)  # linear warm-up over 5 epochs
+    assert f[50] == pytest.approx(0.97**2)  # step 50 = epoch 5 = two full 2.4-epoch periods
+    assert f[71] == pytest.approx(0.97**2) and f[72] == pytest.approx(0.97**3)
+    assert recipe_lr_factor(0, 10, 0.01, 1, 0.5) == 1.0  # a warm-up shorter than a step never exceeds the peak
+    # a run 10x shorter than the recipe ends at the recipe's final lr
+    end = recipe_lr_factor(349, 10, 0.5, 0.24, 0.97)
+    assert end == pytest.approx(recipe_lr_factor(3499, 10, 5, 2.4, 0.97))
+
+
+def test_mixup_and_cutmix_targets_match_pixels() -> None:
+    torch.manual_seed(0)
+    images = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 1, 20, 20).clone()
+    labels = torch.arange(6)
+    mixed, targets = mix_batch(images, labels, 6, mixup_alpha=0.0, cutmix_lambda=0.75)
+    assert torch.allclose(targets.sum(1), torch.ones(6))
+    for i in range(6):
+        pasted = (mixed[i] == (i - 2) % 6).float().mean()  # CutMix pastes from two places back
+        assert targets[i, (i - 2) % 6] == pytest.approx(pasted.item()) == pytest.approx(0.25)
+        assert targets[i, i] == pytest.approx(0.75)
+    mixed, targets = mix_batch(images, labels, 6, mixup_alpha=0.2, cutmix_lambda=1.0)
+    own = targets[torch.arange(6), labels]
+    assert (own >= 0.5).all() and torch.allclose(targets.sum(1), torch.ones(6))
+    expected = own * labels + (1 - own) * labels.roll(1)  # Mixup blends with the neighbour, same weight
+    assert torch.allclose(mixed[:, 0, 0, 0], expected.float(), atol=1e-5)
+
+
+def test_epoch_average_starts_at_first_epoch() -> None:
+    model = torch.nn.Linear(2, 1, bias=False)
+    avg = EpochAverage(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+        assert avg.weights(model)["weight"].eq(4.0).all()  # no epoch yet: the model itself
+        avg.end_epoch(model)
+        model.weight.fill_(2.0)
+        avg.end_epoch(model)
+    assert avg.weights(model)["weight"].eq(3.0).all()  # 0.5 * 4 + 0.5 * 2; the init never enters
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_tiny_run_writes_the_contract_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert main(tiny_args(out, epochs=2)) == 0
+    assert "top-1" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary.keys() >= CONTRACT_SUMMARY_KEYS
+    assert (summary["epochs"], summary["steps"], summary["train_resolution"], summary["norm"]) == (2, 8, 32, "gn")
+    assert summary["train_img_per_s"] > 0 and summary["peak_memory_bytes"] > 0 and summary["macs"] > 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state.keys() >= CONTRACT_CHECKPOINT_KEYS and (state["epoch"], state["step"]) == (2, 8)
+    assert yaml.safe_load((out / "config.yaml").read_text()) == state["config"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, 9))
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
+    assert len((out / "metrics.csv").read_text().splitlines()) == len(records) + 1
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
+    # the summary's accuracy is that of the averaged weights the checkpoint holds
+    model, _ = model_from_checkpoint(out / "checkpoint.pt")
+    val = build_dataset("synthetic", "val", 32, False, subset=16)
+    assert evaluate(model, make_loader(val, 16, train=False)) == pytest.approx((summary["top1"], summary["top5"]))
+    # the run is there: a second run into the same directory must not overwrite it
+    assert main(tiny_args(out)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_result_does_not_depend_on_micro_batch_size(tmp_path: Path) -> None:
+    """GN model, global batch 8: one pass of 8 vs four accumulated micro-batches of 2 (Section 3.4)."""
+    assert main(tiny_args(tmp_path / "whole")) == 0
+    assert main(tiny_args(tmp_path / "micro", "--micro-batch-size", "2")) == 0
+    whole, micro = final_weights(tmp_path / "whole"), final_weights(tmp_path / "micro")
+    assert max_abs_diff(whole, micro) < 1e-6
+    torch.manual_seed(0)  # sanity: training moved the (seed 0) initial weights far more than that
+    init = build(preset("efficientnet_b0", norm="gn", num_classes=10)).state_dict()
+    body = [k for k in init if not k.startswith("classifier.")]  # (the classifier starts at 0: head_init_scale)
+    assert max_abs_diff({k: whole[k] for k in body}, {k: init[k] for k in body}) > 1e-4
+
+
+def test_speed_options_keep_the_result(tmp_path: Path) -> None:
+    """--recompute and --channels-last change how, not what; --amp bf16 trains (on the CPU) to nearby weights."""
+    assert main(tiny_args(tmp_path / "plain")) == 0
+    assert main(tiny_args(tmp_path / "fast", "--recompute", "--channels-last")) == 0
+    assert main(tiny_args(tmp_path / "bf16", "--amp", "bf16")) == 0
+    plain = final_weights(tmp_path / "plain")
+    assert max_abs_diff(plain, final_weights(tmp_path / "fast")) < 1e-6
+    bf16 = final_weights(tmp_path / "bf16")
+    assert all(torch.isfinite(v).all() for v in bf16.values()) and max_abs_diff(plain, bf16) < 0.01
+
+
+def test_image_folder_run_skips_corrupt_files(tmp_path: Path) -> None:
+    from test_data import write_bad_files
+
+    root = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=36)
+    bad = write_bad_files(root / "train" / "b")
+    out = tmp_path / "run"
+    assert main(tiny_args(out, "--data", f"imagefolder:{root}", "--batch-size", "15", "--workers", "0")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_classes"] == 2 and summary["skipped_images"] == 3
+    assert sorted(summary["skipped_files"]) == sorted(str(p) for p in bad)
+
+
+# ------------------------------------------------------------------ bad input: exit 2, one line
+
+
+def bad_input_cases(tmp_path: Path) -> list[list[str]]:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_images = make_image_folder(tmp_path / "noimg", {"a": 1})
+    (no_images / "train" / "b").mkdir()
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("batch_size: [\n")
+    return [
+        tiny_args(tmp_path / "o1", "--micro-batch-size", "3"),
+        tiny_args(tmp_path / "o2", "--data", "imagefolder:/nonexistent/data"),
+        tiny_args(tmp_path / "o3", "--data", f"imagefolder:{empty}"),
+        tiny_args(tmp_path / "o4", "--data", f"imagefolder:{no_images}"),
+        tiny_args(tmp_path / "o5", "--resume"),
+        tiny_args(tmp_path / "o6", "--config", str(bad_yaml)),
+        tiny_args(tmp_path / "o7", "--amp", "fp16", "--device", "cpu"),
+        tiny_args(tmp_path / "o8", "--batch-size", "64"),
+        tiny_args(tmp_path / "o9", "--data", "cifar"),
+        tiny_args(tmp_path / "o10", "--epochs", "-1"),
+    ]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for args in bad_input_cases(tmp_path):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("peffnet train: error: ") and err.count("\n") == 1, (args, err)
+
+
+def test_resume_checks_the_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    (out).mkdir()
+    (out / "checkpoint.pt").write_bytes(b"\x00" * 100)
+    assert main(tiny_args(out, "--resume")) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    (out / "checkpoint.pt").unlink()
+    assert main(tiny_args(out)) == 0
+    assert main(tiny_args(out, "--resume", "--batch-size", "16")) == 2
+    assert "trained with batch_size=8, this run has 16" in capsys.readouterr().err
+    assert main(tiny_args(out, "--resume", "--norm", "ln")) == 2
+    assert "trained with norm='gn'" in capsys.readouterr().err
+
+
+def test_train_config_defaults_are_the_paper_recipe() -> None:
+    c = TrainConfig()
+    assert (c.batch_size, c.epochs, c.momentum, c.eps, c.weight_decay, c.label_smoothing) == (
+        768, 350, 0.9, 1e-3, 1e-5, 0.1)
+    assert (c.warmup_epochs, c.decay_epochs, c.decay_rate, c.average_decay) == (5.0, 2.4, 0.97, 0.97)

@@ -320,7 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=HERE / "results", help="folder of the per-device JSON files")
     p.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md", help="the rendered tables")
     p.add_argument("--render", action="store_true", help="only rebuild the markdown from the JSON files")
+    p.add_argument("--threads", type=int, help="CPU intra-op threads (default: torch's, one per core)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if not args.render:
         device = resolve_device(args.device)
         s = SETTINGS["quick" if args.quick else device.type]

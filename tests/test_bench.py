@@ -133,6 +133,7 @@ def test_cli_json_and_out_file(tmp_path, capsys) -> None:
     (["efficientnet_b0", "--batch-size", "lots"], "batch size must be a positive integer or 'max'"),
     (["efficientnet_b0", "--batch-size", "0"], "batch size must be a positive integer or 'max'"),
     (["efficientnet_b0", "--device", "tpu"], "unknown device 'tpu'"),
+    (["efficientnet_b0", "--threads", "0"], "threads must be at least 1"),
 ])
 def test_bad_input_is_one_line_exit_2(argv: list[str], message: str, capsys) -> None:
     rc = main(["bench", *argv, "--resolution", "32", "--repeats", "1"])

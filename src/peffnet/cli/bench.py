@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-iters", type=int, default=10, help="batch-1 calls per model per round (default 10)")
     p.add_argument("--memory-cap", type=float, metavar="GIB",
                    help="CPU memory budget for --batch-size max and batch checks (default min(4, 25%% of RAM))")
+    p.add_argument("--threads", type=int, help="CPU intra-op threads (default: torch's, one per core)")
     p.add_argument("--num-classes", type=int, default=1000, help="classifier width of every model (default 1000)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--out", type=Path, help="also write the JSON result to this file")
@@ -81,6 +82,12 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
 
 def run(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.resolution is not None and args.resolution < 32:
         raise ConfigError(f"resolution must be at least 32, got {args.resolution}")
     specs = [parse_spec(m, model_overrides(args) if ":" not in m else {}, resolution=args.resolution,

@@ -127,7 +127,8 @@ def markdown(result: dict) -> str:
              f"Command: `{result['command']}`  ",
              f"Device: {result['device']}; torch {result['torch']}; batch {result['batch_size']}, "
              f"{result['resolution']} px, {'channels-last' if result['channels_last'] else 'NCHW'}; "
-             f"{result['rounds']} alternating rounds after {result['warmup']} warm-up rounds; medians.", ""]
+             f"{result['rounds']} alternating rounds after {result['warmup']} warm-up rounds; medians; "
+             f"1-min load average {result['load_average'][0]:.1f} before, {result['load_average'][1]:.1f} after.", ""]
     for mode, title in (("train", "Training (forward + backward + RMSProp step)"), ("infer", "Inference (eval)")):
         ref = GOALS[mode][1]
         lines += [f"## {title}", "", f"| model | img/s | step ms | ratio to {ref} | CPU-time img/s | CPU-time ratio |",
@@ -166,6 +167,7 @@ def main() -> int:
         profile(args.profile, args, device, x, y)
         return 0
 
+    load_before = os.getloadavg()[0]
     train = measure({k: train_step(build(n, args, device), x, y) for k, n in TRAIN.items()}, "gn",
                     args.rounds, args.warmup, args.batch_size, device, "training")
     models = {k: build(n, args, device, folded=k.endswith("folded")) for k, n in INFER.items()}
@@ -182,6 +184,7 @@ def main() -> int:
               "command": " ".join(["python", "benchmarks/bench_norms.py", *map(shlex.quote, sys.argv[1:])]),
               "batch_size": args.batch_size, "resolution": args.resolution, "channels_last": args.channels_last,
               "rounds": args.rounds, "warmup": args.warmup, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+              "threads": torch.get_num_threads(), "load_average": [load_before, os.getloadavg()[0]],
               "train": train, "infer": infer, "goals": goals}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"norms_{device.type}" + ("_cl" if args.channels_last else "")

@@ -153,12 +153,16 @@ def run_comparison(c: Comparison, s: Settings, device: str, peaks: DevicePeaks) 
     return runs
 
 
-def run_roofline(s: Settings, device: torch.device, path: Path) -> dict:
-    """G1 vs G16 B0 on the float32 roofline (Appendix A): plot next to the results, summary into them."""
+def run_roofline(s: Settings, device: torch.device, path: Path, fp32_peaks: DevicePeaks | None) -> dict:
+    """G1 vs G16 B0 on the float32 roofline (Appendix A): plot next to the results, summary into them.
+
+    The ceilings are the best of ``fp32_peaks`` (the suite's so far) and measurements before and after.
+    """
     from peffnet.models import create_model
 
     res = s.infer_res
     peaks = measure_device(device, repeats=s.peak_repeats)
+    peaks = peaks.max_with(fp32_peaks) if fp32_peaks is not None else peaks
     points = {}
     for name in ("efficientnet_b0", "g16_efficientnet_b0"):
         print(f"[roofline] {name}@{res}, batch {s.roofline_batch}", file=sys.stderr, flush=True)
@@ -169,6 +173,18 @@ def run_roofline(s: Settings, device: torch.device, path: Path) -> dict:
     files = plot_roofline(peaks, points, path, title=f"G1 vs G16 B0, batch {s.roofline_batch}, {device}")
     return {"batch_size": s.roofline_batch, "resolution": res, "peaks": peaks.to_dict(),
             "summary": summarize(points, peaks), "files": [f.name for f in files]}
+
+
+def merge(old: dict, new: dict, roofline: dict | None) -> dict:
+    """``old`` with the comparisons (and roofline) of the partial run ``new`` replaced; peaks: the higher."""
+    done = {c["key"]: c for c in new["comparisons"]}
+    merged = dict(old, env=new["env"], settings=new["settings"])
+    merged["comparisons"] = [done.pop(c["key"], c) for c in old["comparisons"]] + list(done.values())
+    for key in ("macs_per_s", "bytes_per_s"):
+        merged["peaks"] = dict(merged["peaks"], **{key: max(old["peaks"][key], new["peaks"][key])})
+    if roofline is not None:
+        merged["roofline"] = roofline
+    return merged
 
 
 def device_key(env: dict) -> str:
@@ -273,7 +289,8 @@ def render(results: list[dict]) -> str:
                 continue
             env, peaks, st = res["env"], res["peaks"], res["settings"]
             out += [f"### {device_title(res)}", "",
-                    f"`{res['command']}` (whole suite {res['wall_time_s'] / 60:.1f} min); torch {env['torch']}, "
+                    f"`{comp.get('command', res['command'])}` (whole suite {res['wall_time_s'] / 60:.1f} min); "
+                    f"torch {env['torch']}, "
                     f"torchvision {env['torchvision']}, timm {env['timm']}, peffnet {env['peffnet']}; measured peak "
                     f"{peaks['macs_per_s'] / 1e9:.1f} GMAC/s ({peaks['dtype']} matmul), bandwidth "
                     f"{peaks['bytes_per_s'] / 1e9:.1f} GB/s; AMP {'on' if st['amp'] else 'off'}; warm-up "
@@ -298,7 +315,7 @@ def roofline_section(results: list[dict]) -> list[str]:
         roof = res["roofline"]
         pk = roof["peaks"]
         out += [f"### {device_title(res)}", "",
-                f"`{res['command']}`; batch {roof['batch_size']}, {roof['resolution']} px; peak "
+                f"`{roof.get('command', res['command'])}`; batch {roof['batch_size']}, {roof['resolution']} px; peak "
                 f"{pk['macs_per_s'] / 1e9:.1f} GMAC/s, bandwidth {pk['bytes_per_s'] / 1e9:.1f} GB/s, ridge "
                 f"{pk['ridge_macs_per_byte']:.1f} MACs/byte.", "",
                 f"![roofline](results/{roof['files'][0]})", "",
@@ -333,30 +350,37 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if s.amp else torch.float32
         peaks = measure_device(device, dtype, s.peak_repeats)
-        cmd = ["python", "benchmarks/run_suite.py", *(argv if argv is not None else sys.argv[1:])]
+        command = " ".join(["python", "benchmarks/run_suite.py", *(argv if argv is not None else sys.argv[1:])])
         env = environment(device)
         stem = f"{device_key(env)}{'-quick' if args.quick else ''}"
-        out = {"command": " ".join(cmd), "env": env, "peaks": peaks.to_dict(), "settings": vars(s),
-               "comparisons": []}
+        path = args.results / f"{stem}.json"
         args.results.mkdir(parents=True, exist_ok=True)
+        comps = []
         for c in todo:
             runs = run_comparison(c, s, str(device), peaks)
-            out["comparisons"].append({"key": c.key, "title": c.title, "note": c.note, "summary": c.summary,
-                                       "runs": runs})
+            comps.append({"key": c.key, "title": c.title, "note": c.note, "summary": c.summary, "runs": runs,
+                          "command": command})
             peaks = peaks.max_with(measure_device(device, dtype, s.peak_repeats))  # the best seen: load only lowers it
-        for comp in out["comparisons"]:  # utilization against the best peak of the whole suite
-            for run in comp["runs"]:
-                set_utilization(run["results"], peaks)
-                run["peaks"] = peaks.to_dict()
-        out["peaks"] = peaks.to_dict()
+        roofline = None
         if not args.only or "roofline" in args.only:
-            out["roofline"] = run_roofline(s, device, args.results / f"{stem}-roofline")
-        out["wall_time_s"] = time.perf_counter() - start
-        path = args.results / f"{stem}.json"
+            roofline = run_roofline(s, device, args.results / f"{stem}-roofline", peaks if not s.amp else None)
+            roofline["command"] = command
+        out = {"command": command, "env": env, "peaks": peaks.to_dict(), "settings": vars(s), "comparisons": comps,
+               "wall_time_s": time.perf_counter() - start}
+        if args.only and path.is_file():  # a partial run replaces its parts of the device's last full run
+            out = merge(json.loads(path.read_text()), out, roofline)
+        elif roofline is not None:
+            out["roofline"] = roofline
+        best = DevicePeaks(**{k: out["peaks"][k] for k in ("device", "dtype", "macs_per_s", "bytes_per_s")})
+        for comp in out["comparisons"]:  # utilization against the best peak seen on this device
+            for run in comp["runs"]:
+                set_utilization(run["results"], best)
+                run["peaks"] = best.to_dict()
         path.write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {path} ({out['wall_time_s']:.0f} s)", file=sys.stderr)
+        print(f"wrote {path} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     files = sorted(p for p in args.results.glob("*.json") if not p.stem.endswith("-quick") or args.quick)
-    args.markdown.write_text(render([json.loads(f.read_text()) for f in files]))
+    suites = [r for r in (json.loads(f.read_text()) for f in files) if "comparisons" in r]  # not other scripts'
+    args.markdown.write_text(render(suites))
     print(f"wrote {args.markdown}", file=sys.stderr)
     return 0
 

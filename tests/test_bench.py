@@ -190,6 +190,16 @@ def test_suite_quick_writes_json_and_side_by_side_markdown(tmp_path, monkeypatch
     assert timm["mac_utilization"] == pytest.approx(util)
     assert "## Half vs native training resolution" in text and result["command"] in text
     assert "## Roofline: G1 vs G16 B0" in text and (tmp_path / result["roofline"]["files"][0]).stat().st_size > 1000
+    # A partial run (--only) replaces its comparison and keeps the others of the device's file.
+    assert suite.main(["--quick", "--device", "cpu", "--only", "resolution", "--results", str(tmp_path),
+                       "--markdown", str(md)]) == 0
+    merged = json.loads(path.read_text())
+    assert [c["key"] for c in merged["comparisons"]] == ["peers", "resolution"] and "roofline" in merged
+    ratios = lambda res: [r["train"]["ratio"] for r in res["comparisons"][0]["runs"][0]["results"]]  # noqa: E731
+    assert ratios(merged) == ratios(result)  # peers kept as measured
+    assert merged["comparisons"][1]["command"].endswith("--only resolution --results " + str(tmp_path)
+                                                        + " --markdown " + str(md))
+    result = merged
     # A second device's file renders beside the first: one column per device in the headline table.
     other = dict(result, env=dict(result["env"], device="cuda", device_name="Fake GPU"))
     (tmp_path / "cuda-fake-gpu-quick.json").write_text(json.dumps(other))

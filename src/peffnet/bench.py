@@ -421,7 +421,8 @@ def device_name(device: torch.device) -> str:
     model = platform.processor() or "CPU"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    return f"{model} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{model} ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def environment(device: torch.device) -> dict:

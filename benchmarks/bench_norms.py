@@ -1,6 +1,6 @@
 """What proxy normalization costs: training and inference throughput of B0 G16 with GN, LN and LN+PN.
 
-    python benchmarks/bench_norms.py                     # CPU, 64 px, batch 32, 1 thread: a few minutes
+    python benchmarks/bench_norms.py                     # CPU, 64 px, batch 32, 1 thread: 2-4 minutes
     python benchmarks/bench_norms.py --profile lnpn      # torch.profiler table of one training step, no files
 
 One process builds ``g16_efficientnet_b0`` with each normalization (and LN+PN folded by
@@ -10,7 +10,7 @@ step of every model. A training step is forward + backward + RMSProp step; an in
 to the reference (GN for training, LN for inference), which is fair even when the machine's load drifts.
 Process CPU time is recorded beside wall time: with one intra-op thread (the default) it counts the work done
 and not the time the process waited for a core, so its ratios stay meaningful on a shared, loaded machine.
-Goals (issue 3): LN+PN training >= 0.9x GN, LN+PN inference >= 0.97x LN (judged on wall-clock ratios).
+Goals (issue 3): LN+PN training >= 0.9x GN, LN+PN inference >= 0.97x LN (met only if both ratios reach them).
 Results: ``benchmarks/results/norms_<device>.json`` and ``.md``.
 """
 
@@ -127,7 +127,8 @@ def markdown(result: dict) -> str:
              f"Command: `{result['command']}`  ",
              f"Device: {result['device']}; torch {result['torch']}; batch {result['batch_size']}, "
              f"{result['resolution']} px, {'channels-last' if result['channels_last'] else 'NCHW'}; "
-             f"{result['rounds']} alternating rounds after {result['warmup']} warm-up rounds; medians; "
+             f"{result['rounds']} (training) / {result['infer_rounds']} (inference) alternating rounds after "
+             f"{result['warmup']} warm-up rounds; medians; "
              f"1-min load average {result['load_average'][0]:.1f} before, {result['load_average'][1]:.1f} after.", ""]
     for mode, title in (("train", "Training (forward + backward + RMSProp step)"), ("infer", "Inference (eval)")):
         ref = GOALS[mode][1]
@@ -137,11 +138,12 @@ def markdown(result: dict) -> str:
             lines.append(f"| {label} | {r['img_per_s']:.1f} | {r['step_ms']:.1f} | {r['ratio']:.3f}x "
                          f"| {r['cpu_img_per_s']:.1f} | {r['cpu_ratio']:.3f}x |")
         lines.append("")
-    lines += ["## Goals (issue 3)", "", "| goal | wall-clock ratio | met | CPU-time ratio |", "|---|---|---|---|"]
+    lines += ["## Goals (issue 3)", "", "Met only if both the wall-clock and the CPU-time ratio reach the goal.", "",
+              "| goal | wall-clock ratio | CPU-time ratio | met |", "|---|---|---|---|"]
     for goal in result["goals"]:
         met = "yes" if goal["met"] else "no"
-        lines.append(f"| {goal['what']} >= {goal['goal']} | {goal['measured']:.3f}x | {met} "
-                     f"| {goal['cpu_measured']:.3f}x |")
+        lines.append(f"| {goal['what']} >= {goal['goal']} | {goal['measured']:.3f}x | {goal['cpu_measured']:.3f}x "
+                     f"| {met} |")
     return "\n".join(lines) + "\n"
 
 
@@ -150,7 +152,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=15, help="training rounds")
+    parser.add_argument("--infer-rounds", type=int, default=45, help="inference rounds (steps are ~5x shorter)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads (default 1: on a shared CPU, CPU time then measures the work)")
@@ -171,19 +174,20 @@ def main() -> int:
     train = measure({k: train_step(build(n, args, device), x, y) for k, n in TRAIN.items()}, "gn",
                     args.rounds, args.warmup, args.batch_size, device, "training")
     models = {k: build(n, args, device, folded=k.endswith("folded")) for k, n in INFER.items()}
-    infer = measure({k: infer_step(m, x) for k, m in models.items()}, "ln", args.rounds, args.warmup,
+    infer = measure({k: infer_step(m, x) for k, m in models.items()}, "ln", args.infer_rounds, args.warmup,
                     args.batch_size, device, "inference")
     goals = []
     for mode, res in (("train", train), ("infer", infer)):
         label, ref, goal = GOALS[mode]
         for what in [label] + ([f"{label} folded"] if f"{label} folded" in res else []):
             goals.append({"what": f"{what} / {ref}, {'training' if mode == 'train' else 'inference'}",
-                          "goal": goal, "measured": res[what]["ratio"], "met": res[what]["ratio"] >= goal,
-                          "cpu_measured": res[what]["cpu_ratio"]})
+                          "goal": goal, "measured": res[what]["ratio"], "cpu_measured": res[what]["cpu_ratio"],
+                          "met": min(res[what]["ratio"], res[what]["cpu_ratio"]) >= goal})
     result = {"model": MODEL, "device": device_name(device), "torch": torch.__version__,
               "command": " ".join(["python", "benchmarks/bench_norms.py", *map(shlex.quote, sys.argv[1:])]),
               "batch_size": args.batch_size, "resolution": args.resolution, "channels_last": args.channels_last,
-              "rounds": args.rounds, "warmup": args.warmup, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+              "rounds": args.rounds, "infer_rounds": args.infer_rounds, "warmup": args.warmup,
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
               "threads": torch.get_num_threads(), "load_average": [load_before, os.getloadavg()[0]],
               "train": train, "infer": infer, "goals": goals}
     args.out.mkdir(parents=True, exist_ok=True)

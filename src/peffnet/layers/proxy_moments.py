@@ -16,8 +16,8 @@ ReLU uses the closed form for every sigma. ``scripts/pn_quadrature.py`` measures
 the issue's tolerance). The authors used 200 fixed normal quantiles instead (REFERENCE.md).
 
 The moments cost O(channels) and never see the batch. They are one :class:`torch.autograd.Function` with
-hand-written gradients (the same quadratures applied to ``phi'``): a network has ~30 PN layers, and the
-per-op overhead of recording ~100 tiny autograd ops per layer would otherwise dominate their cost.
+hand-written gradients (the same quadratures applied to ``phi'``): B0 has 33 PN layers, and the per-op
+overhead of recording dozens of tiny autograd ops per layer would otherwise dominate their cost.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ LAGUERRE_NODES = 16
 SIGMA_SPLIT = 1.25  # sigma above which the relu + residual rule is used
 _INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2)
-# exp() of arguments below this gives denormals or underflows, which CPUs compute 10-40x slower; the terms
-# it drops are below e^-80 < 2e-35 of the moments.
+# exp() of arguments below this gives denormals or underflows, which CPUs compute many times slower; the
+# terms it drops are below e^-80 < 2e-35 of the moments.
 _EXP_FLOOR = -80.0
 
 
 def _ndtr(t: torch.Tensor) -> torch.Tensor:
-    """Standard normal CDF (``torch.special.ndtr`` is several times slower on CPU)."""
+    """Standard normal CDF via ``erfc`` (``torch.special.ndtr`` is slower on CPU)."""
     return 0.5 * torch.special.erfc(t * -_INV_SQRT_2)
 
 
@@ -159,7 +159,7 @@ class _ProxyMoments(torch.autograd.Function):
 
     The forward computes the moments and their derivatives in one pass without autograd; the backward
     is the chain rule through ``mu = gamma beta~ + beta`` and ``sigma = |gamma (1 + gamma~)|``. One node
-    instead of ~100 recorded ops: per-op overhead, not arithmetic, is what the moments cost.
+    instead of dozens of recorded ops: per-op overhead, not arithmetic, is what the moments cost.
     """
 
     @staticmethod

@@ -29,8 +29,8 @@ __all__ = ["NORM_EPS", "PROXY_EPS", "ProxyNormAct2d", "proxy_affine", "proxy_nor
 def _per_position(v: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` as an (N, C * H * W) view and the per-channel vector ``v`` repeated for every position.
 
-    A per-channel affine over that flat view is a row-vector broadcast, which CPU kernels vectorize several
-    times better than a (C, 1, 1) broadcast over small feature maps (``benchmarks/bench_norms.py``).
+    A per-channel affine over that flat view is a row-vector broadcast, which CPU kernels vectorize much
+    better than a (C, 1, 1) broadcast over the short rows of small feature maps.
     """
     return x.view(x.shape[0], -1), v.to(x.dtype).repeat_interleave(math.prod(x.shape[2:]))
 

@@ -172,6 +172,22 @@ def test_every_preset_builds_with_pn() -> None:
         assert model.eval()(torch.empty(1, 3, 64, 64)).shape == (1, 10)
 
 
+def test_moments_cost_o_channels_whatever_the_batch_and_resolution(monkeypatch) -> None:
+    """One moment computation per PN layer and forward, over that layer's channels only."""
+    from peffnet.layers import proxy_moments
+
+    sizes: list[int] = []
+    original = proxy_moments._moments
+    monkeypatch.setattr(proxy_moments, "_moments", lambda act, mu, sigma, nodes: (
+        sizes.append(mu.numel()), original(act, mu, sigma, nodes))[1])
+    model = create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10)
+    channels = [m.channels for m in model.modules() if isinstance(m, ProxyNormAct2d) and m.act]
+    for batch, res in ((1, 32), (4, 64)):
+        sizes.clear()
+        model(torch.randn(batch, 3, res, res)).sum().backward()
+        assert sorted(sizes) == sorted(channels) and sum(sizes) == 13248
+
+
 def test_eval_cache_computed_once_and_refreshed_on_change() -> None:
     layer = ProxyNormAct2d(6)
     randomize(layer)

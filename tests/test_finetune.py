@@ -172,6 +172,8 @@ def test_resume_mid_epoch_matches_uninterrupted(parent: Path, tmp_path: Path) ->
     (["--resolution", "64", "--model", "g16_efficientnet_b0"], "holds efficientnet_b0 (G1 E6 gn), not the requested"),
     (["--resolution", "64", "--norm", "lnpn"], "not the requested norm 'lnpn'"),
     (["--resolution", "64", "--data", "fashion-mnist"], "1 channel(s), but the checkpoint's efficientnet_b0"),
+    (["--resolution", "64", "--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a CUDA device"),
+    (["--resolution", "64", "--lr", "-1"], "--lr must be a positive number"),
 ])
 def test_bad_input(parent: Path, tmp_path: Path, extra: list[str], message: str,
                    capsys: pytest.CaptureFixture[str]) -> None:

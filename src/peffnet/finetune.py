@@ -225,6 +225,8 @@ def _finetune(cfg: FinetuneConfig, ctx: distributed.Context) -> dict[str, Any]:
     if not cfg.resume and ckpt_path.exists():
         raise ConfigError(f"{out} already holds a run ({ckpt_path.name}); add --resume to continue it "
                           f"or choose another --out")
+    if cfg.amp == "fp16" and ctx.device.type != "cuda":
+        raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
     own = load_checkpoint(ckpt_path) if cfg.resume else None
     model, parent = model_from_checkpoint(parent_path, averaged=True)
     check_parent_model(model.cfg, cfg, str(parent_path))

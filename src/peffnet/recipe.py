@@ -37,16 +37,11 @@ from peffnet.train import train
 SMALL_IMAGE_NATIVE = 64
 """The "native" size we give the 28/32 px datasets (fashion-mnist, synthetic): half = 32, the canvas."""
 
-SHORT_RUN_TRAINING = {
-    "head_init_scale": 0.0, "recipe_epochs": 0.0, "warmup_epochs": 0.1, "decay_epochs": 0.1,
-    "drop_path_rate": 0.0, "mixup_alpha": 0.0,
-}
-"""``peffnet train`` settings of the recipe's default one-epoch runs on the small datasets: the paper's
-optimizer and lr (RMSProp, B * 2^-14) with a zero-initialised classifier (the EfficientNet init gives
-10-class logits of std ~7), a 0.1-epoch warm-up, lr x 0.97 every 0.1 epoch, and no stochastic depth or
-Mixup (regularizers for 350-epoch runs that slow a one-epoch run down). ``--train-config`` overrides them;
-image folders get none of them (the paper's recipe)."""
-
+SHORT_RUN_TRAINING = {"head_init_scale": 0.0, "drop_path_rate": 0.0, "mixup_alpha": 0.0}
+"""``peffnet train`` settings of the recipe's short runs on the small datasets: the paper's optimizer, lr and
+schedule (stretched to the run) with a zero-initialised classifier (the EfficientNet init gives 10-class
+logits of std ~7) and without stochastic depth and Mixup (regularizers for 350-epoch runs that slow a
+one-epoch run down). ``--train-config`` overrides them; image folders get the paper's recipe unchanged."""
 
 @dataclass
 class RecipeConfig:

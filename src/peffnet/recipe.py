@@ -43,6 +43,7 @@ schedule (stretched to the run) with a zero-initialised classifier (the Efficien
 logits of std ~7) and without stochastic depth and Mixup (regularizers for 350-epoch runs that slow a
 one-epoch run down). ``--train-config`` overrides them; image folders get the paper's recipe unchanged."""
 
+
 @dataclass
 class RecipeConfig:
     """Settings of ``peffnet recipe``; the defaults finish in about 10 minutes on 2 CPU cores (Fashion-MNIST)."""

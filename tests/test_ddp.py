@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from peffnet.cli import main
 from train_helpers import final_weights, max_abs_diff, tiny_args
 
@@ -20,6 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two fresh Python processes importing torch: ~40 s on a busy 2-core machine
 def test_two_processes_equal_one(tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(tiny_args(one, epochs=2)) == 0  # global batch 8 in one pass

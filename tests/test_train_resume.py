@@ -31,6 +31,7 @@ def checkpoint_step(path: Path) -> int | None:
         return None
 
 
+@pytest.mark.slow  # two fresh Python processes importing torch: ~40 s on a busy 2-core machine
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
     reference, victim = tmp_path / "reference", tmp_path / "victim"
     assert main(run_args(reference)) == 0

@@ -28,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name in MODEL_FLAGS:
             continue
         flag = "--" + name.replace("_", "-")
-        meta, default = f.metadata, "auto" if f.default is None else f.default
-        help_text = f"{meta['help']} [default: {default}]"
+        meta = f.metadata
+        default = "auto" if f.default is None else f.default
+        help_text = f"{meta['help']} [{'required' if default == '' else f'default: {default}'}]"
         if meta["type"] is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

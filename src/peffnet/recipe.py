@@ -212,6 +212,9 @@ def format_summary(s: dict[str, Any]) -> str:
             r = result_at(s, name, size)
             cells.append("" if r is None else f"{r['top1']:.2f}{'*' if r == e['best'] else ''}")
         lines.append(f"| {MODEL_LABELS[name]} | " + " | ".join(cells) + " |")
+    lines += [""] + [f"Evaluation, {MODEL_LABELS[name]}: {e['wall_time_s']:.0f} s ("
+                     + ", ".join(f"{r['img_per_s']:.0f} img/s at {r['resolution']} px" for r in e["results"]) + ")."
+                     for name, e in s["evaluations"].items()]
     if s["native_wall_time_s"] is not None:
         lines += ["", f"Training wall time: half + fine-tune {s['half_wall_time_s']:.0f} s, native "
                       f"{s['native_wall_time_s']:.0f} s."]

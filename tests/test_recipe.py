@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from peffnet.cli import main
-from peffnet.recipe import SMALL_IMAGE_NATIVE, RecipeConfig, result_at
+from peffnet.recipe import SHORT_RUN_FINETUNE_LR, SMALL_IMAGE_NATIVE, RecipeConfig, result_at
 
 TINY = ["--data", "synthetic", "--model", "efficientnet_b0", "--norm", "gn", "--subset", "16",
         "--finetune-subset", "16", "--val-subset", "8", "--test-subset", "8", "--batch-size", "8",
@@ -58,6 +58,7 @@ def test_stages_and_summary(recipe: Path) -> None:
     assert s["half_wall_time_s"] == pytest.approx(train["wall_time_s"] + ft["wall_time_s"])
     # each stage is a complete run directory, chained through the checkpoint's parent
     summary_ft = json.loads((recipe / "finetune" / "summary.json").read_text())
+    assert summary_ft["lr"] == SHORT_RUN_FINETUNE_LR  # the small-dataset default, not 0.25 x batch / 512
     assert Path(summary_ft["parent"]) == (recipe / "train" / "checkpoint.pt").resolve()
     # with in-run and final evaluations on the same images, the sweep re-measures the fine-tuned accuracy
     assert ft["top1"] == summary_ft["top1"] == result_at(s, "finetuned", 64)["top1"]
@@ -82,6 +83,7 @@ def test_resume_keeps_finished_stages(recipe: Path, capsys: pytest.CaptureFixtur
     (["--norm", "xx"], "unknown norm"),
     (["--epochs", "0"], "epochs must be a positive"),
     (["--threads", "0"], "--threads must be a positive integer"),
+    (["--finetune-lr", "0"], "--lr must be a positive number"),
     (["--train-config", "/nonexistent.yaml"], "cannot read config"),
 ])
 def test_bad_input_fails_before_training(tmp_path: Path, extra: list[str], message: str,

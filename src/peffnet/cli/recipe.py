@@ -8,6 +8,7 @@ import sys
 
 from peffnet.cli.common import loose_int
 from peffnet.cli.eval import resolution_list
+from peffnet.cli.finetune import loose_float
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "short-run defaults for fashion-mnist/synthetic, see docs/resolution.md)")
     g.add_argument("--finetune-stages", type=loose_int, default=2, help="1, 2 or 3 parts [default: 2]")
     g.add_argument("--finetune-epochs", type=loose_int, default=2, help="[default: 2]")
-    g.add_argument("--finetune-batch-size", type=loose_int, default=256, help="[default: 256, lr 0.125]")
+    g.add_argument("--finetune-batch-size", type=loose_int, default=256, help="[default: 256]")
+    g.add_argument("--finetune-lr", type=loose_float, help="initial lr of the cosine schedule [default: 0.05 for "
+                   "fashion-mnist/synthetic, else 0.25 x batch / 512]")
     g.add_argument("--finetune-subset", type=loose_int, default=10000, help="fine-tune on this many training "
                    "images [default: 10000]")
     g.add_argument("--val-subset", type=loose_int, default=2000, help="validation images of the per-epoch "

@@ -1,5 +1,6 @@
 """Reusable training pieces: the recipe's optimizer and schedule, one step with micro-batching, one epoch,
-evaluation, and the exponential average of per-epoch weights (paper Section 3.4).
+evaluation, the exponential average of per-epoch weights (paper Section 3.4), and the epoch loop
+(:func:`run_epochs`) that ``peffnet train`` and ``peffnet finetune`` share.
 
 These take plain modules, optimizers and loaders so that fine-tuning and evaluation code can reuse them
 with their own optimizer/scheduler (see :func:`peffnet.train.train`).
@@ -8,10 +9,13 @@ with their own optimizer/scheduler (see :func:`peffnet.train.train`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +23,11 @@ from timm.optim import RMSpropTF
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from peffnet import distributed
+from peffnet.data import Loader
+from peffnet.metrics import MetricsLogger
 from peffnet.mixing import mix_batch
 from peffnet.optim import param_groups
 
@@ -196,3 +203,73 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
     model.train(was_training)
     c1, c5, n = counts.tolist()
     return (100.0 * c1 / n, 100.0 * c5 / n) if n else (float("nan"), float("nan"))
+
+
+def collect_skipped(done: dict[str, Any], *loaders: Loader) -> None:
+    """Move the image files the loaders skipped (unreadable, gathered from every rank) into ``done["skipped"]``,
+    each listed once."""
+    new = distributed.all_gather_lists([path for loader in loaders for path in loader.skipped])
+    done["skipped"] = sorted(set(done["skipped"]).union(new))
+    for loader in loaders:
+        loader.skipped.clear()
+
+
+def run_epochs(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, average: EpochAverage,
+               train_loader: Loader, val_loader: Loader, settings: StepSettings, logger: MetricsLogger,
+               save: Callable[[int], None], done: dict[str, Any], *, step: int, epochs: int, global_batch: int,
+               seed: int, log_every: int, checkpoint_every: int, checkpoint: Path, elapsed: Callable[[], float],
+               is_main: bool, progress: bool, label: str = "epoch") -> tuple[int, float, float]:
+    """Run epochs from run step ``step`` (mid-epoch after a resume) up to ``epochs``.
+
+    ``net`` is trained (it may be ``model`` wrapped by DDP or ``torch.compile``); ``model`` is evaluated,
+    averaged and saved. Each step updates the progress bar, logs every ``log_every`` steps and calls
+    ``save(step)`` every ``checkpoint_every`` steps within an epoch; each epoch adds its training time and
+    images to ``done``, folds the weights into ``average``, evaluates, logs, prints one line and saves.
+    ``elapsed()`` is the run's wall time so far; ``label`` names the epochs in the bar and messages.
+    Returns (step, top-1, top-5) of the last epoch's live weights (NaN when no epoch was left to run).
+
+    Raises:
+        NonFiniteLoss: the loss became NaN/inf; names the epoch and whether ``checkpoint`` is kept.
+    """
+    steps_per_epoch = len(train_loader)
+    top1 = top5 = float("nan")
+
+    def on_step(log: StepLog, bar: tqdm) -> None:
+        bar.update()
+        bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{log.lr:.3g}", img_s=f"{log.img_per_s:.0f}")
+        if log.step % log_every == 0:
+            logger.log({"kind": "step", "epoch": (log.step - 1) // steps_per_epoch + 1, "step": log.step,
+                        "loss": log.loss, "lr": log.lr, "img_per_s": log.img_per_s, "time_s": elapsed()})
+        if checkpoint_every and log.step % checkpoint_every == 0 and log.step % steps_per_epoch:
+            save(log.step)
+
+    for epoch in range(step // steps_per_epoch, epochs):
+        train_loader.set_epoch(epoch, step - epoch * steps_per_epoch)
+        bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, desc=f"{label} {epoch + 1}/{epochs}",
+                   unit="step", disable=not (is_main and progress), dynamic_ncols=True)
+        try:
+            loss, steps, seconds = train_one_epoch(net, optimizer, scheduler, scaler, train_loader, settings,
+                                                   first_step=step, global_batch=global_batch, seed=seed,
+                                                   on_step=functools.partial(on_step, bar=bar))
+        except NonFiniteLoss as err:
+            last = f"the last good checkpoint {checkpoint} is kept" if checkpoint.exists() else "no checkpoint yet"
+            raise NonFiniteLoss(f"{err} ({label} {epoch + 1}); training stopped, {last}") from None
+        finally:
+            bar.close()
+        step += steps
+        done["train_time_s"] += seconds
+        done["images"] += steps * global_batch
+        average.end_epoch(model)
+        top1, top5 = evaluate(model, val_loader, settings.amp, settings.channels_last)
+        img_per_s = steps * global_batch / seconds
+        logger.log({"kind": "epoch", "epoch": epoch + 1, "step": step, "loss": loss,
+                    "lr": optimizer.param_groups[0]["lr"], "img_per_s": img_per_s, "top1": top1, "top5": top5,
+                    "time_s": elapsed()})
+        if is_main:
+            tqdm.write(f"{label} {epoch + 1}/{epochs}: loss {loss:.4f}  top-1 {top1:.2f} %  top-5 {top5:.2f} %  "
+                       f"{img_per_s:.0f} img/s")
+        save(step)
+        if is_main and done["skipped"]:
+            tqdm.write(f"skipped {len(done['skipped'])} unreadable image file(s) so far, e.g. {done['skipped'][0]}")
+    return step, top1, top5

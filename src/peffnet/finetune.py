@@ -36,13 +36,12 @@ import torch
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import peffnet
 from peffnet import distributed
 from peffnet.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint, save_checkpoint
 from peffnet.data import build_dataset, make_loader
-from peffnet.engine import EpochAverage, NonFiniteLoss, StepLog, StepSettings, evaluate, train_one_epoch
+from peffnet.engine import EpochAverage, StepSettings, collect_skipped, evaluate, run_epochs
 from peffnet.errors import ConfigError
 from peffnet.evaluate import check_data, checkpoint_file
 from peffnet.metrics import MetricsLogger
@@ -278,13 +277,14 @@ def _finetune(cfg: FinetuneConfig, ctx: distributed.Context) -> dict[str, Any]:
     net = DistributedDataParallel(model, device_ids=[ctx.device] if pin else None) if ctx.distributed else model
     logger = MetricsLogger(out, ctx.is_main, resume_step=step if own is not None else None)
     settings = StepSettings(micro, train_set.num_classes, cfg.label_smoothing, 0.0, 1.0, cfg.amp, cfg.channels_last)
-    wall_before, top1, top5 = done["wall_time_s"], float("nan"), float("nan")
+    wall_before = done["wall_time_s"]
+
+    def elapsed() -> float:
+        return wall_before + time.perf_counter() - t0
 
     def save(at_step: int) -> None:
-        done["skipped"] += distributed.all_gather_lists(train_loader.skipped + val_loader.skipped)
-        train_loader.skipped.clear()
-        val_loader.skipped.clear()
-        done["wall_time_s"] = wall_before + time.perf_counter() - t0
+        collect_skipped(done, train_loader, val_loader)
+        done["wall_time_s"] = elapsed()
         if ctx.is_main:
             save_checkpoint(ckpt_path, {
                 "format": FORMAT, "model_config": dataclasses.asdict(model.cfg), "model": model.state_dict(),
@@ -297,41 +297,11 @@ def _finetune(cfg: FinetuneConfig, ctx: distributed.Context) -> dict[str, Any]:
                 "progress": dict(done), "parent": str(parent_path), "parent_train_resolution": parent_res,
                 "finetune_stages": cfg.stages})
 
-    for epoch in range(step // steps_per_epoch, cfg.epochs):
-        train_loader.set_epoch(epoch, step - epoch * steps_per_epoch)
-        bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, unit="step", dynamic_ncols=True,
-                   desc=f"fine-tune {epoch + 1}/{cfg.epochs}", disable=not (ctx.is_main and cfg.progress))
-
-        def on_step(log: StepLog, bar: tqdm = bar, epoch: int = epoch) -> None:
-            bar.update()
-            bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{log.lr:.3g}", img_s=f"{log.img_per_s:.0f}")
-            if log.step % cfg.log_every == 0:
-                logger.log({"kind": "step", "epoch": epoch + 1, "step": log.step, "loss": log.loss, "lr": log.lr,
-                            "img_per_s": log.img_per_s, "time_s": wall_before + time.perf_counter() - t0})
-            if cfg.checkpoint_every and log.step % cfg.checkpoint_every == 0 and log.step % steps_per_epoch:
-                save(log.step)
-
-        try:
-            loss, steps, seconds = train_one_epoch(net, optimizer, scheduler, scaler, train_loader, settings,
-                                                   first_step=step, global_batch=cfg.batch_size, seed=cfg.seed,
-                                                   on_step=on_step)
-        except NonFiniteLoss as err:
-            last = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint yet"
-            raise NonFiniteLoss(f"{err} in fine-tuning epoch {epoch + 1}; stopped, {last}") from None
-        finally:
-            bar.close()
-        step += steps
-        done["train_time_s"] += seconds
-        done["images"] += steps * cfg.batch_size
-        average.end_epoch(model)
-        top1, top5 = evaluate(model, val_loader, cfg.amp, cfg.channels_last)
-        logger.log({"kind": "epoch", "epoch": epoch + 1, "step": step, "loss": loss, "top1": top1, "top5": top5,
-                    "lr": optimizer.param_groups[0]["lr"], "img_per_s": steps * cfg.batch_size / seconds,
-                    "time_s": wall_before + time.perf_counter() - t0})
-        if ctx.is_main:
-            tqdm.write(f"fine-tune epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}  top-1 {top1:.2f} %  "
-                       f"top-5 {top5:.2f} %  {steps * cfg.batch_size / seconds:.0f} img/s")
-        save(step)
+    step, top1, top5 = run_epochs(
+        net, model, optimizer, scheduler, scaler, average, train_loader, val_loader, settings, logger, save, done,
+        step=step, epochs=cfg.epochs, global_batch=cfg.batch_size, seed=cfg.seed, log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every, checkpoint=ckpt_path, elapsed=elapsed, is_main=ctx.is_main,
+        progress=cfg.progress, label="fine-tune epoch")
 
     if top1 != top1:  # nothing left to run in this process (resumed a finished run)
         top1, top5 = evaluate(model, val_loader, cfg.amp, cfg.channels_last)
@@ -349,7 +319,7 @@ def _finetune(cfg: FinetuneConfig, ctx: distributed.Context) -> dict[str, Any]:
         "peak_memory_bytes": peak_memory_bytes(ctx.device), "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for n, p in model.named_parameters() if n in trainable),
         "macs": macs, "epochs": cfg.epochs, "steps": total_steps, "batch_size": cfg.batch_size,
-        "micro_batch_size": micro, "lr": cfg.peak_lr, "skipped_images": len(set(done["skipped"])),
+        "micro_batch_size": micro, "lr": cfg.peak_lr, "skipped_images": len(done["skipped"]),
         "world_size": ctx.world_size, "amp": cfg.amp,
         "dataset": spec, "num_classes": train_set.num_classes, "config_hash": config["config_hash"],
         "device": torch.cuda.get_device_name(ctx.device) if pin else f"cpu ({torch.get_num_threads()} threads)",

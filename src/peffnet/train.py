@@ -1,7 +1,7 @@
 """``peffnet train``: the paper's training recipe end to end (Section 3.4), on one CPU or many GPUs.
 
 Read top to bottom, :func:`train` does: data -> resolved config -> model, optimizer, schedule, weight
-average -> (resume) -> DDP / compile -> epochs of :func:`~peffnet.engine.train_one_epoch` with per-step
+average -> (resume) -> DDP / compile -> epochs (:func:`~peffnet.engine.run_epochs`) with per-step
 logs and checkpoints -> evaluation of the averaged weights -> ``summary.json``.
 Run-directory layout and checkpoint contents: ``notes/contracts.md`` and ``docs/training.md``.
 """
@@ -9,7 +9,6 @@ Run-directory layout and checkpoint contents: ``notes/contracts.md`` and ``docs/
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import resource
 import time
@@ -20,7 +19,6 @@ from typing import Any
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 import peffnet
 from peffnet import distributed
@@ -28,13 +26,12 @@ from peffnet.checkpoint import FORMAT, load_checkpoint, load_weights, save_check
 from peffnet.data import build_dataset, make_loader
 from peffnet.engine import (
     EpochAverage,
-    NonFiniteLoss,
-    StepLog,
     StepSettings,
+    collect_skipped,
     evaluate,
     recipe_scheduler,
     rmsprop_tf,
-    train_one_epoch,
+    run_epochs,
 )
 from peffnet.errors import ConfigError
 from peffnet.metrics import MetricsLogger
@@ -136,15 +133,15 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, make_optimizer: Optimizer
     logger = MetricsLogger(out, ctx.is_main, resume_step=step if state is not None else None)
     settings = StepSettings(c.micro_batch_size, run.num_classes, c.label_smoothing, c.mixup_alpha,
                             c.cutmix_lambda, c.amp, c.channels_last)
-    wall_before, top1, top5 = done["wall_time_s"], float("nan"), float("nan")
+    wall_before = done["wall_time_s"]
+
+    def elapsed() -> float:
+        return wall_before + time.perf_counter() - t0
 
     def save(at_step: int) -> None:
         """Checkpoint the run at ``at_step`` (every rank joins the gather of skipped files; rank 0 writes)."""
-        new = distributed.all_gather_lists(train_loader.skipped + val_loader.skipped)
-        done["skipped"] = sorted(set(done["skipped"]).union(new))  # unreadable files, each listed once
-        train_loader.skipped.clear()
-        val_loader.skipped.clear()
-        done["wall_time_s"] = wall_before + time.perf_counter() - t0
+        collect_skipped(done, train_loader, val_loader)
+        done["wall_time_s"] = elapsed()
         if ctx.is_main:
             save_checkpoint(ckpt_path, {
                 "format": FORMAT, "model_config": dataclasses.asdict(run.model), "model": model.state_dict(),
@@ -156,45 +153,12 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, make_optimizer: Optimizer
                                                   "data randomness from (seed, epoch, image index)"},
                 "config": config_dict(c), "progress": dict(done)})
 
-    def on_step(log: StepLog, bar: tqdm) -> None:
-        """Progress bar, step metrics, and the checkpoint every ``checkpoint_every`` steps (mid-epoch)."""
-        bar.update()
-        bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{log.lr:.3g}", img_s=f"{log.img_per_s:.0f}")
-        if log.step % c.log_every == 0:
-            logger.log({"kind": "step", "epoch": (log.step - 1) // steps_per_epoch + 1, "step": log.step,
-                        "loss": log.loss, "lr": log.lr, "img_per_s": log.img_per_s,
-                        "time_s": wall_before + time.perf_counter() - t0})
-        if c.checkpoint_every and log.step % c.checkpoint_every == 0 and log.step % steps_per_epoch:
-            save(log.step)
-
-    # epochs
-    for epoch in range(step // steps_per_epoch, c.epochs):
-        train_loader.set_epoch(epoch, step - epoch * steps_per_epoch)
-        bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, desc=f"epoch {epoch + 1}/{c.epochs}",
-                   unit="step", disable=not (ctx.is_main and c.progress), dynamic_ncols=True)
-        try:
-            loss, steps, seconds = train_one_epoch(net, optimizer, scheduler, scaler, train_loader, settings,
-                                                   first_step=step, global_batch=c.batch_size, seed=c.seed,
-                                                   on_step=functools.partial(on_step, bar=bar))
-        except NonFiniteLoss as err:
-            last = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint yet"
-            raise NonFiniteLoss(f"{err} (epoch {epoch + 1}); training stopped, {last}") from None
-        finally:
-            bar.close()
-        step += steps
-        done["train_time_s"] += seconds
-        done["images"] += steps * c.batch_size
-        average.end_epoch(model)
-        top1, top5 = evaluate(model, val_loader, c.amp, c.channels_last)
-        logger.log({"kind": "epoch", "epoch": epoch + 1, "step": step, "loss": loss,
-                    "lr": optimizer.param_groups[0]["lr"], "img_per_s": steps * c.batch_size / seconds,
-                    "top1": top1, "top5": top5, "time_s": wall_before + time.perf_counter() - t0})
-        if ctx.is_main:
-            tqdm.write(f"epoch {epoch + 1}/{c.epochs}: loss {loss:.4f}  top-1 {top1:.2f} %  top-5 {top5:.2f} %  "
-                       f"{steps * c.batch_size / seconds:.0f} img/s")
-        save(step)
-        if ctx.is_main and done["skipped"]:
-            tqdm.write(f"skipped {len(done['skipped'])} unreadable image file(s) so far, e.g. {done['skipped'][0]}")
+    # epochs: progress bar, step logs, per-epoch evaluation and checkpoint
+    step, top1, top5 = run_epochs(
+        net, model, optimizer, scheduler, scaler, average, train_loader, val_loader, settings, logger, save, done,
+        step=step, epochs=c.epochs, global_batch=c.batch_size, seed=c.seed, log_every=c.log_every,
+        checkpoint_every=c.checkpoint_every, checkpoint=ckpt_path, elapsed=elapsed, is_main=ctx.is_main,
+        progress=c.progress)
 
     # final weights: the exponential average of the per-epoch weights
     avg_top1, avg_top5 = evaluate(average.module if average.epochs_seen else model, val_loader, c.amp,

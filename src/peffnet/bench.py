@@ -8,8 +8,7 @@ model rotates each repeat) in one process, and each figure is the median over re
 medians of per-repeat ratios against the first model, so load that drifts over the run cancels out.
 
 Peak memory is the bytes of the model's own resident tensors (parameters, buffers, optimizer state,
-input batch) plus the largest transient allocation during one step: from CUDA's allocator statistics,
-or on CPU from the allocation events ``torch.profiler`` records (what tensors hold, not process RSS).
+input batch) plus the largest transient allocation during one step (:mod:`peffnet.measure`).
 
 Model names: a peffnet preset (``g16_efficientnet_b0``), ``timm:NAME`` or ``torchvision:NAME``
 (always randomly initialised: nothing is downloaded). ``NAME@R`` sets that model's resolution.
@@ -18,24 +17,20 @@ Model names: a peffnet preset (``g16_efficientnet_b0``), ``timm:NAME`` or ``torc
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import statistics
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from peffnet.errors import ConfigError
+from peffnet.measure import GIB, alternate, max_batch, memory_cap, nbytes, peak_transient_bytes
 from peffnet.models import build, preset
 from peffnet.roofline import DevicePeaks, measure_device, model_macs, synchronize
 
-GIB = 2**30
 MODES = ("train", "infer", "latency")
 PROBE_BATCHES = (1, 4)  # CPU: peak memory is measured at these and extrapolated linearly
 
@@ -134,46 +129,6 @@ def build_model(spec: BenchSpec, num_classes: int = 1000) -> tuple[nn.Module, in
     return model, cfg.resolution, f"G{cfg.group_size} E{cfg.expansion} {cfg.norm}" + (" folded" if spec.fold_pn else "")
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence the profiler's C++ start/stop log lines (file descriptor 2) for the duration."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def peak_transient_bytes(step: Callable[[], object], device: torch.device) -> int:
-    """Largest number of bytes allocated during ``step()`` beyond what was allocated before it."""
-    if device.type == "cuda":
-        synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    current = peak = 0
-    for e in events:
-        current += e.nbytes()
-        peak = max(peak, current)
-    return peak
-
-
-def _nbytes(tensors: object) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))  # type: ignore[attr-defined]
-
-
 class Subject:
     """One model prepared on the device: eager module, the callable to time (maybe compiled), optimizer."""
 
@@ -204,10 +159,10 @@ class Subject:
         x = torch.randn(batch, self.in_chans, r, r, device=self.device).contiguous(memory_format=self.memory_format)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                   enabled=self.amp_dtype is not None)
-        resident = _nbytes(self.model.parameters()) + _nbytes(self.model.buffers()) + _nbytes([x])
+        resident = nbytes(self.model.parameters()) + nbytes(self.model.buffers()) + nbytes([x])
         if mode == "train":
             y = torch.randint(0, self.num_classes, (batch,), device=self.device)
-            resident += _nbytes(v for s in self.optimizer.state.values() for v in s.values())
+            resident += nbytes(v for s in self.optimizer.state.values() for v in s.values())
 
             def step() -> None:
                 self.model.train()
@@ -247,7 +202,7 @@ class Subject:
         CUDA: run the (eager) step and catch out-of-memory. CPU: :meth:`memory_model` against the cap.
         """
         if self.device.type == "cpu":
-            predicted, cap = self.memory_model(mode), memory_cap(opts)
+            predicted, cap = self.memory_model(mode), memory_cap(opts.memory_cap_gib)
             return lambda b: predicted(b) <= cap
 
         def fits_cuda(b: int) -> bool:
@@ -274,56 +229,6 @@ def _amp_dtype(opts: BenchOptions, device: torch.device) -> torch.dtype | None:
     return getattr(torch, name)
 
 
-def memory_cap(opts: BenchOptions) -> float:
-    """CPU memory budget in bytes: ``--memory-cap`` or min(4 GiB, 25 % of physical memory)."""
-    if opts.memory_cap_gib is not None:
-        if opts.memory_cap_gib <= 0:
-            raise ConfigError(f"memory cap must be positive, got {opts.memory_cap_gib} GiB")
-        return opts.memory_cap_gib * GIB
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return min(4 * GIB, 0.25 * total)
-
-
-def max_batch(fits: Callable[[int], bool], limit: int = 4096) -> int:
-    """Largest batch in ``[1, limit]`` with ``fits(batch)``: double until it fails, then bisect."""
-    if not fits(1):
-        raise ConfigError("even batch size 1 does not fit in memory")
-    lo, hi = 1, None
-    while lo < limit:
-        b = min(2 * lo, limit)
-        if not fits(b):
-            hi = b
-            break
-        lo = b
-    while hi is not None and hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
-
-
-def _time_block(step: Callable[[], None], iters: int, device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    synchronize(device)
-    return (time.perf_counter() - start) / iters
-
-
-def alternate(steps: list[Callable[[], None]], warmup: int, repeats: int, iters: int, device: torch.device,
-              desc: str = "") -> list[list[float]]:
-    """Seconds per step of each closure: warm-up, then ``repeats`` rounds in rotating order."""
-    for step in steps:
-        for _ in range(warmup):
-            step()
-    samples: list[list[float]] = [[] for _ in steps]
-    for r in tqdm(range(repeats), desc=desc, disable=None, leave=False):
-        for k in range(len(steps)):
-            i = (r + k) % len(steps)
-            samples[i].append(_time_block(steps[i], iters, device))
-    return samples
-
-
 def _batch_for(subject: Subject, mode: str, opts: BenchOptions) -> int:
     """The batch to time ``mode`` at: the requested one (checked against memory) or the searched max."""
     if mode == "latency":
@@ -336,7 +241,7 @@ def _batch_for(subject: Subject, mode: str, opts: BenchOptions) -> int:
             raise ConfigError(f"{subject.label}: even batch size 1 does not fit in memory for {what}") from None
     batch = opts.batch_size
     if subject.device.type == "cpu" and isinstance(batch, int) and batch > PROBE_BATCHES[1]:
-        need, cap = subject.memory_model(mode)(batch), memory_cap(opts)
+        need, cap = subject.memory_model(mode)(batch), memory_cap(opts.memory_cap_gib)
         if need > cap:
             raise ConfigError(f"batch size {batch} does not fit for {subject.label} ({what}): needs about "
                               f"{need / GIB:.1f} GiB, the CPU memory cap is {cap / GIB:.1f} GiB "

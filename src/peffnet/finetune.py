@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import peffnet
 from peffnet import distributed
-from peffnet.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint, save_checkpoint
+from peffnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from peffnet.data import build_dataset, make_loader
 from peffnet.engine import EpochAverage, StepSettings, collect_skipped, evaluate, run_epochs
 from peffnet.errors import ConfigError
@@ -51,7 +51,7 @@ from peffnet.models.efficientnet import EfficientNet
 from peffnet.optim import param_groups
 from peffnet.profile import profile_model
 from peffnet.resolution import check_resolution, mod32_ok
-from peffnet.train import peak_memory_bytes, restore
+from peffnet.train import peak_memory_bytes, restore, training_state
 
 FINETUNE_DEPTHS = (1, 2, 3)
 
@@ -287,15 +287,11 @@ def _finetune(cfg: FinetuneConfig, ctx: distributed.Context) -> dict[str, Any]:
         done["wall_time_s"] = elapsed()
         if ctx.is_main:
             save_checkpoint(ckpt_path, {
-                "format": FORMAT, "model_config": dataclasses.asdict(model.cfg), "model": model.state_dict(),
-                "averaged": average.weights(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": at_step // steps_per_epoch, "step": at_step, "train_resolution": cfg.resolution,
-                "num_classes": train_set.num_classes, "data": {"spec": spec, "in_chans": train_set.in_chans,
-                                                               "subset": cfg.subset},
+                **training_state(model, optimizer, scheduler, scaler, average, at_step, steps_per_epoch, done),
+                "train_resolution": cfg.resolution, "num_classes": train_set.num_classes,
+                "data": {"spec": spec, "in_chans": train_set.in_chans, "subset": cfg.subset},
                 "rng": {"seed": cfg.seed, "scheme": "as peffnet train"}, "config": config,
-                "progress": dict(done), "parent": str(parent_path), "parent_train_resolution": parent_res,
-                "finetune_stages": cfg.stages})
+                "parent": str(parent_path), "parent_train_resolution": parent_res, "finetune_stages": cfg.stages})
 
     step, top1, top5 = run_epochs(
         net, model, optimizer, scheduler, scaler, average, train_loader, val_loader, settings, logger, save, done,

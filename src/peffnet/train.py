@@ -35,7 +35,7 @@ from peffnet.engine import (
 )
 from peffnet.errors import ConfigError
 from peffnet.metrics import MetricsLogger
-from peffnet.models import build, preset
+from peffnet.models import EfficientNet, build, preset
 from peffnet.profile import profile_model
 from peffnet.runconfig import (
     Resolved,
@@ -144,14 +144,12 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, make_optimizer: Optimizer
         done["wall_time_s"] = elapsed()
         if ctx.is_main:
             save_checkpoint(ckpt_path, {
-                "format": FORMAT, "model_config": dataclasses.asdict(run.model), "model": model.state_dict(),
-                "averaged": average.weights(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": at_step // steps_per_epoch,
-                "step": at_step, "train_resolution": int(c.resolution), "num_classes": run.num_classes,
+                **training_state(model, optimizer, scheduler, scaler, average, at_step, steps_per_epoch, done),
+                "train_resolution": int(c.resolution), "num_classes": run.num_classes,
                 "data": {"spec": c.data, "in_chans": run.in_chans, "subset": c.subset},
                 "rng": {"seed": c.seed, "scheme": "global RNG reseeded from (seed, step, rank) before every step; "
                                                   "data randomness from (seed, epoch, image index)"},
-                "config": config_dict(c), "progress": dict(done)})
+                "config": config_dict(c)})
 
     # epochs: progress bar, step logs, per-epoch evaluation and checkpoint
     step, top1, top5 = run_epochs(
@@ -171,6 +169,17 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, make_optimizer: Optimizer
     if ctx.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def training_state(model: EfficientNet, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                   average: EpochAverage, step: int, steps_per_epoch: int, done: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint entries of every run at ``step`` (what :func:`restore` reads back): format, model
+    config, live and averaged weights, optimizer/scheduler/scaler states, position and progress counters."""
+    return {"format": FORMAT, "model_config": dataclasses.asdict(model.cfg), "model": model.state_dict(),
+            "averaged": average.weights(model), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": step // steps_per_epoch,
+            "step": step, "progress": dict(done)}
 
 
 def restore(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -173,7 +173,8 @@ def test_every_preset_builds_with_pn() -> None:
 
 
 def test_moments_cost_o_channels_whatever_the_batch_and_resolution(monkeypatch) -> None:
-    """One moment computation per PN layer and forward, over that layer's channels only."""
+    """One moment computation per training forward, over the channels of all PN layers at once (batched by
+    ``prepare_proxy_norm``); one per layer where a layer computes its own (grad checkpointing)."""
     from peffnet.layers import proxy_moments
 
     sizes: list[int] = []
@@ -185,7 +186,12 @@ def test_moments_cost_o_channels_whatever_the_batch_and_resolution(monkeypatch) 
     for batch, res in ((1, 32), (4, 64)):
         sizes.clear()
         model(torch.randn(batch, 3, res, res)).sum().backward()
-        assert sorted(sizes) == sorted(channels) and sum(sizes) == 13248
+        assert sizes == [sum(channels)] == [13248]
+    sizes.clear()
+    model.set_grad_checkpointing(True)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    assert sorted(sizes) == sorted(channels)
 
 
 def test_eval_cache_computed_once_and_refreshed_on_change() -> None:

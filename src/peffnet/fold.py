@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
-from peffnet.layers.proxy_norm import ProxyNormAct2d, channel_affine_
+from peffnet.layers.proxy_norm import ProxyNormAct2d, channel_affine_, scale_inputs
 
 
 class FoldedNormAct2d(nn.Module):
@@ -83,14 +83,8 @@ class FoldedSqueezeExcite(nn.Module):
 @torch.no_grad()
 def _scale_inputs(layer: nn.Conv2d | nn.Linear, scale: torch.Tensor) -> None:
     """``layer(x * scale) == layer'(x)``: multiply each input channel's weights (grouped convs too)."""
-    w = layer.weight
-    if isinstance(layer, nn.Linear):
-        factor = scale.view(1, -1)
-    else:
-        per_group = w.shape[1]  # input channels per group
-        factor = scale.view(layer.groups, 1, per_group).expand(layer.groups, w.shape[0] // layer.groups, per_group)
-        factor = factor.reshape(w.shape[0], per_group, 1, 1)
-    w.copy_(w.double() * factor.double())
+    groups = layer.groups if isinstance(layer, nn.Conv2d) else 1
+    layer.weight.copy_(scale_inputs(layer.weight.double(), scale.double(), groups))
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from peffnet.layers.norms import norm_act
+from peffnet.layers.proxy_norm import ProxyNormAct2d, scale_inputs
 
 
 class ConvNormAct(nn.Sequential):
@@ -20,17 +21,27 @@ class ConvNormAct(nn.Sequential):
 
 
 class SqueezeExcite(nn.Module):
-    """Channel gating: global pool -> 1x1 reduce -> swish -> 1x1 expand -> sigmoid (no norm, no PN)."""
+    """Channel gating: global pool -> 1x1 reduce -> swish -> 1x1 expand -> sigmoid (no norm, no PN).
+
+    With ``scale`` and ``shift`` it gates ``z = x * scale + shift`` (per channel) without forming ``z``: the
+    pooled ``z`` is ``mean(x) * scale + shift`` and the output is ``x * (scale * gate) + shift * gate``. The
+    spatial conv's proxy-normalized activation (Eq. 4) hands its affine here instead of making a pass of
+    its own over ``x`` (docs/proxy_norm.md).
+    """
 
     def __init__(self, channels: int, squeeze_channels: int) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(channels, squeeze_channels, 1)
         self.expand = nn.Conv2d(squeeze_channels, channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)
-        s = self.expand(F.silu(self.reduce(s)))
-        return x * torch.sigmoid(s)
+        if scale is None:
+            return x * torch.sigmoid(self.expand(F.silu(self.reduce(s))))
+        scale, shift = (t.to(x.dtype).view(-1, 1, 1) for t in (scale, shift))
+        gate = torch.sigmoid(self.expand(F.silu(self.reduce(torch.addcmul(shift, s, scale)))))
+        return (x * (scale * gate)).add_(shift * gate)  # faster on CPU than addcmul's double broadcast
 
 
 class MBConv(nn.Module):
@@ -52,5 +63,19 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 and self.has_residual else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(self.se(self.spatial(self.expand(x))))
+        conv, norm = self.spatial
+        if isinstance(self.expand, ConvNormAct) and _is_pn(self.expand[1]):
+            # Eq. 4 of the expansion: a - E here, its scale folded into the spatial conv's weights
+            h, scale = self.expand[1].activate_centered(self.expand[0](x))
+            h = conv._conv_forward(h, scale_inputs(conv.weight, scale, conv.groups), conv.bias)
+        else:
+            h = conv(self.expand(x))
+        gate_applies_pn = _is_pn(norm) and type(self.se) is SqueezeExcite  # Eq. 4 of the spatial conv
+        h = self.se(*norm.activate(h)) if gate_applies_pn else self.se(norm(h))
+        y = self.project(h)
         return x + self.drop_path(y) if self.has_residual else y
+
+
+def _is_pn(module: nn.Module) -> bool:
+    """A proxy-normalized activation (not the scale-only norm after the projection)."""
+    return isinstance(module, ProxyNormAct2d) and module.act

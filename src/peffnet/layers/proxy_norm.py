@@ -23,7 +23,8 @@ from peffnet.layers.proxy_moments import proxy_affine, proxy_norm_moments
 NORM_EPS = 1e-3  # eps of the LN/GN step (Eq. 3), paper Section 3.4
 PROXY_EPS = 3e-2  # eps~ of Eq. 4 (REFERENCE.md)
 
-__all__ = ["NORM_EPS", "PROXY_EPS", "ProxyNormAct2d", "proxy_affine", "proxy_norm_moments"]
+__all__ = ["NORM_EPS", "PROXY_EPS", "ProxyNormAct2d", "prepare_proxy_norm", "proxy_affine", "proxy_norm_moments",
+           "scale_inputs"]
 
 
 def _per_position(v: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +71,14 @@ def _channel_dot(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.
     return torch.linalg.vecdot(a.view(n, c, -1), b.view(n, c, -1)).sum(0, dtype=dtype)
 
 
+def scale_inputs(weight: torch.Tensor, scale: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """The weight of a conv (``groups`` input-channel groups) or linear layer with input channel ``c``
+    multiplied by ``scale[c]``: ``layer(x * scale) == layer'(x)`` (zero padding included). Differentiable."""
+    out_ch, per_group = weight.shape[:2]
+    factor = scale.to(weight.dtype).view(groups, 1, per_group).expand(groups, out_ch // groups, per_group)
+    return weight * factor.reshape(out_ch, per_group, *(1,) * (weight.dim() - 2))
+
+
 class _ChannelAffine(torch.autograd.Function):
     """``a * scale + shift`` per channel, written into ``a`` (a fresh activation).
 
@@ -97,6 +106,21 @@ class _ChannelAffine(torch.autograd.Function):
         else:
             grad_a = grad * scale.to(grad.dtype).view((-1,) + (1,) * (grad.dim() - 2))
         return grad_a, grad_scale, grad_shift
+
+
+class _ChannelShift(torch.autograd.Function):
+    """``a + shift`` per channel, written into ``a`` (a fresh activation); the gradient passes through."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(a)
+        ctx.shift_dtype = shift.dtype
+        return channel_affine_(a, None, shift)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return grad, _channel_sum(grad, ctx.shift_dtype)
 
 
 class ProxyNormAct2d(nn.Module):
@@ -129,25 +153,44 @@ class ProxyNormAct2d(nn.Module):
             self.proxy_weight = nn.Parameter(torch.zeros(channels))
             self.proxy_bias = nn.Parameter(torch.zeros(channels))
         self._cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._pending: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def _parameters_key(self) -> tuple:
+        """Identifies the current values of Eq. 4's parameters (storage, version counter, dtype)."""
+        params = (self.weight, self.bias, self.proxy_weight, self.proxy_bias)
+        return (torch.is_inference_mode_enabled(), *((p.data_ptr(), p._version, p.dtype) for p in params))
+
+    def _cacheable(self) -> bool:
+        """Eval mode without gradients to the parameters: the affine is a constant worth caching."""
+        params = (self.weight, self.bias, self.proxy_weight, self.proxy_bias)
+        return (not self.training and not self.weight.is_meta and not torch.compiler.is_compiling()
+                and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)))
 
     def proxy_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 4 as a per-channel affine of ``a = swish(gamma y + beta)``: ``(scale, shift)`` with
-        ``scale = 1 / sqrt(Var + eps~)`` and ``shift = -E * scale`` (float32 or wider)."""
-        params = (self.weight, self.bias, self.proxy_weight, self.proxy_bias)
-        cacheable = (not self.training and not self.weight.is_meta and not torch.compiler.is_compiling()
-                     and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)))
+        ``scale = 1 / sqrt(Var + eps~)`` and ``shift = -E * scale`` (float32 or wider).
+
+        Taken from :func:`prepare_proxy_norm` when it computed this layer's affine for the current
+        parameters (used once), else from the eval cache, else computed here.
+        """
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            if pending[0] == self._parameters_key():
+                return pending[1], pending[2]
+        cacheable = self._cacheable()
         if cacheable:
-            key = (torch.is_inference_mode_enabled(), *((p.data_ptr(), p._version, p.dtype) for p in params))
+            key = self._parameters_key()
             if self._cache is not None and self._cache[0] == key:
                 return self._cache[1], self._cache[2]
-        scale, shift = proxy_affine("swish", *params, self.proxy_eps)
+        scale, shift = proxy_affine("swish", self.weight, self.bias, self.proxy_weight, self.proxy_bias,
+                                    self.proxy_eps)
         if cacheable:
             self._cache = (key, scale, shift)
         return scale, shift
 
     def clear_cache(self) -> None:
         """Forget the cached eval-mode moments (needed only after edits through ``param.data``)."""
-        self._cache = None
+        self._cache = self._pending = None
 
     def train(self, mode: bool = True) -> ProxyNormAct2d:
         self.clear_cache()
@@ -157,14 +200,55 @@ class ProxyNormAct2d(nn.Module):
         self.clear_cache()
         super()._load_from_state_dict(*args, **kwargs)
 
+    def activate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(a, scale, shift)``: ``a = swish(gamma Y + beta)`` and Eq. 4's affine still to apply, ``a * scale +
+        shift``, for a consumer that applies it for free (the squeeze-excite gate, :class:`~peffnet.layers.
+        blocks.SqueezeExcite`). Needs ``act=True``."""
+        a = F.silu(F.group_norm(x, self.groups, self.weight, self.bias, self.eps), inplace=True)
+        return a, *self.proxy_affine()
+
+    def activate_centered(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a - E, scale)``: Eq. 4 is ``z = scale * (a - E)``, and the scale is left to the linear layer that
+        consumes ``z`` (:func:`scale_inputs`). Exact through any convolution, zero padding included: a
+        zero-padded ``z`` is ``scale`` times the zero-padded ``a - E``. Needs ``act=True``."""
+        a, scale, shift = self.activate(x)
+        mean = shift / scale  # -E
+        if torch.is_grad_enabled() and (a.requires_grad or mean.requires_grad):
+            return _ChannelShift.apply(a, mean), scale
+        return channel_affine_(a, None, mean), scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.act:
             return F.group_norm(x, self.groups, self.weight, None, self.eps)
-        x = F.silu(F.group_norm(x, self.groups, self.weight, self.bias, self.eps), inplace=True)  # phi(gamma Y + beta)
-        scale, shift = self.proxy_affine()
+        x, scale, shift = self.activate(x)  # phi(gamma Y + beta)
         if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
             return _ChannelAffine.apply(x, scale, shift)  # Eq. 4
         return channel_affine_(x, scale, shift)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, groups={self.groups}, act={self.act}, eps={self.eps}, proxy_eps={self.proxy_eps}"
+
+
+def prepare_proxy_norm(model: nn.Module) -> None:
+    """Compute Eq. 4's affine of every PN layer of ``model`` that would compute it in this forward (training,
+    or gradients wanted) in one batched call, for each layer to take once in its forward.
+
+    Exactly the per-layer computation: the moments are per channel, so concatenating the channels of all
+    33 layers of a B0 changes nothing but the number of (tiny) ops, whose per-op overhead is what the
+    moments cost (Section 3.2: O(channels), independent of batch and resolution). Gradients flow back
+    through the concatenation to each layer's parameters. Not under grad checkpointing (recomputed blocks
+    must record what the original forward recorded) nor while compiling.
+    """
+    if torch.compiler.is_compiling():
+        return
+    groups: dict[tuple, list[ProxyNormAct2d]] = {}
+    for m in model.modules():
+        if isinstance(m, ProxyNormAct2d) and m.act and not m._cacheable():
+            groups.setdefault((m.proxy_eps, m.weight.dtype, m.weight.device), []).append(m)
+    for (eps, _, _), layers in groups.items():
+        params = [torch.cat([getattr(m, n) for m in layers])
+                  for n in ("weight", "bias", "proxy_weight", "proxy_bias")]
+        sizes = [m.channels for m in layers]
+        for m, scale, shift in zip(layers, *(t.split(sizes) for t in proxy_affine("swish", *params, eps)),
+                                   strict=True):
+            m._pending = (m._parameters_key(), scale, shift)

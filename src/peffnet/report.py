@@ -20,6 +20,7 @@ from pathlib import Path
 
 from peffnet.errors import ConfigError
 from peffnet.models import ModelConfig, preset
+from peffnet.plotting import pyplot, save_figure
 
 NORM_LABELS = {"bn": "BN", "gn": "GN", "ln": "LN", "lnpn": "LN+PN", "gnpn": "GN+PN"}
 
@@ -184,12 +185,7 @@ def measure_inference(runs: list[tuple[list[Point], ModelConfig]], opts: object)
 
 def plot_metric(points: list[Point], metric: Metric, path: Path) -> list[Path]:
     """Accuracy against one cost, a colour per series, each series' Pareto front as a line; PNG + SVG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.6))
     scale = SCALE.get(metric.key, 1.0)
     for series in sorted({p.series for p in points}):
         pts = [p for p in points if p.series == series and getattr(p, metric.key) is not None]
@@ -207,12 +203,7 @@ def plot_metric(points: list[Point], metric: Metric, path: Path) -> list[Path]:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, title="G-M-R", title_fontsize=7)
-    fig.tight_layout()
-    out = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    for p in out:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def fronts(points: list[Point]) -> dict[str, list[int]]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from peffnet.plotting import pyplot, save_figure
 from peffnet.profile import LayerStat, arithmetic_intensity, profile_model
 
 
@@ -182,11 +183,7 @@ def plot_roofline(peaks: DevicePeaks, models: dict[str, list[tuple[LayerStat, fl
     ``models`` maps a label to ``(layer, measured MACs/s or None)``; a layer without a measurement is
     drawn on the roof (its attainable bound). x is Eq. 7's intensity divided by ``bytes_per_element``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     xs = [layer.intensity / bytes_per_element for pts in models.values() for layer, _ in pts]
     lo, hi = min(xs + [peaks.ridge]) / 2, max(xs + [peaks.ridge]) * 2
@@ -212,12 +209,7 @@ def plot_roofline(peaks: DevicePeaks, models: dict[str, list[tuple[LayerStat, fl
     ax.set_title(title or f"roofline on {peaks.device} ({peaks.dtype})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    out = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    for p in out:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def summarize(models: dict[str, list[tuple[LayerStat, float | None]]], peaks: DevicePeaks,

@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from peffnet.bench import MODES, BenchOptions, parse_spec, run_bench
-from peffnet.cli.common import add_model_args, model_overrides
+from peffnet.cli.common import add_model_args, batch_size_or_max, default_device, model_overrides
 from peffnet.errors import ConfigError
 
 
@@ -64,19 +64,10 @@ def command_line(args: argparse.Namespace) -> str:
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
     """Validate the shared options (one-line errors) and build :class:`BenchOptions`."""
-    import torch
-
     modes = tuple(m for m in MODES if getattr(args, m)) or (("infer", "latency") if args.fold_pn else MODES)
-    batch: int | str = args.batch_size
-    if batch != "max":
-        try:
-            batch = int(batch)
-        except ValueError:
-            raise ConfigError(f"batch size must be a positive integer or 'max', got {args.batch_size!r}") from None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return BenchOptions(modes=modes, batch_size=batch, device=device, amp=args.amp, amp_dtype=args.amp_dtype,
-                        warmup=args.warmup, repeats=args.repeats, iters=args.iters,
-                        latency_iters=args.latency_iters, memory_cap_gib=args.memory_cap,
+    return BenchOptions(modes=modes, batch_size=batch_size_or_max(args.batch_size), device=default_device(args.device),
+                        amp=args.amp, amp_dtype=args.amp_dtype, warmup=args.warmup, repeats=args.repeats,
+                        iters=args.iters, latency_iters=args.latency_iters, memory_cap_gib=args.memory_cap,
                         num_classes=args.num_classes)
 
 

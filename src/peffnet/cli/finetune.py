@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-from peffnet.cli.common import add_model_args, loose_int
-
-
-def loose_float(text: str) -> float | str:
-    """A float when ``text`` is one; otherwise the text, so the config's validation names the problem."""
-    try:
-        return float(text)
-    except ValueError:
-        return text
+from peffnet.cli.common import add_model_args, loose_float, loose_int, run_and_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,20 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peffnet.engine import NonFiniteLoss
     from peffnet.finetune import FinetuneConfig, finetune
 
     fields = FinetuneConfig.__dataclass_fields__
     cfg = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    main_rank = os.environ.get("RANK", "0") == "0"
-    try:
-        s = finetune(cfg)
-    except NonFiniteLoss as err:
-        if main_rank:
-            print(f"peffnet finetune: error: {err}", file=sys.stderr)
-        return 1
-    if main_rank:
-        print(f"{s['model']} fine-tuned ({s['finetune_stages']} part(s)) at {s['train_resolution']} px: "
-              f"top-1 {s['top1']:.2f} %, top-5 {s['top5']:.2f} %, {s['train_img_per_s']:.0f} img/s, "
-              f"{s['wall_time_s']:.0f} s -> {cfg.out}/summary.json")
-    return 0
+    return run_and_report("finetune", lambda: finetune(cfg), lambda s: (
+        f"{s['model']} fine-tuned ({s['finetune_stages']} part(s)) at {s['train_resolution']} px: "
+        f"top-1 {s['top1']:.2f} %, top-5 {s['top5']:.2f} %, {s['train_img_per_s']:.0f} img/s, "
+        f"{s['wall_time_s']:.0f} s -> {cfg.out}/summary.json"))

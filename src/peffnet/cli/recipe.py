@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-from peffnet.cli.common import loose_int
+from peffnet.cli.common import loose_float, loose_int, run_and_report
 from peffnet.cli.eval import resolution_list
-from peffnet.cli.finetune import loose_float
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,18 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peffnet.engine import NonFiniteLoss
     from peffnet.recipe import RecipeConfig, format_summary, run_recipe
 
     fields = RecipeConfig.__dataclass_fields__
-    main_rank = os.environ.get("RANK", "0") == "0"
-    try:
-        summary = run_recipe(RecipeConfig(**{k: v for k, v in vars(args).items() if k in fields}))
-    except NonFiniteLoss as err:
-        if main_rank:
-            print(f"peffnet recipe: error: {err}", file=sys.stderr)
-        return 1
-    if main_rank:
-        print(format_summary(summary), end="")
-        print(f"-> {args.out}/summary.md, {args.out}/summary.json")
-    return 0
+    cfg = RecipeConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    return run_and_report("recipe", lambda: run_recipe(cfg), lambda summary: (
+        f"{format_summary(summary)}-> {args.out}/summary.md, {args.out}/summary.json"))

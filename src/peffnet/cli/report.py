@@ -6,7 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from peffnet.errors import ConfigError
+from peffnet.cli.common import batch_size_or_max, default_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,20 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from peffnet.bench import BenchOptions
     from peffnet.report import load_run, measure_inference, write_report
 
     runs = [load_run(r) for r in dict.fromkeys(args.runs)]
     if args.measure:
-        batch: int | str = args.batch_size
-        if batch != "max":
-            try:
-                batch = int(batch)
-            except ValueError:
-                raise ConfigError(f"batch size must be a positive integer or 'max', got {args.batch_size!r}") from None
-        opts = BenchOptions(batch_size=batch, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        opts = BenchOptions(batch_size=batch_size_or_max(args.batch_size), device=default_device(args.device),
                             repeats=args.repeats)
         points = [p for pts in measure_inference(runs, opts) for p in pts]
     else:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from peffnet.cli.common import add_model_args, model_overrides
+from peffnet.cli.common import add_model_args, default_device, model_overrides
 from peffnet.errors import ConfigError
 
 
@@ -29,8 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from peffnet.bench import build_model, parse_spec, resolve_device
     from peffnet.roofline import conv_layers, measure_device, plot_roofline, summarize, time_layers
 
@@ -38,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"batch size must be a positive integer, got {args.batch_size}")
     if args.resolution is not None and args.resolution < 32:
         raise ConfigError(f"resolution must be at least 32, got {args.resolution}")
-    device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(default_device(args.device))
     models = []
     for name in args.models:
         spec = parse_spec(name, model_overrides(args) if ":" not in name else {}, resolution=args.resolution)

@@ -8,10 +8,8 @@ Run it under ``torchrun --nproc_per_node N -m peffnet train ...`` for data paral
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-from peffnet.cli.common import add_model_args, loose_int
+from peffnet.cli.common import add_model_args, loose_int, run_and_report
 from peffnet.runconfig import FIELDS, make_config, read_yaml
 
 MODEL_FLAGS = ("group_size", "expansion", "norm")  # added by cli.common.add_model_args
@@ -40,21 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peffnet.engine import NonFiniteLoss
     from peffnet.train import train
 
     file_settings = read_yaml(args.config) if args.config else {}
     flags = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     cfg = make_config(file_settings, flags)
-    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
-    try:
-        summary = train(cfg)
-    except NonFiniteLoss as err:
-        if main_rank:
-            print(f"peffnet train: error: {err}", file=sys.stderr)
-        return 1
-    if main_rank:
-        print(f"{summary['model']} ({summary['norm']}) on {summary['dataset']} at {summary['train_resolution']} px: "
-              f"top-1 {summary['top1']:.2f} %, top-5 {summary['top5']:.2f} % (averaged weights), "
-              f"{summary['train_img_per_s']:.0f} img/s, {summary['wall_time_s']:.0f} s -> {cfg.out}/summary.json")
-    return 0
+    return run_and_report("train", lambda: train(cfg), lambda s: (
+        f"{s['model']} ({s['norm']}) on {s['dataset']} at {s['train_resolution']} px: top-1 {s['top1']:.2f} %, "
+        f"top-5 {s['top5']:.2f} % (averaged weights), {s['train_img_per_s']:.0f} img/s, {s['wall_time_s']:.0f} s "
+        f"-> {cfg.out}/summary.json"))

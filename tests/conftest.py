@@ -2,13 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 import torch
 
 import peffnet
 from peffnet.models import build, preset
+from resolution_helpers import train_tiny
 
 
 def meta_model(name: str, **overrides: object) -> peffnet.EfficientNet:
     """Build a model on the meta device (shapes only, instant even for B7)."""
     with torch.device("meta"):
         return build(preset(name, **overrides))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a test: on the shared 2-core machine, OpenMP spin-waiting of two contending
+    threads makes tiny ops up to 100x slower. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module() -> Iterator[None]:
+    """:func:`one_thread` for a whole module, its module-scoped runs included."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny trained run (:func:`resolution_helpers.train_tiny`) shared by the eval and fine-tuning tests,
+    which only read it (``peffnet eval`` adds its ``eval.json``)."""
+    with torch_threads(1):
+        return train_tiny(tmp_path_factory.mktemp("parent"))

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from peffnet.bench import BenchOptions, BenchSpec, build_model, max_batch, parse_spec, peak_transient_bytes, run_bench
+from peffnet.bench import BenchOptions, BenchSpec, build_model, parse_spec, run_bench
 from peffnet.cli import main
 from peffnet.errors import ConfigError
+from peffnet.measure import max_batch, peak_transient_bytes
 from peffnet.models import create_model
 from peffnet.profile import profile_model
 from peffnet.roofline import (
@@ -24,16 +25,9 @@ from peffnet.roofline import (
     model_macs,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAKE_PEAKS = DevicePeaks("cpu", "float32", 1e11, 1e10)  # skip the microbenchmarks where they are not tested
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP spin-waiting makes 2 threads up to 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_max_batch_doubles_then_bisects() -> None:

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from peffnet.cli import main
 from peffnet.evaluate import evaluate_checkpoint, sweep_resolutions
-from resolution_helpers import train_tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 EVAL = ["--val-subset", "8", "--no-progress", "--batch-size", "4"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on the shared 2-core test machine two contending threads run tiny convs ~4x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("parent"))
 
 
 def test_sweep_sizes() -> None:
@@ -36,23 +21,25 @@ def test_sweep_sizes() -> None:
     assert sweep_resolutions(204, hi=300) == [172, 204, 236, 268, 300]
 
 
-def test_sweep_json_and_eval_file(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", str(run_dir), "--sweep", "--json", *EVAL]) == 0
+def test_sweep_json_and_eval_file(tiny_parent: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(tiny_parent), "--sweep", "--json", *EVAL]) == 0
     captured = capsys.readouterr()
     record = json.loads(captured.out)
-    assert record == json.loads((run_dir / "eval.json").read_text())  # written next to the run
+    assert record == json.loads((tiny_parent / "eval.json").read_text())  # written next to the run
     assert record["train_resolution"] == 32 and record["weights"] == "averaged"
     assert [r["resolution"] for r in record["results"]] == [32, 64, 96]
     assert all(r["mod32_ok"] and 0 <= r["top1"] <= r["top5"] <= 100 for r in record["results"])
     best = max(record["results"], key=lambda r: (r["top1"], -r["resolution"]))
     assert record["best"] == best and "warning" not in captured.err
     # the training resolution reproduces the accuracy the training run reported for its averaged weights
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((tiny_parent / "summary.json").read_text())
     assert record["results"][0]["top1"] == pytest.approx(summary["top1"])
 
 
-def test_text_table_marks_best_and_warns(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", str(run_dir / "checkpoint.pt"), "--resolutions", "32,48", "--out", str(tmp_path), *EVAL]) == 0
+def test_text_table_marks_best_and_warns(tiny_parent: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint = str(tiny_parent / "checkpoint.pt")
+    assert main(["eval", checkpoint, "--resolutions", "32,48", "--out", str(tmp_path), *EVAL]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("<- best") == 1 and "BREAKS" in captured.out
     assert "warning: test resolution 48 breaks r_test = r_train (mod 32)" in captured.err
@@ -60,8 +47,8 @@ def test_text_table_marks_best_and_warns(run_dir: Path, tmp_path: Path, capsys: 
     assert [r["mod32_ok"] for r in record["results"]] == [True, False]
 
 
-def test_python_api_live_weights(run_dir: Path) -> None:
-    live = evaluate_checkpoint(run_dir, averaged=False, val_subset=8, progress=False)
+def test_python_api_live_weights(tiny_parent: Path) -> None:
+    live = evaluate_checkpoint(tiny_parent, averaged=False, val_subset=8, progress=False)
     assert live["weights"] == "live" and [r["resolution"] for r in live["results"]] == [32]
 
 
@@ -74,8 +61,8 @@ def test_python_api_live_weights(run_dir: Path) -> None:
     (["--data", "fashion-mnist"], "1 channel(s), but the checkpoint's efficientnet_b0"),
     (["--data", "nonsense"], "unknown data spec"),
 ])
-def test_bad_input(run_dir: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", str(run_dir), *extra, *EVAL]) == 2
+def test_bad_input(tiny_parent: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(tiny_parent), *extra, *EVAL]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 

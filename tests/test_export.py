@@ -14,18 +14,11 @@ from peffnet.checkpoint import model_from_checkpoint
 from peffnet.cli import main
 from peffnet.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 TINY = ["--data", "synthetic", "--subset", "16", "--val-subset", "8", "--batch-size", "8", "--resolution", "32",
         "--epochs", "1", "--no-progress", "--drop-rate", "0", "--drop-path-rate", "0", "--mixup-alpha", "0",
         "--cutmix-lambda", "1", "--lr", "0.01", "--warmup-epochs", "0.5", "--recipe-epochs", "0"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP spin-waiting makes 2 threads up to 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,9 @@ from peffnet.engine import train_step
 from peffnet.errors import ConfigError
 from peffnet.finetune import finetuned_stage_indices, freeze_for_finetune
 from peffnet.models import create_model
-from resolution_helpers import TINY_FINETUNE, train_tiny
+from resolution_helpers import TINY_FINETUNE
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def tiny(norm: str = "bn") -> nn.Module:
@@ -76,22 +77,8 @@ def test_bad_depth(bad: object) -> None:
 # --------------------------------------------------------------------------- runs (tiny, synthetic)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on the shared 2-core test machine two contending threads run tiny convs ~4x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("parent"))
-
-
-@pytest.fixture(scope="module")
-def run(parent: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[bool]]:
+def run(tiny_parent: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[bool]]:
     """A fine-tuning at 64 px of parts 1-2, recording the preprocessing each dataset was built with."""
     out, transforms = tmp_path_factory.mktemp("ft") / "run", []
 
@@ -101,19 +88,19 @@ def run(parent: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, l
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(finetune_module, "build_dataset", spy)
-        assert main(["finetune", str(parent), "--resolution", "64", "--stages", "2", "--out", str(out),
+        assert main(["finetune", str(tiny_parent), "--resolution", "64", "--stages", "2", "--out", str(out),
                      *TINY_FINETUNE]) == 0
     return out, transforms
 
 
-def test_run_directory_and_summary(parent: Path, run: tuple[Path, list[bool]]) -> None:
+def test_run_directory_and_summary(tiny_parent: Path, run: tuple[Path, list[bool]]) -> None:
     out, transforms = run
     assert transforms == [False, False]  # validation preprocessing for training too
     for name in ("config.yaml", "checkpoint.pt", "metrics.jsonl", "metrics.csv", "summary.json", "tb"):
         assert (out / name).exists()
     s = json.loads((out / "summary.json").read_text())
     assert (s["train_resolution"], s["finetune_stages"], s["epochs"], s["steps"]) == (64, 2, 2, 4)
-    assert Path(s["parent"]) == (parent / "checkpoint.pt").resolve() and s["parent_train_resolution"] == 32
+    assert Path(s["parent"]) == (tiny_parent / "checkpoint.pt").resolve() and s["parent_train_resolution"] == 32
     assert 0 <= s["top1"] <= 100 and s["trainable_params"] < s["params"]
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["finetune_stages"] == 2 and state["train_resolution"] == 64
@@ -121,8 +108,8 @@ def test_run_directory_and_summary(parent: Path, run: tuple[Path, list[bool]]) -
     assert all(torch.equal(state["averaged"][k], v) for k, v in state["model"].items())
 
 
-def test_only_the_chosen_parts_changed(parent: Path, run: tuple[Path, list[bool]]) -> None:
-    before = load_checkpoint(parent / "checkpoint.pt")["averaged"]  # fine-tuning starts from the averaged weights
+def test_only_the_chosen_parts_changed(tiny_parent: Path, run: tuple[Path, list[bool]]) -> None:
+    before = load_checkpoint(tiny_parent / "checkpoint.pt")["averaged"]  # fine-tuning starts from the averaged weights
     after = load_checkpoint(run[0] / "checkpoint.pt")["model"]
     trained = ("head.", "classifier.", "stages.5.", "stages.6.")
     for k, v in before.items():
@@ -141,8 +128,8 @@ def test_cosine_lr_from_scaled_reference(run: tuple[Path, list[bool]]) -> None:
     assert lrs == pytest.approx([peak * 0.5 * (1 + math.cos(math.pi * k / total)) for k in range(total)])
 
 
-def test_resume_mid_epoch_matches_uninterrupted(parent: Path, tmp_path: Path) -> None:
-    args = [str(parent), "--resolution", "32", "--stages", "3", "--epochs", "1", "--checkpoint-every", "2",
+def test_resume_mid_epoch_matches_uninterrupted(tiny_parent: Path, tmp_path: Path) -> None:
+    args = [str(tiny_parent), "--resolution", "32", "--stages", "3", "--epochs", "1", "--checkpoint-every", "2",
             *TINY_FINETUNE, "--batch-size", "4"]
     assert main(["finetune", *args, "--out", str(tmp_path / "a")]) == 0
     calls = []
@@ -175,17 +162,18 @@ def test_resume_mid_epoch_matches_uninterrupted(parent: Path, tmp_path: Path) ->
     (["--resolution", "64", "--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a CUDA device"),
     (["--resolution", "64", "--lr", "-1"], "--lr must be a positive number"),
 ])
-def test_bad_input(parent: Path, tmp_path: Path, extra: list[str], message: str,
+def test_bad_input(tiny_parent: Path, tmp_path: Path, extra: list[str], message: str,
                    capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["finetune", str(parent), "--out", str(tmp_path / "x"), *extra]) == 2
+    assert main(["finetune", str(tiny_parent), "--out", str(tmp_path / "x"), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not (tmp_path / "x" / "checkpoint.pt").exists()
 
 
-def test_missing_or_mismatched_checkpoint(parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_or_mismatched_checkpoint(tiny_parent: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["finetune", str(tmp_path / "none.pt"), "--resolution", "64", "--out", str(tmp_path / "x")]) == 2
     assert "cannot read checkpoint" in capsys.readouterr().err
-    state = load_checkpoint(parent / "checkpoint.pt")
+    state = load_checkpoint(tiny_parent / "checkpoint.pt")
     state["averaged"]["classifier.weight"] = torch.zeros(3, 7)  # weights of another shape than its config
     save_checkpoint(tmp_path / "bad.pt", state)
     assert main(["finetune", str(tmp_path / "bad.pt"), "--resolution", "64", "--out", str(tmp_path / "x")]) == 2

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from peffnet.cli import main
 from peffnet.models import preset
 from peffnet.report import METRICS, load_run, macs_at, pareto_front, series_label
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 # Three tiny real runs of `peffnet train`: synthetic data, 32 px, 4 steps of 8 images.
 TINY = ["--data", "synthetic", "--subset", "32", "--val-subset", "16", "--batch-size", "8", "--resolution", "32",
@@ -20,18 +21,9 @@ RUNS = {"g1gn": ("efficientnet_b0", "gn"), "g16gn": ("g16_efficientnet_b0", "gn"
         "g16lnpn": ("g16_efficientnet_b0", "lnpn")}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
-    torch.set_num_threads(1)
     out = {}
     for name, (model, norm) in RUNS.items():
         out[name] = root / name

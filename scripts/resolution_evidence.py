@@ -3,7 +3,8 @@
 For each seed this runs ``peffnet recipe --baseline`` (half-resolution training, fine-tuning at native,
 and the same training at native resolution), then tabulates top-1 at the native test size and at the best
 test size, and the wall time of each regime, as mean +- std over seeds. Re-running continues unfinished
-seeds (``--resume``). Output: ``OUT/evidence.md`` and ``OUT/evidence.json``.
+seeds (``--resume``) and reads finished ones from their ``summary.json``. Output: ``OUT/evidence.md`` and
+``OUT/evidence.json``.
 
     python scripts/resolution_evidence.py --out runs/evidence --seeds 0 1
 """
@@ -83,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                                epochs=args.epochs, subset=args.subset, finetune_subset=args.finetune_subset,
                                val_subset=args.val_subset, test_subset=args.test_subset, threads=args.threads,
                                seed=seed, baseline=True, resume=True, progress=False)
-            summary = run_recipe(cfg)
+            finished = Path(cfg.out) / "summary.json"
+            summary = json.loads(finished.read_text()) if finished.exists() else {}
+            if summary.get("native_wall_time_s") is None:  # a seed's recipe (with its baseline) is unfinished
+                summary = run_recipe(cfg)
             per_seed[seed] = regimes(summary)
             print(f"seed {seed}: {json.dumps(per_seed[seed])}", flush=True)
     except ConfigError as err:

@@ -88,6 +88,22 @@ def test_augmentation_is_translation_and_flip() -> None:
     assert min((restored - c).abs().max().item() for c in candidates) < 1e-5
 
 
+@pytest.mark.parametrize("translate", [0, 2])
+def test_translate_bounds_the_shift(translate: int) -> None:
+    ds = build_dataset("synthetic", "train", 32, True, translate=translate)
+    out, _ = ds.get_batch(torch.arange(64), epoch=0, seed=0)
+    restored = out * ds.std + ds.mean
+    images = ds.images[:64].float() / 255
+    padded = torch.nn.functional.pad(images, (translate,) * 4)
+    shifts = [(dy, dx) for dy in range(2 * translate + 1) for dx in range(2 * translate + 1)]
+    views = [padded[..., dy:dy + 32, dx:dx + 32] for dy, dx in shifts]
+    errors = torch.stack([torch.minimum((restored - v).abs().amax((1, 2, 3)),
+                                        (restored - v.flip(-1)).abs().amax((1, 2, 3))) for v in views])
+    assert errors.min(0).values.max() < 1e-5  # every image is one of the allowed shifts (and maybe flipped)
+    if translate:  # and larger shifts than 0 are used
+        assert (errors[shifts.index((translate, translate))] > 1e-5).any()
+
+
 def test_hash_uniform_is_uniform_and_decorrelated() -> None:
     u = hash_uniform(0, 0, torch.arange(100_000), 1)
     assert u.min() >= 0 and u.max() < 1

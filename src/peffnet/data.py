@@ -179,8 +179,12 @@ def synthetic_arrays(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------- building datasets
 
 
+DEFAULT_TRANSLATE = 4
+"""Largest random shift, in pixels, of the Fashion-MNIST/synthetic training augmentation (``--translate``)."""
+
+
 def build_dataset(spec: str, split: str, resolution: int, train_transform: bool, data_dir: str | None = None,
-                  *, subset: int | None = None) -> Dataset:
+                  *, subset: int | None = None, translate: int = DEFAULT_TRANSLATE) -> Dataset:
     """The ``split`` ("train" or "val") of the dataset ``spec`` at ``resolution``, with ``.num_classes``
     and ``.in_chans``.
 
@@ -188,7 +192,8 @@ def build_dataset(spec: str, split: str, resolution: int, train_transform: bool,
     ``r * 256 / 224`` then centre-crop ``r`` (paper Section 3.4, He et al.); for Fashion-MNIST and the
     synthetic set, the centred image on its canvas resized to ``r``. Fashion-MNIST is single-channel
     (``in_chans == 1``); its "val" split is the official 10 000-image test set. ``subset`` keeps a fixed,
-    seeded random choice of that many images (quick runs and tests).
+    seeded random choice of that many images (quick runs and tests). ``translate`` is the largest random
+    shift (pixels of the 32 px canvas) of the Fashion-MNIST/synthetic training augmentation.
     """
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
@@ -197,12 +202,12 @@ def build_dataset(spec: str, split: str, resolution: int, train_transform: bool,
         images, labels = fashion_mnist_arrays(str(data_dir or FASHION_MNIST_DIR), split)
         train_images = fashion_mnist_arrays(str(data_dir or FASHION_MNIST_DIR), "train")[0]
         dataset: Dataset = TensorImageDataset(
-            images, labels, 10, resolution, train_transform, pad=2, max_shift=4,
+            images, labels, 10, resolution, train_transform, pad=2, max_shift=translate,
             mean=train_images.float().mean().item() / 255, std=train_images.float().std().item() / 255, name=spec)
     elif kind == "synthetic":
         images, labels = synthetic_arrays(split)
         dataset = TensorImageDataset(images, labels, SYNTHETIC_CLASSES, resolution, train_transform, pad=0,
-                                     max_shift=4, mean=0.5, std=0.25, name=spec)
+                                     max_shift=translate, mean=0.5, std=0.25, name=spec)
     else:
         root = Path(data_dir, path) if data_dir else Path(path)  # a relative PATH is taken under --data-dir
         dataset = ImageFolderDataset(root, split, resolution, train_transform)

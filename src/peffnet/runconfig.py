@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from peffnet.data import default_resolution, parse_spec
+from peffnet.data import DEFAULT_TRANSLATE, default_resolution, parse_spec
 from peffnet.errors import ConfigError
 from peffnet.mixing import CUTMIX_LAMBDA, MIXUP_ALPHA
 from peffnet.models import ModelConfig, preset
@@ -64,6 +64,8 @@ class TrainConfig:
     data: str = opt("", "dataset: fashion-mnist, synthetic or imagefolder:PATH (train/CLASS/*, val/CLASS/*)")
     data_dir: str | None = opt(None, "where the dataset lives (fashion-mnist: folder of the idx files; "
                                      "imagefolder: base of a relative PATH)", execution=True)
+    translate: int = opt(DEFAULT_TRANSLATE, "fashion-mnist/synthetic training augmentation: random shift by up to "
+                                            "this many pixels (image folders: ignored)", int, NON_NEGATIVE)
     subset: int | None = opt(None, "train on a fixed random subset of this many images", int, POSITIVE)
     val_subset: int | None = opt(None, "evaluate on a fixed random subset of this many images", int, POSITIVE)
     out: str = opt("", "run directory (checkpoint, config, metrics, summary)", execution=True)
@@ -266,6 +268,7 @@ def config_hash(cfg: TrainConfig) -> str:
 def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
     """A one-line error when the checkpoint's run differs from this one in anything but execution settings."""
     for name, value in config_dict(cfg).items():
-        if not FIELDS[name].metadata["execution"] and saved.get(name) != value:
-            raise ConfigError(f"the checkpoint was trained with {name}={saved.get(name)!r}, this run has "
+        before = saved.get(name, FIELDS[name].default)  # a setting added since the checkpoint: its default
+        if not FIELDS[name].metadata["execution"] and before != value:
+            raise ConfigError(f"the checkpoint was trained with {name}={before!r}, this run has "
                               f"{value!r}; resume with the same settings or use another --out")

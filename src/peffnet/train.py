@@ -94,7 +94,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, make_optimizer: Optimizer
 
     # data, and the configuration it completes
     train_res = resolve_resolution(cfg.resolution, cfg.data, preset(cfg.model).resolution)
-    train_set = build_dataset(cfg.data, "train", train_res, True, cfg.data_dir, subset=cfg.subset)
+    train_set = build_dataset(cfg.data, "train", train_res, True, cfg.data_dir, subset=cfg.subset,
+                              translate=cfg.translate)
     run = resolve(cfg, ctx.world_size, train_set.num_classes, train_set.in_chans)
     c = run.config
     if c.amp == "fp16" and ctx.device.type != "cuda":

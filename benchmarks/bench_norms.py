@@ -11,7 +11,7 @@ to the reference (GN for training, LN for inference), which is fair even when th
 Process CPU time is recorded beside wall time: with one intra-op thread (the default) it counts the work done
 and not the time the process waited for a core, so its ratios stay meaningful on a shared, loaded machine.
 Goals (issue 3): LN+PN training >= 0.9x GN, LN+PN inference >= 0.97x LN (met only if both ratios reach them).
-Results: ``benchmarks/results/norms_<device>.json`` and ``.md``.
+Results: ``benchmarks/results/norms_<device>[_<R>px][_cl].json`` and ``.md`` (``_<R>px`` when not 64 px).
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ def main() -> int:
               "threads": torch.get_num_threads(), "load_average": [load_before, os.getloadavg()[0]],
               "train": train, "infer": infer, "goals": goals}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"norms_{device.type}" + ("_cl" if args.channels_last else "")
+    stem = (f"norms_{device.type}" + ("" if args.resolution == 64 else f"_{args.resolution}px")
+            + ("_cl" if args.channels_last else ""))
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))

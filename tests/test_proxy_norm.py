@@ -24,13 +24,7 @@ EXACT = {"swish": lambda u: u * special.expit(u), "gelu": lambda u: u * special.
          "relu": lambda u: np.maximum(u, 0.0)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP waits dominate tiny ops."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def exact_moments(act: str, mu: float, sigma: float) -> tuple[float, float]:

@@ -12,13 +12,7 @@ from peffnet import create_model
 from peffnet.layers.blocks import SqueezeExcite
 from peffnet.layers.proxy_norm import ProxyNormAct2d, prepare_proxy_norm, scale_inputs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def randomized(norm: str) -> torch.nn.Module:

@@ -20,6 +20,17 @@ def meta_model(name: str, **overrides: object) -> peffnet.EfficientNet:
         return build(preset(name, **overrides))
 
 
+def checkpointed_grads_match(model: torch.nn.Module, x: torch.Tensor, **tolerance: float) -> None:
+    """Parameter gradients of ``model(x).sum()`` with grad checkpointing equal those without it."""
+    model(x).sum().backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for a, b in zip(ref, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(a, b, **tolerance)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` intra-op threads, then restore the previous count."""

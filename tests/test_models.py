@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import peffnet
-from conftest import meta_model
+from conftest import checkpointed_grads_match, meta_model
 from peffnet.models.config import nearest_group_size
 from peffnet.profile import profile_model
 
@@ -148,14 +148,7 @@ def test_grad_checkpointing_gives_same_gradients() -> None:
     torch.manual_seed(0)
     model = peffnet.create_model("g16_efficientnet_b0", norm="gn", num_classes=5, drop_path_rate=0.0,
                                  drop_rate=0.0)
-    x = torch.randn(2, 3, 32, 32)
-    model(x).sum().backward()
-    ref = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    model(x).sum().backward()
-    for a, b in zip(ref, (p.grad for p in model.parameters()), strict=True):
-        torch.testing.assert_close(a, b)
+    checkpointed_grads_match(model, torch.randn(2, 3, 32, 32))
 
 
 def test_timm_registry_builds_our_models() -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import checkpointed_grads_match
 from peffnet import create_model
 from peffnet.layers.blocks import SqueezeExcite
 from peffnet.layers.proxy_norm import ProxyNormAct2d, prepare_proxy_norm, scale_inputs
@@ -61,13 +62,7 @@ def test_fused_forward_and_gradients_equal_the_unfused_network(norm: str) -> Non
 def test_grad_checkpointing_computes_moments_per_layer_with_the_same_gradients() -> None:
     model = randomized("lnpn")
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    model(x).sum().backward()
-    ref = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    model(x).sum().backward()
-    for a, b in zip(ref, (p.grad for p in model.parameters()), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)  # float64 summation order
+    checkpointed_grads_match(model, x, rtol=1e-8, atol=1e-10)  # float64 summation order
 
 
 def test_prepared_moments_are_used_once_and_only_for_current_parameters() -> None:

@@ -121,6 +121,19 @@ def test_unknown_model_name() -> None:
         peffnet.create_model("efficientnet_b9")
 
 
+@pytest.mark.parametrize("norm", ["bn", "gn", "lnpn"])
+def test_eval_without_gradients_matches_eval_with_them(norm: str) -> None:
+    # without gradients the squeeze-excite gates its input in place; with them it must not
+    torch.manual_seed(0)
+    model = peffnet.create_model("g16_efficientnet_b0", norm=norm, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with_grad = model(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), with_grad.detach())
+    with_grad.sum().backward()  # nothing the backward needs was overwritten
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_channels_last_matches_contiguous() -> None:
     torch.manual_seed(0)
     model = peffnet.create_model("g16_efficientnet_b0", norm="gn", num_classes=10).eval()

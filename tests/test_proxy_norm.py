@@ -291,6 +291,7 @@ def test_fold_is_exact_and_removes_every_moment(name: str, norm: str, monkeypatc
         out, out32 = folded(x), folded32(x.float())
     assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-10
     assert ((out32 - ref32).abs().max() / ref32.abs().max()).item() < 1e-5
+    torch.testing.assert_close(folded(x), out)  # with gradients on, the gate is not applied in place
 
 
 def test_fold_other_layouts_and_errors() -> None:

@@ -58,12 +58,7 @@ class FoldedNormAct2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.silu(F.group_norm(x, self.groups, self.weight, self.bias, self.eps), inplace=True)
-        if self.shift is None:
-            return x
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():  # plain broadcast ops in exported graphs
-            x = x if self.scale is None else x * self.scale.view(-1, 1, 1)
-            return x + self.shift.view(-1, 1, 1)
-        return channel_affine_(x, self.scale, self.shift)
+        return x if self.shift is None else channel_affine_(x, self.scale, self.shift)
 
 
 class FoldedSqueezeExcite(nn.Module):
@@ -77,7 +72,9 @@ class FoldedSqueezeExcite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = torch.sigmoid(self.expand(F.silu(self.reduce(x.mean((2, 3), keepdim=True)))))
-        return (x * gate).sub_(self.mean * gate)  # (x - E) * gate
+        if torch.is_grad_enabled():  # the product's backward needs x - E
+            return (x - self.mean) * gate
+        return x.sub_(self.mean).mul_(gate)  # x is the spatial norm's fresh output: two in-place passes
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_norms.py                     # CPU, 64 px, batch 32, 1 thread: 2-4 minutes
     python benchmarks/bench_norms.py --profile lnpn      # torch.profiler table of one training step, no files
+    python benchmarks/bench_norms.py --compile --modes infer   # every model torch.compile'd (about 3 minutes)
 
 One process builds ``g16_efficientnet_b0`` with each normalization (and LN+PN folded by
 ``peffnet.fold_proxy_norm`` for inference), then, after warm-up rounds, alternates: every round times one
@@ -11,7 +12,9 @@ to the reference (GN for training, LN for inference), which is fair even when th
 Process CPU time is recorded beside wall time: with one intra-op thread (the default) it counts the work done
 and not the time the process waited for a core, so its ratios stay meaningful on a shared, loaded machine.
 Goals (issue 3): LN+PN training >= 0.9x GN, LN+PN inference >= 0.97x LN (met only if both ratios reach them).
-Results: ``benchmarks/results/norms_<device>[_<R>px][_cl].json`` and ``.md`` (``_<R>px`` when not 64 px).
+With ``--compile`` each model (the folded one included) is ``torch.compile``'d and warmed up before timing.
+Results: ``benchmarks/results/norms_<device>[_<R>px][_cl][_compiled].json`` and ``.md`` (``_<R>px`` when not
+64 px).
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def build(norm: str, args: argparse.Namespace, device: torch.device, folded: boo
     torch.manual_seed(0)
     model = peffnet.create_model(MODEL, norm=norm, num_classes=10, drop_rate=0, drop_path_rate=0)
     model = model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
-    return peffnet.fold_proxy_norm(model.eval()) if folded else model
+    model = peffnet.fold_proxy_norm(model.eval()) if folded else model
+    return torch.compile(model, dynamic=False) if args.compile else model
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -126,11 +130,14 @@ def markdown(result: dict) -> str:
     lines = [f"# Normalization cost: {MODEL}", "",
              f"Command: `{result['command']}`  ",
              f"Device: {result['device']}; torch {result['torch']}; batch {result['batch_size']}, "
-             f"{result['resolution']} px, {'channels-last' if result['channels_last'] else 'NCHW'}; "
+             f"{result['resolution']} px, {'channels-last' if result['channels_last'] else 'NCHW'}, "
+             f"{'torch.compile' if result['compile'] else 'eager'}; "
              f"{result['rounds']} (training) / {result['infer_rounds']} (inference) alternating rounds after "
              f"{result['warmup']} warm-up rounds; medians; "
              f"1-min load average {result['load_average'][0]:.1f} before, {result['load_average'][1]:.1f} after.", ""]
     for mode, title in (("train", "Training (forward + backward + RMSProp step)"), ("infer", "Inference (eval)")):
+        if mode not in result:
+            continue
         ref = GOALS[mode][1]
         lines += [f"## {title}", "", f"| model | img/s | step ms | ratio to {ref} | CPU-time img/s | CPU-time ratio |",
                   "|---|---|---|---|---|---|"]
@@ -158,6 +165,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads (default 1: on a shared CPU, CPU time then measures the work)")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model (warm-up compiles)")
+    parser.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train", "infer"])
     parser.add_argument("--profile", metavar="NORM", help="print a torch.profiler table of a training step instead")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
@@ -171,13 +180,16 @@ def main() -> int:
         return 0
 
     load_before = os.getloadavg()[0]
-    train = measure({k: train_step(build(n, args, device), x, y) for k, n in TRAIN.items()}, "gn",
-                    args.rounds, args.warmup, args.batch_size, device, "training")
-    models = {k: build(n, args, device, folded=k.endswith("folded")) for k, n in INFER.items()}
-    infer = measure({k: infer_step(m, x) for k, m in models.items()}, "ln", args.infer_rounds, args.warmup,
-                    args.batch_size, device, "inference")
+    results = {}
+    if "train" in args.modes:
+        results["train"] = measure({k: train_step(build(n, args, device), x, y) for k, n in TRAIN.items()}, "gn",
+                                   args.rounds, args.warmup, args.batch_size, device, "training")
+    if "infer" in args.modes:
+        models = {k: build(n, args, device, folded=k.endswith("folded")) for k, n in INFER.items()}
+        results["infer"] = measure({k: infer_step(m, x) for k, m in models.items()}, "ln", args.infer_rounds,
+                                   args.warmup, args.batch_size, device, "inference")
     goals = []
-    for mode, res in (("train", train), ("infer", infer)):
+    for mode, res in results.items():
         label, ref, goal = GOALS[mode]
         for what in [label] + ([f"{label} folded"] if f"{label} folded" in res else []):
             goals.append({"what": f"{what} / {ref}, {'training' if mode == 'train' else 'inference'}",
@@ -186,13 +198,14 @@ def main() -> int:
     result = {"model": MODEL, "device": device_name(device), "torch": torch.__version__,
               "command": " ".join(["python", "benchmarks/bench_norms.py", *map(shlex.quote, sys.argv[1:])]),
               "batch_size": args.batch_size, "resolution": args.resolution, "channels_last": args.channels_last,
+              "compile": args.compile,
               "rounds": args.rounds, "infer_rounds": args.infer_rounds, "warmup": args.warmup,
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
               "threads": torch.get_num_threads(), "load_average": [load_before, os.getloadavg()[0]],
-              "train": train, "infer": infer, "goals": goals}
+              **results, "goals": goals}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = (f"norms_{device.type}" + ("" if args.resolution == 64 else f"_{args.resolution}px")
-            + ("_cl" if args.channels_last else ""))
+            + ("_cl" if args.channels_last else "") + ("_compiled" if args.compile else ""))
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))

@@ -94,3 +94,22 @@ def test_squeeze_excite_with_input_affine_and_scaled_conv_weights() -> None:
     conv = torch.nn.Conv2d(8, 4, 3, stride=2, padding=1, groups=2, bias=False).double()  # zero padded, grouped
     torch.testing.assert_close(F.conv2d(x, scale_inputs(conv.weight, scale, 2), None, 2, 1, 1, 2),
                                conv(x * scale.view(-1, 1, 1)))
+
+
+def test_centered_activation_in_bfloat16_sums_the_mean_gradient_in_float32() -> None:
+    # a - E in place, for bfloat16 activations with the float32 moments: E's gradient is summed in float32
+    torch.manual_seed(0)
+    layer = ProxyNormAct2d(8)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(4, 8, 16, 16)
+    grads = []
+    for dtype in (torch.float32, torch.bfloat16):
+        layer.zero_grad()
+        h, scale = layer.activate_centered(x.to(dtype))
+        assert h.dtype == dtype and scale.dtype == torch.float32
+        (h.float() * scale.view(-1, 1, 1)).square().mean().backward()
+        grads.append([p.grad.clone() for p in layer.parameters()])
+    for g32, g16 in zip(*grads, strict=True):
+        torch.testing.assert_close(g16, g32, rtol=0.05, atol=0.02)

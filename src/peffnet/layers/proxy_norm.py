@@ -82,9 +82,9 @@ class _ChannelAffine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         ctx.mark_dirty(a)
-        z = channel_affine_(a, scale, shift)
-        ctx.save_for_backward(z, scale, shift)
-        return z
+        channel_affine_(a, scale, shift)
+        ctx.save_for_backward(a, scale, shift)
+        return a  # the dirty input itself, as torch.compile requires
 
     @staticmethod
     @once_differentiable
@@ -97,13 +97,15 @@ class _ChannelAffine(torch.autograd.Function):
 
 
 class _ChannelShift(torch.autograd.Function):
-    """``a + shift`` per channel, written into ``a`` (a fresh activation); the gradient passes through."""
+    """``a + shift`` per channel, written into ``a`` (a fresh activation); the gradient passes through, and
+    ``shift``'s gradient is summed in ``shift``'s dtype (float32 for half-precision activations)."""
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         ctx.mark_dirty(a)
         ctx.shift_dtype = shift.dtype
-        return channel_affine_(a, None, shift)
+        channel_affine_(a, None, shift)
+        return a
 
     @staticmethod
     @once_differentiable
@@ -201,9 +203,9 @@ class ProxyNormAct2d(nn.Module):
         zero-padded ``z`` is ``scale`` times the zero-padded ``a - E``. Needs ``act=True``."""
         a, scale, shift = self.activate(x)
         mean = shift / scale  # -E
-        if torch.is_grad_enabled() and (a.requires_grad or mean.requires_grad):
-            return _ChannelShift.apply(a, mean), scale
-        return channel_affine_(a, None, mean), scale
+        if a.dtype != mean.dtype and torch.is_grad_enabled() and (a.requires_grad or mean.requires_grad):
+            return _ChannelShift.apply(a, mean), scale  # sums E's gradient in E's (wider) dtype
+        return channel_affine_(a, None, mean), scale  # autograd's own in-place add: no Python backward node
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.act:

@@ -15,7 +15,7 @@ from scipy import integrate, special
 
 import peffnet
 from peffnet import create_model, fold_proxy_norm, proxy_norm_moments
-from peffnet.fold import FoldedNormAct2d, FoldedSqueezeExcite
+from peffnet.fold import CenteredConv2d, FoldedNormAct2d, FoldedSqueezeExcite
 from peffnet.layers.blocks import ConvNormAct, SqueezeExcite
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 
@@ -245,6 +245,19 @@ def test_channels_last_matches() -> None:
     torch.testing.assert_close(model.stem[1].proxy_weight.grad, grad, rtol=1e-3, atol=1e-4)
 
 
+def test_b0_traces_without_graph_breaks() -> None:
+    # one graph each for a training forward, an eval forward and the folded model: nothing falls back to eager
+    model = create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    for mode in ("train", "eval", "folded"):
+        if mode == "folded":
+            model = fold_proxy_norm(model)
+        else:
+            model.train(mode == "train")
+        explained = torch._dynamo.explain(model)(x)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), (mode, explained.break_reasons)
+
+
 @pytest.mark.slow
 def test_torch_compile_matches_eager() -> None:
     """A small conv + LN-PN + GN-scale stack (a whole B0 compiles too, but takes minutes on 2 cores)."""
@@ -274,8 +287,9 @@ def test_fold_is_exact_and_removes_every_moment(name: str, norm: str, monkeypatc
     randomize(model)
     model.eval()
     x = torch.randn(3, 3, 64, 64, dtype=torch.float64)
+    small = torch.randn(2, 3, 40, 48, dtype=torch.float64)
     with torch.no_grad():
-        ref = model(x)
+        ref, ref_small = model(x), model(small)
         ref32 = copy.deepcopy(model).float()(x.float())
     folded = fold_proxy_norm(copy.deepcopy(model))
     folded32 = fold_proxy_norm(copy.deepcopy(model).float())
@@ -284,14 +298,18 @@ def test_fold_is_exact_and_removes_every_moment(name: str, norm: str, monkeypatc
     assert all(isinstance(b.se, FoldedSqueezeExcite) for b in blocks)
     assert folded.head[1].shift is None and folded.head[1].scale is None  # into the classifier
     assert all(b.spatial[1].shift is None for b in blocks)  # into SE reduce, project and the gate
-    assert all(b.expand[1].shift is not None and b.expand[1].scale is None  # k x k: the shift stays
+    assert all(b.expand[1].shift is None and isinstance(b.spatial[0], CenteredConv2d)  # k x k: an output map
                for b in blocks if isinstance(b.expand, ConvNormAct))
+    assert folded.stem[1].shift is None and folded.stem[1].scale is None
     monkeypatch.setattr(ProxyNormAct2d, "proxy_affine", lambda self: pytest.fail("moments computed"))
     with torch.no_grad():
         out, out32 = folded(x), folded32(x.float())
     assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-10
     assert ((out32 - ref32).abs().max() / ref32.abs().max()).item() < 1e-5
-    torch.testing.assert_close(folded(x), out)  # with gradients on, the gate is not applied in place
+    torch.testing.assert_close(folded(x), out)  # with gradients on, nothing is applied in place
+    with torch.no_grad():  # another input size gets its own output maps (exported: tests/test_export.py)
+        assert ((folded(small) - ref_small).abs().max() / ref_small.abs().max()).item() < 1e-10
+        assert ((folded(x) - ref).abs().max() / ref.abs().max()).item() < 1e-10  # and back
 
 
 def test_fold_other_layouts_and_errors() -> None:

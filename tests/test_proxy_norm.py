@@ -243,6 +243,12 @@ def test_channels_last_matches() -> None:
     out.sum().backward()
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(model.stem[1].proxy_weight.grad, grad, rtol=1e-3, atol=1e-4)
+    folded = fold_proxy_norm(copy.deepcopy(model_cl).eval())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x.contiguous(memory_format=torch.channels_last)), model_cl.eval()(x),
+                                   rtol=1e-4, atol=1e-4)
+    centered = [m for m in folded.modules() if isinstance(m, CenteredConv2d)]
+    assert centered and all(next(iter(m._maps.values())).stride(0) == 1 for m in centered)  # channels innermost
 
 
 def test_b0_traces_without_graph_breaks() -> None:
@@ -310,6 +316,27 @@ def test_fold_is_exact_and_removes_every_moment(name: str, norm: str, monkeypatc
     with torch.no_grad():  # another input size gets its own output maps (exported: tests/test_export.py)
         assert ((folded(small) - ref_small).abs().max() / ref_small.abs().max()).item() < 1e-10
         assert ((folded(x) - ref).abs().max() / ref.abs().max()).item() < 1e-10  # and back
+
+
+def test_model_made_under_inference_mode_runs_unfolded_and_folded() -> None:
+    # inference tensors have no version counter: nothing may be cached on one, and every forward must work
+    def make() -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10).eval()
+        randomize(model)
+        return model
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = make()(x)
+    with torch.inference_mode():
+        model = make()
+        assert model.stem[1].weight.is_inference()
+        for net in (model, model, fold_proxy_norm(copy.deepcopy(model))):
+            torch.testing.assert_close(net(x), ref, rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            model.stem[1].proxy_bias.add_(1.0)  # an in-place edit no version counter records
+        assert (model(x) - ref).abs().max() > 1e-3
 
 
 def test_fold_other_layouts_and_errors() -> None:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
-from peffnet.layers.proxy_norm import ProxyNormAct2d, channel_affine_, scale_inputs
+from peffnet.layers.proxy_norm import ProxyNormAct2d, channel_affine_, scale_inputs, values_key
 
 
 class FoldedNormAct2d(nn.Module):
@@ -96,14 +96,18 @@ class CenteredConv2d(nn.Module):
         self._maps: dict[tuple, torch.Tensor] = {}
 
     def _map(self, size: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        """``-conv(E 1)`` for an input of spatial ``size``, in ``like``'s dtype, device and memory layout."""
         w = self.conv.weight
-        key = (tuple(size), like.dtype, like.device, w.data_ptr(), w._version, self.mean._version)
-        if key not in self._maps:
+        channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(
+            memory_format=torch.channels_last)
+        key = (tuple(size), like.dtype, like.device, channels_last, values_key(w), values_key(self.mean))
+        if key not in self._maps or None in (key[4][1], key[5][1]):  # inference tensors: no version, no cache
             self._maps = {}  # one input size at a time (a new size or new weights replace it)
             constant = self.mean.double().view(1, -1, 1, 1).expand(1, -1, *size)
             m = -F.conv2d(constant, w.double(), None, self.conv.stride, self.conv.padding, self.conv.dilation,
-                          self.conv.groups)[0]
-            self._maps[key] = m.to(like.dtype)
+                          self.conv.groups)
+            m = m.to(like.dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            self._maps[key] = m[0]  # (C, H, W), strided like one image of ``like``: the add vectorizes
         return self._maps[key]
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,12 @@ def _channel_dot(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.
     return torch.linalg.vecdot(a.view(n, c, -1), b.view(n, c, -1)).sum(0, dtype=dtype)
 
 
+def values_key(t: torch.Tensor) -> tuple:
+    """Identifies ``t``'s current values for a cache: storage, version counter (bumped by every in-place
+    update) and dtype. An inference tensor has no version counter (``None``): do not cache on it."""
+    return t.data_ptr(), None if t.is_inference() else t._version, t.dtype
+
+
 def scale_inputs(weight: torch.Tensor, scale: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """The weight of a conv (``groups`` input-channel groups) or linear layer with input channel ``c``
     multiplied by ``scale[c]``: ``layer(x * scale) == layer'(x)`` (zero padding included). Differentiable."""
@@ -146,14 +152,16 @@ class ProxyNormAct2d(nn.Module):
         self._pending: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     def _parameters_key(self) -> tuple:
-        """Identifies the current values of Eq. 4's parameters (storage, version counter, dtype)."""
+        """Identifies the current values of Eq. 4's parameters (:func:`values_key`)."""
         params = (self.weight, self.bias, self.proxy_weight, self.proxy_bias)
-        return (torch.is_inference_mode_enabled(), *((p.data_ptr(), p._version, p.dtype) for p in params))
+        return (torch.is_inference_mode_enabled(), *map(values_key, params))
 
     def _cacheable(self) -> bool:
-        """Eval mode without gradients to the parameters: the affine is a constant worth caching."""
+        """Eval mode without gradients to the parameters: the affine is a constant worth caching (unless the
+        parameters are inference tensors, made under ``torch.inference_mode``: they have no version counter)."""
         params = (self.weight, self.bias, self.proxy_weight, self.proxy_bias)
         return (not self.training and not self.weight.is_meta and not torch.compiler.is_compiling()
+                and not any(p.is_inference() for p in params)
                 and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)))
 
     def proxy_affine(self) -> tuple[torch.Tensor, torch.Tensor]:

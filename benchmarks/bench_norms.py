@@ -1,6 +1,6 @@
 """What proxy normalization costs: training and inference throughput of B0 G16 with GN, LN and LN+PN.
 
-    python benchmarks/bench_norms.py                     # CPU, 64 px, batch 32, 1 thread: 2-4 minutes
+    python benchmarks/bench_norms.py                     # CPU, 64 px, batch 32, 1 thread: 4-6 minutes
     python benchmarks/bench_norms.py --profile lnpn      # torch.profiler table of one training step, no files
     python benchmarks/bench_norms.py --compile --modes infer   # every model torch.compile'd (about 3 minutes)
 
@@ -159,8 +159,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=15, help="training rounds")
-    parser.add_argument("--infer-rounds", type=int, default=45, help="inference rounds (steps are ~5x shorter)")
+    parser.add_argument("--rounds", type=int, default=30, help="training rounds")
+    parser.add_argument("--infer-rounds", type=int, default=90, help="inference rounds (steps are ~5x shorter)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads (default 1: on a shared CPU, CPU time then measures the work)")

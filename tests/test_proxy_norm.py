@@ -15,7 +15,7 @@ from scipy import integrate, special
 
 import peffnet
 from peffnet import create_model, fold_proxy_norm, proxy_norm_moments
-from peffnet.fold import CenteredConv2d, FoldedNormAct2d, FoldedSqueezeExcite
+from peffnet.fold import FoldedNormAct2d, FoldedSqueezeExcite
 from peffnet.layers.blocks import ConvNormAct, SqueezeExcite
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 
@@ -247,8 +247,6 @@ def test_channels_last_matches() -> None:
     with torch.no_grad():
         torch.testing.assert_close(folded(x.contiguous(memory_format=torch.channels_last)), model_cl.eval()(x),
                                    rtol=1e-4, atol=1e-4)
-    centered = [m for m in folded.modules() if isinstance(m, CenteredConv2d)]
-    assert centered and all(next(iter(m._maps.values())).stride(0) == 1 for m in centered)  # channels innermost
 
 
 def test_b0_traces_without_graph_breaks() -> None:
@@ -304,18 +302,16 @@ def test_fold_is_exact_and_removes_every_moment(name: str, norm: str, monkeypatc
     assert all(isinstance(b.se, FoldedSqueezeExcite) for b in blocks)
     assert folded.head[1].shift is None and folded.head[1].scale is None  # into the classifier
     assert all(b.spatial[1].shift is None for b in blocks)  # into SE reduce, project and the gate
-    assert all(b.expand[1].shift is None and isinstance(b.spatial[0], CenteredConv2d)  # k x k: an output map
+    assert all(b.expand[1].shift is not None and b.expand[1].scale is None  # k x k: the shift stays
                for b in blocks if isinstance(b.expand, ConvNormAct))
-    assert folded.stem[1].shift is None and folded.stem[1].scale is None
     monkeypatch.setattr(ProxyNormAct2d, "proxy_affine", lambda self: pytest.fail("moments computed"))
     with torch.no_grad():
         out, out32 = folded(x), folded32(x.float())
     assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-10
     assert ((out32 - ref32).abs().max() / ref32.abs().max()).item() < 1e-5
     torch.testing.assert_close(folded(x), out)  # with gradients on, nothing is applied in place
-    with torch.no_grad():  # another input size gets its own output maps (exported: tests/test_export.py)
+    with torch.no_grad():  # nothing in the folded model depends on the input size
         assert ((folded(small) - ref_small).abs().max() / ref_small.abs().max()).item() < 1e-10
-        assert ((folded(x) - ref).abs().max() / ref.abs().max()).item() < 1e-10  # and back
 
 
 def test_model_made_under_inference_mode_runs_unfolded_and_folded() -> None:
@@ -326,14 +322,14 @@ def test_model_made_under_inference_mode_runs_unfolded_and_folded() -> None:
         randomize(model)
         return model
 
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = make()(x)
     with torch.inference_mode():
         model = make()
         assert model.stem[1].weight.is_inference()
-        for net in (model, model, fold_proxy_norm(copy.deepcopy(model))):
-            torch.testing.assert_close(net(x), ref, rtol=1e-4, atol=1e-5)
+        for net in (model, model, fold_proxy_norm(copy.deepcopy(model))):  # folded: float32 rounding
+            assert ((net(x) - ref).abs().max() / ref.abs().max()).item() < 1e-5
         with torch.no_grad():
             model.stem[1].proxy_bias.add_(1.0)  # an in-place edit no version counter records
         assert (model(x) - ref).abs().max() > 1e-3

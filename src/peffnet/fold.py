@@ -8,10 +8,7 @@ it into the linear layer that consumes ``z`` wherever that is exact:
   included: a padded zero stays zero after scaling.
 * The **shift** folds into a bias only where every output sees every input position exactly once with
   no padding: a 1x1 convolution or, after global pooling, a linear layer. Through a k x k convolution
-  with zero padding it does not (border outputs would see ``t`` where the unfolded model sees 0), but the
-  conv is linear: ``conv(a - E) = conv(a) - conv(E 1)``, and ``conv(E 1)`` (``E`` in every position of
-  an input-sized map, zero padded) depends only on the input size. :class:`CenteredConv2d` adds that
-  map to the conv's output, computed once per input size, instead of a pass of ``- E`` over its input.
+  with zero padding it does not (border outputs would see ``t`` where the unfolded model sees 0).
 
 What each PN layer of an :class:`~peffnet.models.EfficientNet` becomes:
 
@@ -23,8 +20,8 @@ spatial k x k conv     squeeze-excite, gate, project 1x1          scale into SE 
                                                                   into SE reduce's bias; the gate multiplies
                                                                   ``(a - E)``: ``a g - E g``, an in-place
                                                                   subtraction after the gating multiply
-expansion 1x1 conv     spatial k x k conv (zero padded)           scale into the spatial conv, ``- E`` as its
-stem 3x3 conv          first block's spatial k x k conv           per-size output map (:class:`CenteredConv2d`)
+expansion 1x1 conv     spatial k x k conv (zero padded)           scale into the spatial conv; ``a - E`` stays
+stem 3x3 conv          first block's spatial k x k conv           as the expansion (a subtraction)
                        (or its 1x1 expansion, if it has one)      (scale and shift, when 1x1)
 =====================  =========================================  ==========================================
 
@@ -41,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
-from peffnet.layers.proxy_norm import ProxyNormAct2d, channel_affine_, scale_inputs, values_key
+from peffnet.layers.proxy_norm import ProxyNormAct2d, channel_affine_, scale_inputs
 
 
 class FoldedNormAct2d(nn.Module):
@@ -80,44 +77,6 @@ class FoldedSqueezeExcite(nn.Module):
         return x.sub_(self.mean).mul_(gate)  # x is the spatial norm's fresh output: two in-place passes
 
 
-class CenteredConv2d(nn.Module):
-    """A zero-padded k x k conv of ``a - E`` (``E`` per input channel) computed as ``conv(a) + M`` with the
-    constant map ``M = -conv(E 1)`` (out channels x output positions; the border positions differ from
-    the interior, which sees no padding). ``M`` depends only on the input size: it is computed once per
-    size (in float64, from the conv's current weights) and cached, so a forward adds it to the conv's
-    output and never makes a pass of ``- E`` over the (larger) input. Measured faster than that pass on
-    CPU (docs/proxy_norm.md). Traced, exported or compiled it is the plain ``conv(a - E)``, which a
-    compiler fuses into the op producing ``a``."""
-
-    def __init__(self, conv: nn.Conv2d, mean: torch.Tensor) -> None:
-        super().__init__()
-        self.conv = conv
-        self.register_buffer("mean", mean.to(conv.weight.dtype))
-        self._maps: dict[tuple, torch.Tensor] = {}
-
-    def _map(self, size: torch.Size, like: torch.Tensor) -> torch.Tensor:
-        """``-conv(E 1)`` for an input of spatial ``size``, in ``like``'s dtype, device and memory layout."""
-        w = self.conv.weight
-        channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(
-            memory_format=torch.channels_last)
-        key = (tuple(size), like.dtype, like.device, channels_last, values_key(w), values_key(self.mean))
-        if key not in self._maps or None in (key[4][1], key[5][1]):  # inference tensors: no version, no cache
-            self._maps = {}  # one input size at a time (a new size or new weights replace it)
-            constant = self.mean.double().view(1, -1, 1, 1).expand(1, -1, *size)
-            m = -F.conv2d(constant, w.double(), None, self.conv.stride, self.conv.padding, self.conv.dilation,
-                          self.conv.groups)
-            m = m.to(like.dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            self._maps[key] = m[0]  # (C, H, W), strided like one image of ``like``: the add vectorizes
-        return self._maps[key]
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
-            return self.conv(a - self.mean.view(-1, 1, 1))
-        out = self.conv(a)
-        m = self._map(a.shape[2:], out)
-        return out + m if torch.is_grad_enabled() else out.add_(m)
-
-
 @torch.no_grad()
 def _scale_inputs(layer: nn.Conv2d | nn.Linear, scale: torch.Tensor) -> None:
     """``layer(x * scale) == layer'(x)``: multiply each input channel's weights (grouped convs too)."""
@@ -150,21 +109,20 @@ def _affine(pn: ProxyNormAct2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return scale, shift, -shift / scale
 
 
-def _fold_into_next(norm_act: ProxyNormAct2d, consumer: nn.Conv2d | nn.Linear) -> tuple[FoldedNormAct2d, nn.Module]:
-    """Fold a PN layer's affine into the conv/linear ``consumer`` that takes its output: the folded norm-act
-    and what replaces ``consumer`` (itself, or a :class:`CenteredConv2d` around it)."""
+def _fold_into_next(norm_act: ProxyNormAct2d, consumer: nn.Module) -> FoldedNormAct2d:
+    """Fold a PN layer's affine into the conv/linear ``consumer`` that takes its output."""
     scale, shift, mean = _affine(norm_act)
     if _is_pointwise(consumer) or isinstance(consumer, nn.Linear):
         _shift_inputs(consumer, shift)
         _scale_inputs(consumer, scale)
-        return FoldedNormAct2d(norm_act, None, None), consumer
-    _scale_inputs(consumer, scale)  # k x k, zero padded: the scale is exact, the shift becomes an output map
-    return FoldedNormAct2d(norm_act, None, None), CenteredConv2d(consumer, mean)
+        return FoldedNormAct2d(norm_act, None, None)
+    _scale_inputs(consumer, scale)  # k x k, zero padded: only the scale is exact
+    return FoldedNormAct2d(norm_act, None, -mean)
 
 
 def _fold_block(block: MBConv) -> None:
     if isinstance(block.expand, ConvNormAct) and isinstance(block.expand[1], ProxyNormAct2d) and block.expand[1].act:
-        block.expand[1], block.spatial[0] = _fold_into_next(block.expand[1], block.spatial[0])
+        block.expand[1] = _fold_into_next(block.expand[1], block.spatial[0])
     pn = block.spatial[1]
     if isinstance(pn, ProxyNormAct2d) and pn.act and type(block.se) is SqueezeExcite:
         scale, shift, mean = _affine(pn)
@@ -197,14 +155,14 @@ def fold_proxy_norm(model: nn.Module) -> nn.Module:
     if blocks and isinstance(stem, ConvNormAct) and isinstance(stem[1], ProxyNormAct2d) and stem[1].act \
             and not blocks[0].has_residual:
         first = blocks[0]
-        parent = first.expand if isinstance(first.expand, ConvNormAct) else first.spatial
-        stem[1], parent[0] = _fold_into_next(stem[1], parent[0])
+        consumer = first.expand[0] if isinstance(first.expand, ConvNormAct) else first.spatial[0]
+        stem[1] = _fold_into_next(stem[1], consumer)
     for block in blocks:
         _fold_block(block)
     classifier = getattr(model, "classifier", None)
     if isinstance(head, ConvNormAct) and isinstance(head[1], ProxyNormAct2d) and head[1].act \
             and isinstance(classifier, nn.Linear) and isinstance(getattr(model, "pool", None), nn.AdaptiveAvgPool2d):
-        head[1], _ = _fold_into_next(head[1], classifier)  # global average pooling commutes with the affine
+        head[1] = _fold_into_next(head[1], classifier)  # global average pooling commutes with the affine
     for name, module in list(model.named_modules()):  # anything else: the cached affine as a constant
         if name and isinstance(module, ProxyNormAct2d) and module.act:
             scale, shift, _ = _affine(module)

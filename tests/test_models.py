@@ -33,6 +33,14 @@ def test_table2_params_and_macs(size: str, g: int, e: int, params_m: float, macs
     assert distance <= 0.03 * macs_g, prof.macs
 
 
+@pytest.mark.parametrize("norm", ["bn", "ln", "lnpn", "gnpn"])
+def test_macs_do_not_depend_on_the_normalization(norm: str) -> None:
+    # the fused PN path scales the spatial conv's weights: the conv must still be counted (forward hooks)
+    gn = profile_model(meta_model("g16_efficientnet_b0", norm="gn"), 224)
+    prof = profile_model(meta_model("g16_efficientnet_b0", norm=norm), 224)
+    assert prof.macs == gn.macs and [layer.name for layer in prof.layers] == [layer.name for layer in gn.layers]
+
+
 def test_presets_use_paper_group_size_and_expansion() -> None:
     names = peffnet.list_models()
     assert len(names) == 24 and len(set(names)) == 24

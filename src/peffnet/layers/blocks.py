@@ -11,12 +11,22 @@ from peffnet.layers.norms import norm_act
 from peffnet.layers.proxy_norm import ProxyNormAct2d, scale_inputs
 
 
+class InputScaledConv2d(nn.Conv2d):
+    """A ``Conv2d`` whose forward optionally takes a per-input-channel ``scale``: ``conv(x * scale)`` computed
+    as a conv of ``x`` with scaled weights (:func:`scale_inputs`; O(params), not a pass over ``x``). Called as
+    a module either way, so forward hooks (MAC counting, :mod:`peffnet.profile`) see it."""
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        weight = self.weight if scale is None else scale_inputs(self.weight, scale, self.groups)
+        return self._conv_forward(x, weight, self.bias)
+
+
 class ConvNormAct(nn.Sequential):
     """Convolution (no bias) followed by a norm-act layer; ``groups`` splits the input channels."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, norm: str, stride: int = 1, groups: int = 1,
                  act: bool = True) -> None:
-        conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, groups=groups, bias=False)
+        conv = InputScaledConv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, groups=groups, bias=False)
         super().__init__(conv, norm_act(norm, out_ch, act))
 
 
@@ -70,7 +80,7 @@ class MBConv(nn.Module):
         if isinstance(self.expand, ConvNormAct) and _is_pn(self.expand[1]):
             # Eq. 4 of the expansion: a - E here, its scale folded into the spatial conv's weights
             h, scale = self.expand[1].activate_centered(self.expand[0](x))
-            h = conv._conv_forward(h, scale_inputs(conv.weight, scale, conv.groups), conv.bias)
+            h = conv(h, scale)
         else:
             h = conv(self.expand(x))
         gate_applies_pn = _is_pn(norm) and type(self.se) is SqueezeExcite  # Eq. 4 of the spatial conv

@@ -38,6 +38,17 @@ def test_profile_resolution_and_overrides(capsys: pytest.CaptureFixture[str]) ->
     assert 3.8 < big["macs"] / native["macs"] < 4.1  # MACs scale with pixels
 
 
+def test_profile_input_channels_and_classes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "g16_efficientnet_b0", "--resolution", "32", "--json"]) == 0
+    rgb = json.loads(capsys.readouterr().out)
+    assert main(["profile", "g16_efficientnet_b0", "--resolution", "32", "--in-chans", "1", "--num-classes", "10",
+                 "--json"]) == 0
+    gray = json.loads(capsys.readouterr().out)
+    stem = 32 * 3 * 3 * 16 * 16  # stem conv MACs per input channel at 32 px (stride 2)
+    assert rgb["params"] - gray["params"] == 2 * 32 * 3 * 3 + 990 * 1280 + 990  # stem weights, classifier
+    assert rgb["macs"] - gray["macs"] == 2 * stem + 990 * 1280
+
+
 def test_profile_text_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["profile", "g16_efficientnet_b0", "--norm", "gn"]) == 0
     out = capsys.readouterr().out

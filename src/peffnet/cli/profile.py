@@ -21,14 +21,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=loose_int, help="input side in pixels (default: the model's native)")
     p.add_argument("--batch-size", type=loose_int, default=1,
                    help="batch B used in the arithmetic-intensity formula (default 1)")
+    p.add_argument("--in-chans", type=loose_int, help="input channels (default 3; 1 for Fashion-MNIST)")
+    p.add_argument("--num-classes", type=loose_int, help="classifier outputs (default 1000)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = model_overrides(args)
-    if args.resolution is not None:
-        overrides["resolution"] = args.resolution
+    for field in ("resolution", "in_chans", "num_classes"):
+        if getattr(args, field) is not None:
+            overrides[field] = getattr(args, field)
     cfg = preset(args.model, **overrides)
     batch = positive_int("batch_size", args.batch_size)
     with torch.device("meta"):

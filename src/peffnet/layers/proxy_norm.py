@@ -64,7 +64,7 @@ def _channel_dot(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.
     return torch.linalg.vecdot(a.view(n, c, -1), b.view(n, c, -1)).sum(0, dtype=dtype)
 
 
-def values_key(t: torch.Tensor) -> tuple:
+def _values_key(t: torch.Tensor) -> tuple:
     """Identifies ``t``'s current values for a cache: storage, version counter (bumped by every in-place
     update) and dtype. An inference tensor has no version counter (``None``): do not cache on it."""
     return t.data_ptr(), None if t.is_inference() else t._version, t.dtype
@@ -152,9 +152,9 @@ class ProxyNormAct2d(nn.Module):
         self._pending: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     def _parameters_key(self) -> tuple:
-        """Identifies the current values of Eq. 4's parameters (:func:`values_key`)."""
+        """Identifies the current values of Eq. 4's parameters (:func:`_values_key`)."""
         params = (self.weight, self.bias, self.proxy_weight, self.proxy_bias)
-        return (torch.is_inference_mode_enabled(), *map(values_key, params))
+        return (torch.is_inference_mode_enabled(), *map(_values_key, params))
 
     def _cacheable(self) -> bool:
         """Eval mode without gradients to the parameters: the affine is a constant worth caching (unless the

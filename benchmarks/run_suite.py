@@ -4,7 +4,7 @@
     python benchmarks/run_suite.py --device cuda  # GPU: AMP, larger batches, inference at the largest batch
     python benchmarks/run_suite.py --render       # only rebuild RESULTS.md from benchmarks/results/*.json
 
-Every comparison is one or two :func:`peffnet.bench.run_bench` calls: its models are measured in
+Every comparison is one or two :func:`peffnet.measure.bench.run_bench` calls: its models are measured in
 alternation in this one process after warm-up, and each figure is a median over rounds, so the
 ratios are fair on a shared, noisy machine even when the absolute img/s drift. The result of each
 device goes to ``benchmarks/results/<device>.json``; RESULTS.md shows every device's results side by side.
@@ -29,23 +29,12 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from peffnet.bench import (  # noqa: E402
-    BenchOptions,
-    BenchSpec,
-    environment,
-    resolve_device,
-    run_bench,
-    set_utilization,
-)
 from peffnet.errors import ConfigError  # noqa: E402
-from peffnet.roofline import (  # noqa: E402
-    DevicePeaks,
-    conv_layers,
-    measure_device,
-    plot_roofline,
-    summarize,
-    time_layers,
-)
+from peffnet.measure.bench import BenchOptions, environment, run_bench, set_utilization  # noqa: E402
+from peffnet.measure.device import DevicePeaks, measure_device, resolve_device  # noqa: E402
+from peffnet.measure.roofline import plot_roofline, summarize, time_layers  # noqa: E402
+from peffnet.measure.subjects import BenchSpec  # noqa: E402
+from peffnet.models.profile import conv_layers  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

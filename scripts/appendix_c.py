@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from peffnet.layers.norms import GroupNormAct
+from peffnet.layers.norm_act import GroupNormAct
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 
 MODES = ("lnpn", "ln", "none")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from peffnet.errors import ConfigError
-from peffnet.recipe import RecipeConfig, result_at, run_recipe
+from peffnet.training.recipe import RecipeConfig, result_at, run_recipe
 
 
 def mean_std(values: list[float]) -> str:

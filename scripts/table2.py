@@ -2,7 +2,7 @@
 
     python scripts/table2.py > /tmp/table2.md
 
-Counts come from peffnet.profile (conv + linear multiply-accumulates, one image, native resolution,
+Counts come from peffnet.models.profile (conv + linear multiply-accumulates, one image, native resolution,
 GN as in the paper's Table 2), computed on the meta device.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from peffnet.models import build, preset
-from peffnet.profile import profile_model
+from peffnet.models.profile import profile_model
 
 # (size, G, E, params M, FLOPs G) as printed in the paper's Table 2.
 PAPER = [

@@ -10,20 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from peffnet.bench import BenchOptions, BenchSpec, build_model, parse_spec, run_bench
 from peffnet.cli import main
 from peffnet.errors import ConfigError
-from peffnet.measure import max_batch, peak_transient_bytes
+from peffnet.measure.bench import BenchOptions, run_bench
+from peffnet.measure.device import DevicePeaks, measure_bandwidth, measure_peak_macs
+from peffnet.measure.roofline import layer_kind
+from peffnet.measure.subjects import BenchSpec, build_model, parse_spec
+from peffnet.measure.timing import max_batch, peak_transient_bytes
 from peffnet.models import create_model
-from peffnet.profile import profile_model
-from peffnet.roofline import (
-    DevicePeaks,
-    conv_layers,
-    layer_kind,
-    measure_bandwidth,
-    measure_peak_macs,
-    model_macs,
-)
+from peffnet.models.profile import conv_layers, model_macs, profile_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,12 +14,12 @@ from peffnet.data import (
     TensorImageDataset,
     build_dataset,
     default_resolution,
-    hash_uniform,
     make_loader,
     parse_spec,
 )
+from peffnet.data.datasets import hash_uniform
+from peffnet.data.imagefolder import ImageFolderDataset, load_rgb
 from peffnet.errors import ConfigError
-from peffnet.imagefolder import ImageFolderDataset, load_rgb
 from train_helpers import make_image_folder
 
 HAVE_FASHION = Path(FASHION_MNIST_DIR).is_dir()

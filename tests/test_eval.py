@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from peffnet.cli import main
-from peffnet.evaluate import evaluate_checkpoint, sweep_resolutions
+from peffnet.training.evaluate import evaluate_checkpoint, sweep_resolutions
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 

@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-import peffnet.finetune as finetune_module
-from peffnet import engine
-from peffnet.checkpoint import load_checkpoint, save_checkpoint
+import peffnet.training.finetune as finetune_module
 from peffnet.cli import main
 from peffnet.data import build_dataset
-from peffnet.engine import train_step
 from peffnet.errors import ConfigError
-from peffnet.finetune import finetuned_stage_indices, freeze_for_finetune
 from peffnet.models import create_model
+from peffnet.training import loop as engine
+from peffnet.training.checkpoint import load_checkpoint, save_checkpoint
+from peffnet.training.finetune import finetuned_stage_indices, freeze_for_finetune
+from peffnet.training.loop import train_step
 from resolution_helpers import TINY_FINETUNE
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")

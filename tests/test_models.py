@@ -9,7 +9,7 @@ from torch import nn
 import peffnet
 from conftest import checkpointed_grads_match, meta_model
 from peffnet.models.config import nearest_group_size
-from peffnet.profile import profile_model
+from peffnet.models.profile import profile_model
 
 # Paper Table 2: (size, G, E, params in M, MACs in G). Values are printed to 0.1.
 TABLE2 = [

@@ -15,7 +15,7 @@ from scipy import integrate, special
 
 import peffnet
 from peffnet import create_model, fold_proxy_norm, proxy_norm_moments
-from peffnet.fold import FoldedNormAct2d, FoldedSqueezeExcite
+from peffnet.fusion.fold import FoldedNormAct2d, FoldedSqueezeExcite
 from peffnet.layers.blocks import ConvNormAct, SqueezeExcite
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 

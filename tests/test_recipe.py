@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from peffnet.cli import main
-from peffnet.recipe import SHORT_RUN_FINETUNE_LR, SMALL_IMAGE_NATIVE, RecipeConfig, result_at
+from peffnet.training.recipe import SHORT_RUN_FINETUNE_LR, SMALL_IMAGE_NATIVE, RecipeConfig, result_at
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from peffnet.cli import main
+from peffnet.measure.report import METRICS, load_run, macs_at, pareto_front, series_label
 from peffnet.models import preset
-from peffnet.report import METRICS, load_run, macs_at, pareto_front, series_label
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 import yaml
 
-from peffnet.checkpoint import load_checkpoint, model_from_checkpoint
 from peffnet.cli import main
 from peffnet.data import build_dataset, make_loader
-from peffnet.engine import EpochAverage, evaluate, recipe_lr_factor
 from peffnet.errors import ConfigError
-from peffnet.mixing import mix_batch
 from peffnet.models import build, preset
-from peffnet.runconfig import TrainConfig, make_config, read_yaml, resolve, resolve_resolution
+from peffnet.training.checkpoint import load_checkpoint, model_from_checkpoint
+from peffnet.training.config import TrainConfig, make_config, read_yaml, resolve, resolve_resolution
+from peffnet.training.loop import EpochAverage, evaluate, recipe_lr_factor
+from peffnet.training.mixing import mix_batch
 from train_helpers import final_weights, make_image_folder, max_abs_diff, tiny_args
 
 CONTRACT_SUMMARY_KEYS = {"model", "group_size", "expansion", "norm", "train_resolution", "eval_resolution", "top1",

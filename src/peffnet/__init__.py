@@ -6,7 +6,7 @@ Group convolutions (G-EfficientNet), proxy-normalized activations and half-resol
 from __future__ import annotations
 
 from peffnet.errors import ConfigError
-from peffnet.fold import fold_proxy_norm
+from peffnet.fusion.fold import fold_proxy_norm
 from peffnet.layers.proxy_moments import proxy_norm_moments
 from peffnet.models import EfficientNet, create_model, list_models
 

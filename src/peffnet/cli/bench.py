@@ -7,9 +7,10 @@ import json
 import shlex
 from pathlib import Path
 
-from peffnet.bench import MODES, BenchOptions, parse_spec, run_bench
 from peffnet.cli.common import add_model_args, batch_size_or_max, default_device, model_overrides
 from peffnet.errors import ConfigError
+from peffnet.measure.bench import MODES, BenchOptions, run_bench
+from peffnet.measure.subjects import parse_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:

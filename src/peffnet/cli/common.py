@@ -68,7 +68,7 @@ def model_overrides(args: argparse.Namespace) -> dict[str, object]:
 def run_and_report(command: str, job: Callable[[], dict[str, Any]], describe: Callable[[dict[str, Any]], str]) -> int:
     """Run a training ``job`` and print ``describe(summary)``; exit code 1 with ``peffnet COMMAND: error: ...``
     when the loss became NaN/inf (the last good checkpoint is kept). Under torchrun only rank 0 prints."""
-    from peffnet.engine import NonFiniteLoss
+    from peffnet.training.loop import NonFiniteLoss
 
     main_rank = os.environ.get("RANK", "0") == "0"
     try:

@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peffnet.checkpoint import load_checkpoint
-    from peffnet.evaluate import (
+    from peffnet.training.checkpoint import load_checkpoint
+    from peffnet.training.evaluate import (
         checkpoint_file,
         eval_json_path,
         evaluate_checkpoint,

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peffnet.export import export_checkpoint
+    from peffnet.serving.export import export_checkpoint
 
     result = export_checkpoint(args.checkpoint, args.format, args.resolution, args.out, averaged=not args.live)
     folded = f", {result.folded_layers} proxy-norm layers folded" if result.folded_layers else ""

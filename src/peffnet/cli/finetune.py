@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peffnet.finetune import FinetuneConfig, finetune
+    from peffnet.training.finetune import FinetuneConfig, finetune
 
     fields = FinetuneConfig.__dataclass_fields__
     cfg = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in fields})

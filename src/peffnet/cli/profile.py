@@ -10,7 +10,7 @@ import torch
 
 from peffnet.cli.common import add_model_args, loose_int, model_overrides
 from peffnet.models import build, preset
-from peffnet.profile import ModelProfile, profile_model
+from peffnet.models.profile import ModelProfile, profile_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peffnet.recipe import RecipeConfig, format_summary, run_recipe
+    from peffnet.training.recipe import RecipeConfig, format_summary, run_recipe
 
     fields = RecipeConfig.__dataclass_fields__
     cfg = RecipeConfig(**{k: v for k, v in vars(args).items() if k in fields})

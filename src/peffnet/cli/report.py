@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peffnet.bench import BenchOptions
-    from peffnet.report import load_run, measure_inference, write_report
+    from peffnet.measure.bench import BenchOptions
+    from peffnet.measure.report import load_run, measure_inference, write_report
 
     runs = [load_run(r) for r in dict.fromkeys(args.runs)]
     if args.measure:

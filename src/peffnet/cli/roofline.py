@@ -29,8 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peffnet.bench import build_model, parse_spec, resolve_device
-    from peffnet.roofline import conv_layers, measure_device, plot_roofline, summarize, time_layers
+    from peffnet.measure.device import measure_device, resolve_device
+    from peffnet.measure.roofline import plot_roofline, summarize, time_layers
+    from peffnet.measure.subjects import build_model, parse_spec
+    from peffnet.models.profile import conv_layers
 
     if args.batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {args.batch_size}")

@@ -1,6 +1,6 @@
 """``peffnet train``: train a model with the paper's recipe (Section 3.4); see docs/training.md.
 
-Every setting of :class:`peffnet.runconfig.TrainConfig` is a flag (``--batch-size``) and a YAML key
+Every setting of :class:`peffnet.training.config.TrainConfig` is a flag (``--batch-size``) and a YAML key
 (``batch_size``) of ``--config FILE.yaml``; flags override the file, the file overrides the defaults.
 Run it under ``torchrun --nproc_per_node N -m peffnet train ...`` for data parallelism.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from peffnet.cli.common import add_model_args, loose_int, run_and_report
-from peffnet.runconfig import FIELDS, make_config, read_yaml
+from peffnet.training.config import FIELDS, make_config, read_yaml
 
 MODEL_FLAGS = ("group_size", "expansion", "norm")  # added by cli.common.add_model_args
 
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peffnet.train import train
+    from peffnet.training.train import train
 
     file_settings = read_yaml(args.config) if args.config else {}
     flags = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}

@@ -7,14 +7,14 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from peffnet.layers.norms import norm_act
+from peffnet.layers.norm_act import norm_act
 from peffnet.layers.proxy_norm import ProxyNormAct2d, scale_inputs
 
 
 class InputScaledConv2d(nn.Conv2d):
     """A ``Conv2d`` whose forward optionally takes a per-input-channel ``scale``: ``conv(x * scale)`` computed
     as a conv of ``x`` with scaled weights (:func:`scale_inputs`; O(params), not a pass over ``x``). Called as
-    a module either way, so forward hooks (MAC counting, :mod:`peffnet.profile`) see it."""
+    a module either way, so forward hooks (MAC counting, :mod:`peffnet.models.profile`) see it."""
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.weight if scale is None else scale_inputs(self.weight, scale, self.groups)

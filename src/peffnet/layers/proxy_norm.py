@@ -125,7 +125,7 @@ class ProxyNormAct2d(nn.Module):
     ``groups=1`` is LN over (C, H, W) of each image (Eq. 3), ``groups=4`` is GN; the normalization has no
     affine of its own (eps 1e-3). With ``act=True`` the layer owns Eq. 4's ``gamma`` (``weight``), ``beta``
     (``bias``), ``gamma~`` (``proxy_weight``) and ``beta~`` (``proxy_bias``), the tilde parameters
-    initialised to 0 (and weight-decayed by :func:`peffnet.optim.param_groups`), eps~ 3e-2. With
+    initialised to 0 (and weight-decayed by :func:`peffnet.training.optim.param_groups`), eps~ 3e-2. With
     ``act=False`` (after the projection conv) it is the normalization with a per-channel scale, no shift
     and no PN, as in the authors' reference (REFERENCE.md).
 

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from peffnet.errors import ConfigError
+from peffnet.measure.plotting import pyplot, save_figure
 from peffnet.models import ModelConfig, preset
-from peffnet.plotting import pyplot, save_figure
 
 NORM_LABELS = {"bn": "BN", "gn": "GN", "ln": "LN", "lnpn": "LN+PN", "gnpn": "GN+PN"}
 
@@ -111,7 +111,7 @@ def run_config(run_dir: Path, summary: dict) -> ModelConfig:
     """The run's model configuration: the checkpoint's ``model_config``, else rebuilt from ``summary.json``."""
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.is_file():
-        from peffnet.checkpoint import config_from_checkpoint, load_checkpoint
+        from peffnet.training.checkpoint import config_from_checkpoint, load_checkpoint
 
         return config_from_checkpoint(load_checkpoint(ckpt))
     return preset(summary["model"], group_size=summary["group_size"], expansion=summary["expansion"],
@@ -123,7 +123,7 @@ def macs_at(cfg: ModelConfig, resolution: int) -> int:
     import torch
 
     from peffnet.models import build
-    from peffnet.profile import profile_model
+    from peffnet.models.profile import profile_model
 
     with torch.device("meta"):
         model = build(cfg)
@@ -163,7 +163,8 @@ def load_run(run_dir: str | Path) -> tuple[list[Point], ModelConfig]:
 def measure_inference(runs: list[tuple[list[Point], ModelConfig]], opts: object) -> list[list[Point]]:
     """Time inference and batch-1 latency of every point, all in alternation in this process, and record
     each run's figures in ``RUN_DIR/bench.json`` (weights do not change the speed: random init is used)."""
-    from peffnet.bench import BenchSpec, run_bench
+    from peffnet.measure.bench import run_bench
+    from peffnet.measure.subjects import BenchSpec
 
     specs, owners = [], []
     for i, (points, cfg) in enumerate(runs):

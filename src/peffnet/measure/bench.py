@@ -20,32 +20,20 @@ import contextlib
 import platform
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from peffnet.errors import ConfigError
-from peffnet.measure import GIB, alternate, max_batch, memory_cap, nbytes, peak_transient_bytes
-from peffnet.models import build, preset
-from peffnet.roofline import DevicePeaks, measure_device, model_macs, synchronize
+from peffnet.measure.device import DevicePeaks, measure_device, resolve_device
+from peffnet.measure.subjects import BenchSpec, build_model
+from peffnet.measure.timing import GIB, alternate, max_batch, memory_cap, nbytes, peak_transient_bytes, synchronize
+from peffnet.models.profile import model_macs
 
 MODES = ("train", "infer", "latency")
 PROBE_BATCHES = (1, 4)  # CPU: peak memory is measured at these and extrapolated linearly
-
-
-@dataclass
-class BenchSpec:
-    """One model to measure: a name, builder overrides (peffnet models only) and per-model settings."""
-
-    name: str
-    overrides: dict[str, object] = field(default_factory=dict)
-    resolution: int | None = None  # None: the model's native resolution
-    channels_last: bool = False
-    compile: bool = False
-    fold_pn: bool = False  # inference only: proxy norm folded by peffnet.fold_proxy_norm
-    label: str = ""
 
 
 @dataclass
@@ -64,69 +52,6 @@ class BenchOptions:
     memory_cap_gib: float | None = None  # CPU only; default min(4 GiB, 25 % of RAM)
     max_batch_limit: int = 4096
     num_classes: int = 1000
-
-
-def parse_spec(text: str, overrides: dict[str, object] | None = None, **settings: object) -> BenchSpec:
-    """``NAME`` or ``NAME@R`` -> :class:`BenchSpec`; ``settings`` fill the other fields."""
-    name, _, res = text.partition("@")
-    resolution = settings.pop("resolution", None)
-    if res:
-        if not res.isdigit() or int(res) <= 0:
-            raise ConfigError(f"bad resolution in {text!r}: expected NAME@PIXELS, e.g. efficientnet_b0@160")
-        resolution = int(res)
-    return BenchSpec(name, dict(overrides or {}), resolution, **settings)  # type: ignore[arg-type]
-
-
-def resolve_device(name: str) -> torch.device:
-    """A torch device that exists here, or a ConfigError naming why not."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use cpu or cuda[:N]") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} is not available: torch sees no CUDA GPU on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {name!r} is not available: only {torch.cuda.device_count()} GPU(s)")
-    elif device.type != "cpu":
-        raise ConfigError(f"unsupported device {name!r}; use cpu or cuda[:N]")
-    return device
-
-
-def build_model(spec: BenchSpec, num_classes: int = 1000) -> tuple[nn.Module, int, str]:
-    """Build (randomly initialised) ``spec``; returns the model, its native resolution and a description."""
-    kind, _, name = spec.name.rpartition(":")
-    if kind and (spec.overrides or spec.fold_pn):
-        what = f"model overrides ({', '.join(spec.overrides)})" if spec.overrides else "proxy-norm folding"
-        raise ConfigError(f"{what} applies to peffnet models, not {spec.name!r}")
-    if kind == "timm":
-        import timm
-
-        if not timm.is_model(name):
-            raise ConfigError(f"unknown timm model {name!r}; see timm.list_models()")
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
-        return model, int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]), "timm"
-    if kind == "torchvision":
-        import torchvision
-
-        if name not in torchvision.models.list_models(module=torchvision.models):
-            raise ConfigError(f"unknown torchvision classification model {name!r}; "
-                              "see torchvision.models.list_models(module=torchvision.models)")
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-        try:  # the crop size of its published weights, read from metadata (nothing is downloaded)
-            res = int(torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0])
-        except (ValueError, AttributeError, KeyError):
-            res = 224
-        return model, res, "torchvision"
-    if kind:
-        raise ConfigError(f"unknown model source {kind!r} in {spec.name!r}; use timm:NAME or torchvision:NAME")
-    cfg = preset(name, **{"num_classes": num_classes, **spec.overrides})
-    model = build(cfg)
-    if spec.fold_pn:
-        from peffnet import fold_proxy_norm
-
-        fold_proxy_norm(model.eval())
-    return model, cfg.resolution, f"G{cfg.group_size} E{cfg.expansion} {cfg.norm}" + (" folded" if spec.fold_pn else "")
 
 
 class Subject:

@@ -15,8 +15,8 @@ mode, their normalization layers included, so ``model.train()`` in any loop leav
 The run itself (:func:`finetune`) starts from the parent checkpoint's averaged weights and trains with
 SGD without momentum, a cosine learning rate from 0.25 at global batch 512 (scaled linearly with the
 batch), 2 epochs, no Mixup/CutMix and the *validation* preprocessing (Touvron et al., 2019). It reuses the
-training engine (:mod:`peffnet.engine`, :mod:`peffnet.data`, :mod:`peffnet.checkpoint`,
-:mod:`peffnet.metrics`): same atomic checkpoints, mid-epoch resume, progress bar, metric files and
+training engine (:mod:`peffnet.training.loop`, :mod:`peffnet.data`, :mod:`peffnet.training.checkpoint`,
+:mod:`peffnet.training.metrics`): same atomic checkpoints, mid-epoch resume, progress bar, metric files and
 ``summary.json`` as ``peffnet train``, plus ``parent`` and ``finetune_stages``.
 """
 
@@ -38,20 +38,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import peffnet
-from peffnet import distributed
-from peffnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from peffnet.data import build_dataset, make_loader
-from peffnet.engine import EpochAverage, StepSettings, collect_skipped, evaluate, run_epochs
 from peffnet.errors import ConfigError
-from peffnet.evaluate import check_data, checkpoint_file
-from peffnet.metrics import MetricsLogger
 from peffnet.models import ModelConfig, build, preset
 from peffnet.models.config import B0_STAGES
 from peffnet.models.efficientnet import EfficientNet
-from peffnet.optim import param_groups
-from peffnet.profile import profile_model
+from peffnet.models.profile import profile_model
 from peffnet.resolution import check_resolution, mod32_ok
-from peffnet.train import peak_memory_bytes, restore, training_state
+from peffnet.training import distributed
+from peffnet.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from peffnet.training.evaluate import check_data, checkpoint_file
+from peffnet.training.loop import EpochAverage, StepSettings, collect_skipped, evaluate, run_epochs
+from peffnet.training.metrics import MetricsLogger
+from peffnet.training.optim import param_groups
+from peffnet.training.train import peak_memory_bytes, restore, training_state
 
 FINETUNE_DEPTHS = (1, 2, 3)
 

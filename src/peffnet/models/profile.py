@@ -11,6 +11,8 @@ Counting runs on the ``meta`` device, so even B7 at 600 px is profiled in well u
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -170,6 +172,54 @@ def _meta_copy(model: nn.Module) -> nn.Module:
 
         with torch.device("meta"):
             return build(cfg)
-    import copy
-
     return copy.deepcopy(model).to("meta")
+
+
+def conv_layers(model: nn.Module, resolution: int, batch_size: int = 1, in_chans: int = 3) -> list[LayerStat]:
+    """Conv and linear layers of *any* model with their MACs per image and Eq. 7 intensity.
+
+    Forward hooks on ``nn.Conv2d`` / ``nn.Linear``, the same count as :func:`peffnet.models.profile.profile_model`
+    (MACs = output elements x input channels per group x k^2), traced on a meta-device copy.
+    """
+    try:
+        meta = copy.deepcopy(model).to("meta")
+        x = torch.empty(1, in_chans, resolution, resolution, device="meta")
+    except (RuntimeError, NotImplementedError):  # pragma: no cover - models that refuse the meta device
+        meta, x = copy.deepcopy(model).cpu(), torch.zeros(1, in_chans, resolution, resolution)
+    layers: list[LayerStat] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            params = sum(p.numel() for p in mod.parameters(recurse=False))
+            if isinstance(mod, nn.Conv2d):
+                k, s, gs, f = mod.kernel_size[0], mod.stride[0], mod.in_channels // mod.groups, inputs[0].shape[-1]
+                macs = out[0].numel() * gs * mod.kernel_size[0] * mod.kernel_size[1]
+                layers.append(LayerStat(name, "", "conv", mod.in_channels, mod.out_channels, k, s, gs, f, macs,
+                                        params, arithmetic_intensity(gs, k, f, s, batch_size)))
+            else:
+                macs = out[0].numel() * mod.in_features
+                layers.append(LayerStat(name, "", "linear", mod.in_features, mod.out_features, 1, 1,
+                                        mod.in_features, 1, macs, params,
+                                        arithmetic_intensity(mod.in_features, 1, 1, 1, batch_size)))
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in meta.named_modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        meta.eval()
+        with torch.no_grad():
+            meta(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return layers
+
+
+def model_macs(model: nn.Module, resolution: int) -> int:
+    """Forward MACs for one image: :func:`profile_model` for peffnet models, :func:`conv_layers` otherwise."""
+    from peffnet.models.efficientnet import EfficientNet
+
+    if isinstance(model, EfficientNet):
+        return profile_model(model, resolution, in_chans=model.cfg.in_chans).macs
+    return sum(layer.macs for layer in conv_layers(model, resolution))

@@ -3,7 +3,7 @@ evaluation, the exponential average of per-epoch weights (paper Section 3.4), an
 (:func:`run_epochs`) that ``peffnet train`` and ``peffnet finetune`` share.
 
 These take plain modules, optimizers and loaders so that fine-tuning and evaluation code can reuse them
-with their own optimizer/scheduler (see :func:`peffnet.train.train`).
+with their own optimizer/scheduler (see :func:`peffnet.training.train.train`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from peffnet import distributed
 from peffnet.data import Loader
-from peffnet.metrics import MetricsLogger
-from peffnet.mixing import mix_batch
-from peffnet.optim import param_groups
+from peffnet.training import distributed
+from peffnet.training.metrics import MetricsLogger
+from peffnet.training.mixing import mix_batch
+from peffnet.training.optim import param_groups
 
 
 class NonFiniteLoss(RuntimeError):
@@ -39,7 +39,7 @@ class NonFiniteLoss(RuntimeError):
 def rmsprop_tf(model: nn.Module, lr: float, decay: float, momentum: float = 0.9, eps: float = 1e-3,
                weight_decay: float = 1e-5) -> torch.optim.Optimizer:
     """The paper's optimizer: TensorFlow-style RMSProp (timm's ``RMSpropTF``: eps inside the square root,
-    mean-square initialised to 1, lr applied inside the momentum) over :func:`peffnet.optim.param_groups`."""
+    mean-square initialised to 1, lr applied inside the momentum) over :func:`peffnet.training.optim.param_groups`."""
     return RMSpropTF(param_groups(model, weight_decay), lr=lr, alpha=decay, eps=eps, momentum=momentum)
 
 

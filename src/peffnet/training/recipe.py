@@ -27,12 +27,12 @@ import torch
 
 from peffnet.data import parse_spec
 from peffnet.errors import ConfigError
-from peffnet.evaluate import evaluate_checkpoint
-from peffnet.finetune import FinetuneConfig, finetune
 from peffnet.models import preset
 from peffnet.resolution import check_resolution, half_resolution, mod32_ok, test_resolutions
-from peffnet.runconfig import TrainConfig, make_config, read_yaml
-from peffnet.train import train
+from peffnet.training.config import TrainConfig, make_config, read_yaml
+from peffnet.training.evaluate import evaluate_checkpoint
+from peffnet.training.finetune import FinetuneConfig, finetune
+from peffnet.training.train import train
 
 SMALL_IMAGE_NATIVE = 64
 """The "native" size we give the 28/32 px datasets (fashion-mnist, synthetic): half = 32, the canvas."""

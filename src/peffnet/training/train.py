@@ -1,7 +1,7 @@
 """``peffnet train``: the paper's training recipe end to end (Section 3.4), on one CPU or many GPUs.
 
 Read top to bottom, :func:`train` does: data -> resolved config -> model, optimizer, schedule, weight
-average -> (resume) -> DDP / compile -> epochs (:func:`~peffnet.engine.run_epochs`) with per-step
+average -> (resume) -> DDP / compile -> epochs (:func:`~peffnet.training.loop.run_epochs`) with per-step
 logs and checkpoints -> evaluation of the averaged weights -> ``summary.json``.
 Run-directory layout and checkpoint contents: ``notes/contracts.md`` and ``docs/training.md``.
 """
@@ -21,23 +21,13 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 import peffnet
-from peffnet import distributed
-from peffnet.checkpoint import FORMAT, load_checkpoint, load_weights, save_checkpoint
 from peffnet.data import build_dataset, make_loader
-from peffnet.engine import (
-    EpochAverage,
-    StepSettings,
-    collect_skipped,
-    evaluate,
-    recipe_scheduler,
-    rmsprop_tf,
-    run_epochs,
-)
 from peffnet.errors import ConfigError
-from peffnet.metrics import MetricsLogger
 from peffnet.models import EfficientNet, build, preset
-from peffnet.profile import profile_model
-from peffnet.runconfig import (
+from peffnet.models.profile import profile_model
+from peffnet.training import distributed
+from peffnet.training.checkpoint import FORMAT, load_checkpoint, load_weights, save_checkpoint
+from peffnet.training.config import (
     Resolved,
     TrainConfig,
     check_resumable,
@@ -46,6 +36,16 @@ from peffnet.runconfig import (
     resolve,
     resolve_resolution,
 )
+from peffnet.training.loop import (
+    EpochAverage,
+    StepSettings,
+    collect_skipped,
+    evaluate,
+    recipe_scheduler,
+    rmsprop_tf,
+    run_epochs,
+)
+from peffnet.training.metrics import MetricsLogger
 
 OptimizerFactory = Callable[[torch.nn.Module, Resolved], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer, Resolved, int], torch.optim.lr_scheduler.LRScheduler]

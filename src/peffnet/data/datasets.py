@@ -1,9 +1,9 @@
-"""Datasets and loaders: ``fashion-mnist``, ``imagefolder:PATH`` and ``synthetic`` (see notes/contracts.md).
+"""Datasets: ``fashion-mnist``, ``imagefolder:PATH`` and ``synthetic`` (the specs: docs/formats.md).
 
 Fashion-MNIST and the synthetic set live in memory as one ``uint8`` tensor and are augmented as whole
 batches with tensor ops (pad, random crop by translation, horizontal flip, resize, normalize): that is
 orders of magnitude faster than per-image PIL work on a 2-core machine. Image folders are decoded by
-DataLoader workers with torchvision transforms (:mod:`peffnet.imagefolder`).
+DataLoader workers with torchvision transforms (:mod:`peffnet.data.imagefolder`).
 
 Every random choice of the data pipeline is a function of ``(seed, epoch, image index)`` only, never of
 the batch an image lands in, so a run gives the same images whatever its micro-batch size, its number of
@@ -16,16 +16,14 @@ from __future__ import annotations
 import functools
 import gzip
 import math
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from peffnet.data.imagefolder import ImageFolderDataset
 from peffnet.errors import ConfigError
-from peffnet.imagefolder import ImageFolderDataset, collate
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = {
@@ -224,80 +222,3 @@ def take_subset(dataset: Dataset, size: int) -> Dataset:
     else:
         dataset.samples = [dataset.samples[i] for i in keep.tolist()]
     return dataset
-
-
-# --------------------------------------------------------------------------- loaders
-
-
-class Loader:
-    """Batches of one rank, one epoch at a time; resumable at any step of an epoch.
-
-    Training (``shuffle=True``): the epoch's order is a seeded permutation of the whole dataset; step
-    ``s`` takes global batch ``perm[s*B:(s+1)*B]`` (the last incomplete batch is dropped) and rank ``r``
-    of ``W`` its ``r``-th slice of ``B/W`` images. So the global batch is the same for any world size:
-    this is the sharding of ``DistributedSampler``, done per step so a run can restart mid-epoch.
-    Evaluation (``shuffle=False``): rank ``r`` takes images ``r, r+W, ...`` in batches of ``batch_size``.
-
-    Iterating yields ``(images, labels)``; unreadable image files met on the way are listed in
-    :attr:`skipped` (see :class:`peffnet.imagefolder.ImageFolderDataset`).
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, workers: int = 0, pin_memory: bool = False) -> None:
-        if shuffle and batch_size % world_size:
-            raise ConfigError(f"global batch {batch_size} is not divisible by the {world_size} processes")
-        if shuffle and len(dataset) < batch_size:
-            raise ConfigError(f"the training set has {len(dataset)} images, fewer than one global batch "
-                              f"({batch_size}); lower --batch-size")
-        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
-        self.rank, self.world_size, self.workers, self.pin_memory = rank, world_size, workers, pin_memory
-        self.epoch, self.start_step = 0, 0
-        self.skipped: list[str] = []
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Iterate epoch ``epoch`` from its step ``start_step`` (mid-epoch resume)."""
-        self.epoch, self.start_step = epoch, start_step
-
-    def __len__(self) -> int:
-        """Steps in a full epoch (for training: global batches; for evaluation: this rank's batches)."""
-        if self.shuffle:
-            return len(self.dataset) // self.batch_size
-        return math.ceil(len(range(self.rank, len(self.dataset), self.world_size)) / self.batch_size)
-
-    def index_batches(self) -> list[torch.Tensor]:
-        """The dataset indices of this rank's batches, from ``start_step`` to the end of the epoch."""
-        if not self.shuffle:
-            return list(torch.arange(self.rank, len(self.dataset), self.world_size).split(self.batch_size))
-        perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(
-            self.seed * 100_003 + self.epoch))
-        local = self.batch_size // self.world_size
-        return [perm[s * self.batch_size + self.rank * local: s * self.batch_size + (self.rank + 1) * local]
-                for s in range(self.start_step, len(self))]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        batches = self.index_batches()
-        if isinstance(self.dataset, TensorImageDataset):
-            for idx in batches:
-                yield self.dataset.get_batch(idx, self.epoch, self.seed)
-            return
-        keys = [[(i, self.epoch, self.seed) if self.shuffle else i for i in idx.tolist()] for idx in batches]
-        loader = DataLoader(self.dataset, batch_sampler=keys, num_workers=self.workers, collate_fn=collate,
-                            pin_memory=self.pin_memory)
-        try:
-            for images, labels, skipped in loader:
-                self.skipped.extend(skipped)
-                yield images, labels
-        except ConfigError as err:  # from a worker, the message carries the worker's traceback: keep its last line
-            raise ConfigError(str(err).strip().splitlines()[-1].removeprefix("peffnet.errors.ConfigError: ")) from None
-
-
-def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
-                world_size: int = 1, workers: int | None = None, pin_memory: bool = False) -> Loader:
-    """A (possibly distributed) loader: ``train=True`` shuffles and shards global batches of
-    ``batch_size``; ``train=False`` shards the set for evaluation in per-rank batches of ``batch_size``.
-    ``workers`` (image folders only) defaults to the CPU cores per process, at most 8.
-    """
-    if workers is None:
-        workers = min(8, max(1, (os.cpu_count() or 1) // world_size))
-    return Loader(dataset, batch_size, shuffle=train, seed=seed, rank=rank, world_size=world_size,
-                  workers=workers, pin_memory=pin_memory)

@@ -19,9 +19,9 @@ import yaml
 
 from peffnet.data import DEFAULT_TRANSLATE, default_resolution, parse_spec
 from peffnet.errors import ConfigError
-from peffnet.mixing import CUTMIX_LAMBDA, MIXUP_ALPHA
 from peffnet.models import ModelConfig, preset
 from peffnet.resolution import check_resolution, half_resolution
+from peffnet.training.mixing import CUTMIX_LAMBDA, MIXUP_ALPHA
 
 LR_PER_SAMPLE = 2.0**-14
 """Paper Section 3.4: learning rate B * 2^-14 and RMSProp decay 1 - B * 2^-14 for global batch B."""

@@ -20,9 +20,28 @@ import torch
 from tqdm import tqdm
 
 from peffnet.errors import ConfigError
-from peffnet.roofline import synchronize
 
 GIB = 2**30
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so wall-clock timings cover the work (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn: Callable[[], object], device: torch.device, repeats: int, inner: int = 1) -> float:
+    """Fastest of ``repeats`` timings of ``inner`` calls of ``fn``, per call, after one warm-up call."""
+    fn()
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / inner)
+    return best
 
 
 def _time_block(step: Callable[[], None], iters: int, device: torch.device) -> float:

@@ -1,0 +1,15 @@
+"""Data: the dataset specs (``fashion-mnist``, ``synthetic``, ``imagefolder:PATH``) and resumable loaders."""
+
+from peffnet.data.datasets import (
+    DEFAULT_TRANSLATE,
+    FASHION_MNIST_DIR,
+    SMALL_IMAGE_RESOLUTION,
+    TensorImageDataset,
+    build_dataset,
+    default_resolution,
+    parse_spec,
+)
+from peffnet.data.loader import Loader, make_loader
+
+__all__ = ["DEFAULT_TRANSLATE", "FASHION_MNIST_DIR", "SMALL_IMAGE_RESOLUTION", "Loader", "TensorImageDataset",
+           "build_dataset", "default_resolution", "make_loader", "parse_spec"]

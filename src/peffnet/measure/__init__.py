@@ -1,0 +1,1 @@
+"""Measurement: throughput, latency, memory, rooflines and the paper's efficiency plots."""

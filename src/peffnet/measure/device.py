@@ -1,0 +1,86 @@
+"""Device ceilings: measured compute peak and memory bandwidth (paper Section 2.2 and Appendix A).
+
+A layer whose arithmetic intensity ``I`` (MACs per byte moved) is below ``peak / bandwidth`` cannot run
+faster than ``I * bandwidth``: it is memory bound. Appendix A, Eq. 7 shows ``I`` grows with the group
+size ``G``, so depthwise (G1) spatial convolutions sit far left of the ridge point while G16 ones move
+towards it -- the hardware argument for G-EfficientNet (Section 3.1).
+
+Both ceilings are *measured* on the device, never taken from a data sheet:
+
+* peak compute: an ``n x n`` by ``n x n`` matmul (``n^3`` MACs), best of several timings;
+* memory bandwidth: ``c = a + b`` over large vectors (reads 2, writes 1 vector), best of several timings.
+"""
+
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from peffnet.errors import ConfigError
+from peffnet.measure.timing import best_time
+
+
+@dataclass(frozen=True)
+class DevicePeaks:
+    """Measured ceilings of one device for one dtype."""
+
+    device: str
+    dtype: str
+    macs_per_s: float  # matmul microbenchmark
+    bytes_per_s: float  # vector add microbenchmark
+
+    @property
+    def ridge(self) -> float:
+        """MACs per byte above which a kernel can be compute bound."""
+        return self.macs_per_s / self.bytes_per_s
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ridge_macs_per_byte": self.ridge}
+
+    def max_with(self, other: DevicePeaks) -> DevicePeaks:
+        """The higher of two measurements of each ceiling (on a shared machine, load only lowers them)."""
+        return DevicePeaks(self.device, self.dtype, max(self.macs_per_s, other.macs_per_s),
+                           max(self.bytes_per_s, other.bytes_per_s))
+
+
+def measure_peak_macs(device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None,
+                      repeats: int = 5) -> float:
+    """Multiply-accumulates per second of a square matmul (the device's practical compute peak)."""
+    n = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    return n**3 / best_time(lambda: torch.mm(a, b, out=c), device, repeats, inner=4)
+
+
+def measure_bandwidth(device: torch.device, numel: int | None = None, repeats: int = 5) -> float:
+    """Bytes per second of ``c = a + b`` over float32 vectors far larger than any cache."""
+    n = numel or (2**28 if device.type == "cuda" else 2**25)
+    a = torch.rand(n, device=device)
+    b = torch.rand(n, device=device)
+    c = torch.empty(n, device=device)
+    return 3 * 4 * n / best_time(lambda: torch.add(a, b, out=c), device, repeats, inner=2)
+
+
+def measure_device(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 10) -> DevicePeaks:
+    """Both ceilings of ``device``; compute for ``dtype``, bandwidth in bytes (dtype independent)."""
+    return DevicePeaks(str(device), str(dtype).removeprefix("torch."),
+                       measure_peak_macs(device, dtype, repeats=repeats), measure_bandwidth(device, repeats=repeats))
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device that exists here, or a ConfigError naming why not."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} is not available: torch sees no CUDA GPU on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} is not available: only {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device {name!r}; use cpu or cuda[:N]")
+    return device

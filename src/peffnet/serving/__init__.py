@@ -1,0 +1,1 @@
+"""Serving: checkpoints exported for inference."""

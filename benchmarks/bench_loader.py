@@ -29,7 +29,8 @@ import peffnet  # noqa: E402
 from peffnet.data import build_dataset, default_resolution, make_loader  # noqa: E402
 from peffnet.models import build, preset  # noqa: E402
 from peffnet.training.distributed import pick_device  # noqa: E402
-from peffnet.training.loop import StepSettings, rmsprop_tf, train_step  # noqa: E402
+from peffnet.training.loop import StepSettings, train_step  # noqa: E402
+from peffnet.training.optim import rmsprop_tf  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -136,7 +136,7 @@ def run_comparison(c: Comparison, s: Settings, device: str, peaks: DevicePeaks) 
             continue
         specs = [replace(sp, resolution=sp.resolution or res) for sp in c.specs
                  if not (sp.fold_pn and "train" in wanted)]
-        opts = replace(base, modes=wanted, batch_size=batch)
+        opts = replace(base, batch_size=batch).only(*wanted)
         print(f"[{c.key}] {', '.join(wanted)}: {', '.join(sp.label for sp in specs)}", file=sys.stderr, flush=True)
         runs.append(run_bench(specs, opts, peaks=peaks))
     return runs

@@ -119,10 +119,10 @@ def test_cli_json_and_out_file(tmp_path, capsys) -> None:
     (["torchvision:no_such_net"], "unknown torchvision classification model 'no_such_net'"),
     (["keras:efficientnet_b0"], "unknown model source 'keras'"),
     (["no_such_net"], "unknown model 'no_such_net'"),
-    (["efficientnet_b0", "--batch-size", "lots"], "batch size must be a positive integer or 'max'"),
-    (["efficientnet_b0", "--batch-size", "0"], "batch size must be a positive integer or 'max'"),
+    (["efficientnet_b0", "--batch-size", "lots"], "batch_size must be a positive integer or 'max', got 'lots'"),
+    (["efficientnet_b0", "--batch-size", "0"], "batch_size must be a positive integer or 'max', got '0'"),
     (["efficientnet_b0", "--device", "tpu"], "unknown device 'tpu'"),
-    (["efficientnet_b0", "--threads", "0"], "threads must be at least 1"),
+    (["efficientnet_b0", "--threads", "0"], "threads must be a positive integer, got 0"),
 ])
 def test_bad_input_is_one_line_exit_2(argv: list[str], message: str, capsys) -> None:
     rc = main(["bench", *argv, "--resolution", "32", "--repeats", "1"])
@@ -146,7 +146,7 @@ def test_batch_that_does_not_fit_is_exit_2(capsys) -> None:
 
 def test_batch_size_max_respects_the_cpu_memory_cap() -> None:
     cap = 0.1  # GiB
-    opts = BenchOptions(modes=("infer",), batch_size="max", warmup=1, repeats=1, iters=1, memory_cap_gib=cap,
+    opts = BenchOptions(infer=True, batch_size="max", warmup=1, repeats=1, iters=1, memory_cap=cap,
                         num_classes=10)
     specs = [BenchSpec("efficientnet_b0", {}, 32), BenchSpec("efficientnet_b0", {}, 64)]
     small, large = (r["infer"] for r in run_bench(specs, opts, peaks=FAKE_PEAKS)["results"])
@@ -231,13 +231,13 @@ def test_roofline_cli_writes_plot_and_measured_points(tmp_path, capsys) -> None:
 
 
 def test_folded_proxy_norm_is_benchmarked_for_inference_only(capsys) -> None:
-    opts = BenchOptions(modes=("infer",), batch_size=2, warmup=1, repeats=1, iters=1, num_classes=10)
+    opts = BenchOptions(infer=True, batch_size=2, warmup=1, repeats=1, iters=1, num_classes=10)
     specs = [BenchSpec("g16_efficientnet_b0", {"norm": "lnpn"}, 32),
              BenchSpec("g16_efficientnet_b0", {"norm": "lnpn"}, 32, fold_pn=True)]
     unfolded, folded = run_bench(specs, opts, peaks=FAKE_PEAKS)["results"]
     assert folded["label"] == "g16_efficientnet_b0@32 folded" and folded["desc"].endswith("lnpn folded")
     assert folded["macs"] == unfolded["macs"] and folded["infer"]["img_per_s"] > 0
     with pytest.raises(ConfigError, match="folded proxy norm is for inference only"):
-        run_bench(specs, BenchOptions(modes=("train",), batch_size=2), peaks=FAKE_PEAKS)
+        run_bench(specs, BenchOptions(train=True, batch_size=2), peaks=FAKE_PEAKS)
     assert main(["bench", "timm:efficientnet_b0", "--fold-pn", "--resolution", "32"]) == 2
     assert "proxy-norm folding applies to peffnet models, not 'timm:efficientnet_b0'" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def test_frozen_parts_stay_in_eval_mode_and_keep_statistics() -> None:
 
 @pytest.mark.parametrize("bad", [0, 4, -1, "2", 2.0, True])
 def test_bad_depth(bad: object) -> None:
-    with pytest.raises(ConfigError, match="--stages must be 1, 2 or 3"):
+    with pytest.raises(ConfigError, match="stages must be 1, 2 or 3"):
         finetuned_stage_indices(bad)  # type: ignore[arg-type]
 
 
@@ -152,15 +152,15 @@ def test_resume_mid_epoch_matches_uninterrupted(tiny_parent: Path, tmp_path: Pat
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--resolution", "16"], "--resolution must be at least 32"),
-    (["--resolution", "abc"], "--resolution must be an integer"),
-    (["--resolution", "64", "--stages", "4"], "--stages must be 1, 2 or 3"),
-    (["--resolution", "64", "--stages", "0"], "--stages must be 1, 2 or 3"),
+    (["--resolution", "16"], "resolution must be at least 32"),
+    (["--resolution", "abc"], "resolution must be an integer"),
+    (["--resolution", "64", "--stages", "4"], "stages must be 1, 2 or 3"),
+    (["--resolution", "64", "--stages", "0"], "stages must be 1, 2 or 3"),
     (["--resolution", "64", "--model", "g16_efficientnet_b0"], "holds efficientnet_b0 (G1 E6 gn), not the requested"),
     (["--resolution", "64", "--norm", "lnpn"], "not the requested norm 'lnpn'"),
     (["--resolution", "64", "--data", "fashion-mnist"], "1 channel(s), but the checkpoint's efficientnet_b0"),
     (["--resolution", "64", "--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a CUDA device"),
-    (["--resolution", "64", "--lr", "-1"], "--lr must be a positive number"),
+    (["--resolution", "64", "--lr", "-1"], "lr must be a positive number"),
 ])
 def test_bad_input(tiny_parent: Path, tmp_path: Path, extra: list[str], message: str,
                    capsys: pytest.CaptureFixture[str]) -> None:

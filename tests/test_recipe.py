@@ -68,13 +68,13 @@ def test_resume_keeps_finished_stages(recipe: Path, capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--finetune-stages", "4"], "--stages must be 1, 2 or 3"),
-    (["--native", "20"], "--native must be at least 32"),
-    (["--test-resolutions", "64,16"], "test resolution must be at least 32"),
+    (["--finetune-stages", "4"], "finetune_stages must be 1, 2 or 3"),
+    (["--native", "20"], "native must be at least 32"),
+    (["--test-resolutions", "64,16"], "test_resolutions must be at least 32"),
     (["--norm", "xx"], "unknown norm"),
     (["--epochs", "0"], "epochs must be a positive"),
-    (["--threads", "0"], "--threads must be a positive integer"),
-    (["--finetune-lr", "0"], "--lr must be a positive number"),
+    (["--threads", "0"], "threads must be a positive integer"),
+    (["--finetune-lr", "0"], "finetune_lr must be a positive number"),
     (["--train-config", "/nonexistent.yaml"], "cannot read config"),
 ])
 def test_bad_input_fails_before_training(tmp_path: Path, extra: list[str], message: str,

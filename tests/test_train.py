@@ -15,8 +15,9 @@ from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
 from peffnet.models import build, preset
 from peffnet.training.checkpoint import load_checkpoint, model_from_checkpoint
-from peffnet.training.config import TrainConfig, make_config, read_yaml, resolve, resolve_resolution
-from peffnet.training.loop import EpochAverage, evaluate, recipe_lr_factor
+from peffnet.training.config import TrainConfig, resolve, resolve_resolution
+from peffnet.training.loop import evaluate
+from peffnet.training.optim import EpochAverage, recipe_lr_factor
 from peffnet.training.mixing import mix_batch
 from train_helpers import final_weights, make_image_folder, max_abs_diff, tiny_args
 
@@ -31,35 +32,37 @@ CONTRACT_CHECKPOINT_KEYS = {"format", "model_config", "model", "averaged", "opti
 
 
 def test_config_layers_and_types(tmp_path: Path) -> None:
-    cfg = make_config({"epochs": "3", "lr": "0.5", "channels_last": "yes"}, {"epochs": 4})
+    cfg = TrainConfig.from_layers({"epochs": "3", "lr": "0.5", "channels_last": "yes"}, {"epochs": 4})
     assert (cfg.epochs, cfg.lr, cfg.channels_last, cfg.batch_size) == (4, 0.5, True, 768)
-    for bad, message in [({"epochs": "ten"}, "epochs must be an int"), ({"epochs": 0}, "epochs must be a positive"),
-                         ({"amp": "fp8"}, "amp must be one of off, bf16, fp16"), ({"epochs": 2.5}, "must be an int"),
+    for bad, message in [({"epochs": "ten"}, "epochs must be a positive integer, got 'ten'"),
+                         ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+                         ({"amp": "fp8"}, "amp must be one of off, bf16, fp16"),
+                         ({"epochs": 2.5}, "epochs must be a positive integer, got 2.5"),
                          ({"momentum": 1.0}, r"momentum must be a number in \[0, 1\)")]:
         with pytest.raises(ConfigError, match=message):
-            make_config(bad)
+            TrainConfig.from_layers(bad)
     good = tmp_path / "good.yaml"
     good.write_text("batch-size: 16\nnorm: ln\n")
-    assert read_yaml(str(good)) == {"batch_size": 16, "norm": "ln"}
+    assert TrainConfig.read_yaml(str(good)) == {"batch_size": 16, "norm": "ln"}
     for text, message in [("epochs: [1\n", "not valid YAML"), ("- 1\n", "must be a mapping"),
                           ("epoks: 3\n", "unknown setting.*epoks")]:
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(ConfigError, match=message):
-            read_yaml(str(tmp_path / "bad.yaml"))
+            TrainConfig.read_yaml(str(tmp_path / "bad.yaml"))
 
 
 def test_auto_values_follow_the_paper() -> None:
-    run = resolve(make_config({"data": "synthetic", "out": "x", "model": "g16_efficientnet_b0"}), 1, 10, 3)
+    run = resolve(TrainConfig.from_layers({"data": "synthetic", "out": "x", "model": "g16_efficientnet_b0"}), 1, 10, 3)
     c = run.config
     assert c.lr == 768 * 2**-14 and c.rmsprop_decay == 1 - 768 * 2**-14  # Section 3.4
     assert (c.micro_batch_size, c.mixup_alpha, c.cutmix_lambda, c.resolution) == (768, 0.1, 1.0, "32")
     assert (c.drop_path_rate, c.drop_rate, run.time_scale) == (0.2, 0.2, 1.0)
-    b3 = resolve(make_config({"data": "imagefolder:x", "out": "x", "model": "efficientnet_b3",
+    b3 = resolve(TrainConfig.from_layers({"data": "imagefolder:x", "out": "x", "model": "efficientnet_b3",
                               "resolution": "half", "batch_size": 512, "lr_scale": 2}), 4, 1000, 3)
     assert (b3.config.mixup_alpha, b3.config.cutmix_lambda, b3.config.resolution) == (0.2, 0.85, "204")
     assert (b3.config.micro_batch_size, b3.config.lr) == (128, 2 * 512 * 2**-14)
     assert resolve_resolution("native", "synthetic", 240) == 240
-    short = resolve(make_config({"data": "synthetic", "out": "x", "epochs": 35}), 1, 10, 3)
+    short = resolve(TrainConfig.from_layers({"data": "synthetic", "out": "x", "epochs": 35}), 1, 10, 3)
     assert short.time_scale == 0.1 and math.isclose(short.average_decay_per_epoch, 0.97**10)
 
 
@@ -72,11 +75,11 @@ def test_auto_values_follow_the_paper() -> None:
     ({"out": ""}, "--out is required"),
 ])
 def test_impossible_settings(settings: dict, message: str) -> None:
-    cfg = make_config({"data": "synthetic", "out": "x", **settings})
+    cfg = TrainConfig.from_layers({"data": "synthetic", "out": "x", **settings})
     with pytest.raises(ConfigError, match=message):
         resolve(cfg, 1, 10, 3)
     with pytest.raises(ConfigError, match="must be a multiple of micro-batch x processes"):
-        resolve(make_config({"data": "synthetic", "out": "x", "batch_size": 8, "micro_batch_size": 4}), 4, 10, 3)
+        resolve(TrainConfig.from_layers({"data": "synthetic", "out": "x", "batch_size": 8, "micro_batch_size": 4}), 4, 10, 3)
 
 
 # ------------------------------------------------------------------ recipe pieces

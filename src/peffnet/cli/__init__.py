@@ -1,4 +1,5 @@
-"""The ``peffnet`` command. Each subcommand lives in its own module here and exposes ``register``.
+"""peffnet: practically efficient EfficientNets (group convolutions, proxy-normalized activations,
+half-resolution training): train, fine-tune, evaluate, measure and export them.
 
 Bad input ends with one line on stderr naming the problem and exit code 2, never a traceback.
 """
@@ -35,7 +36,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="peffnet", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = ArgumentParser(prog="peffnet", description=" ".join(__doc__.split("\n\n")[0].split()))
     from peffnet import __version__
 
     parser.add_argument("--version", action="version", version=f"peffnet {__version__}")
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
+    from peffnet.training import distributed
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` etc.
         sys.stderr.close()
         return 0
+    finally:
+        distributed.cleanup()  # the process group (torchrun) is joined once per process and left here
 
 
 if __name__ == "__main__":

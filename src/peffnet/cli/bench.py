@@ -4,13 +4,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
-from peffnet.cli.common import add_model_args, batch_size_or_max, default_device, model_overrides
-from peffnet.errors import ConfigError
-from peffnet.measure.bench import MODES, BenchOptions, run_bench
-from peffnet.measure.subjects import parse_spec
+from peffnet.measure.bench import BenchOptions
+from peffnet.settings import AT_LEAST_32, BOOL, INT, POSITIVE, TEXTS, setting
+
+
+@dataclass
+class BenchCommand(BenchOptions):
+    """``peffnet bench``'s settings: the measuring options plus the models and what applies to each."""
+
+    models: list[str] | None = setting(None, "models to compare; the first is the reference", TEXTS,
+                                       positional=True, required=True)
+    resolution: int | None = setting(None, "input side in pixels (default: each model's native)", INT, AT_LEAST_32,
+                                     group="models")
+    channels_last: bool = setting(False, "NHWC memory format for model and input", BOOL, group="models")
+    compile: bool = setting(False, "torch.compile the models (slow to warm up on CPU)", BOOL, group="models")
+    fold_pn: bool = setting(False, "fold proxy norm for inference (peffnet models; inference and latency only)",
+                            BOOL, group="models")
+    group_size: int | None = setting(None, "group size G of the peffnet models' spatial convs", INT, POSITIVE,
+                                     group="models")
+    expansion: int | None = setting(None, "expansion ratio E of the peffnet models", INT, POSITIVE, group="models")
+    norm: str | None = setting(None, "normalization of the peffnet models: bn, gn, ln, lnpn, gnpn", group="models")
+    threads: int | None = setting(None, "CPU intra-op threads (default: torch's, one per core)", INT, POSITIVE)
+    json: bool = setting(False, "print one JSON object instead of tables", BOOL)
+    out: str | None = setting(None, "also write the JSON result to this file")
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """As :attr:`BenchOptions.modes`, but folded models default to inference and latency."""
+        chosen = tuple(m for m in ("train", "infer", "latency") if getattr(self, m))
+        return chosen or (("infer", "latency") if self.fold_pn else super().modes)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,78 +45,32 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "against the first model). MODEL: a peffnet preset, timm:NAME or torchvision:NAME "
                     "(random init, nothing downloaded); NAME@R sets that model's resolution. With none of "
                     "--train/--infer/--latency, all three are measured.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="models to compare; the first is the reference")
-    p.add_argument("--train", action="store_true", help="training img/s (forward + backward + RMSprop step)")
-    p.add_argument("--infer", action="store_true", help="inference img/s")
-    p.add_argument("--latency", action="store_true", help="batch-1 latency, median and p90")
-    p.add_argument("--batch-size", default="32", help="batch for --train/--infer, or 'max': the largest that "
-                   "fits (CUDA: tried; CPU: predicted against --memory-cap) (default 32)")
-    p.add_argument("--resolution", type=int, help="input side in pixels (default: each model's native)")
-    p.add_argument("--amp", action="store_true", help="autocast (float16 on CUDA with a grad scaler, bfloat16 on CPU)")
-    p.add_argument("--amp-dtype", choices=("float16", "bfloat16"), help="override the autocast dtype")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and input")
-    p.add_argument("--compile", action="store_true", help="torch.compile the models (slow to warm up on CPU)")
-    p.add_argument("--fold-pn", action="store_true",
-                   help="fold proxy norm into constants and adjacent layers (peffnet models; --infer/--latency only)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model before timing (default 2)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds over all models (default 5)")
-    p.add_argument("--iters", type=int, default=2, help="steps per model per round (default 2)")
-    p.add_argument("--latency-iters", type=int, default=10, help="batch-1 calls per model per round (default 10)")
-    p.add_argument("--memory-cap", type=float, metavar="GIB",
-                   help="CPU memory budget for --batch-size max and batch checks (default min(4, 25%% of RAM))")
-    p.add_argument("--threads", type=int, help="CPU intra-op threads (default: torch's, one per core)")
-    p.add_argument("--num-classes", type=int, default=1000, help="classifier width of every model (default 1000)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    p.add_argument("--out", type=Path, help="also write the JSON result to this file")
-    add_model_args(p, with_model=False)
+    BenchCommand.add_arguments(p)
     p.set_defaults(func=run)
-    _DEFAULTS.update({a.dest: a.default for a in p._actions})
-
-
-_DEFAULTS: dict[str, object] = {}
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The equivalent ``peffnet bench`` command (options that differ from the defaults), for the record."""
-    parts = ["peffnet", "bench", *args.models]
-    for key, value in vars(args).items():
-        if key in ("models", "func", "command") or value is None or value is False or _DEFAULTS.get(key) == value:
-            continue
-        flag = "--" + key.replace("_", "-")
-        parts += [flag] if value is True else [flag, str(value)]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def options_from_args(args: argparse.Namespace) -> BenchOptions:
-    """Validate the shared options (one-line errors) and build :class:`BenchOptions`."""
-    modes = tuple(m for m in MODES if getattr(args, m)) or (("infer", "latency") if args.fold_pn else MODES)
-    return BenchOptions(modes=modes, batch_size=batch_size_or_max(args.batch_size), device=default_device(args.device),
-                        amp=args.amp, amp_dtype=args.amp_dtype, warmup=args.warmup, repeats=args.repeats,
-                        iters=args.iters, latency_iters=args.latency_iters, memory_cap_gib=args.memory_cap,
-                        num_classes=args.num_classes)
 
 
 def run(args: argparse.Namespace) -> int:
-    opts = options_from_args(args)
-    if args.threads is not None:
+    from peffnet.measure.bench import run_bench
+    from peffnet.measure.subjects import parse_spec
+
+    cfg = BenchCommand.from_args(args)
+    if cfg.threads is not None:
         import torch
 
-        if args.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    if args.resolution is not None and args.resolution < 32:
-        raise ConfigError(f"resolution must be at least 32, got {args.resolution}")
-    specs = [parse_spec(m, model_overrides(args) if ":" not in m else {}, resolution=args.resolution,
-                        channels_last=args.channels_last, compile=args.compile, fold_pn=args.fold_pn)
-             for m in args.models]
-    result = run_bench(specs, opts)
-    result["command"] = command_line(args)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result) if args.json else format_result(result))
+        torch.set_num_threads(cfg.threads)
+    overrides = {k: getattr(cfg, k) for k in ("group_size", "expansion", "norm") if getattr(cfg, k) is not None}
+    specs = [parse_spec(m, overrides if ":" not in m else {}, resolution=cfg.resolution,
+                        channels_last=cfg.channels_last, compile=cfg.compile, fold_pn=cfg.fold_pn)
+             for m in cfg.models]
+    result = run_bench(specs, cfg)
+    result["command"] = cfg.command_line("bench")
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result) if cfg.json else format_result(result))
     return 0
+
+
 
 
 def format_result(result: dict) -> str:

@@ -6,8 +6,6 @@ import argparse
 import shlex
 from pathlib import Path
 
-from peffnet.cli.common import batch_size_or_max, default_device
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -33,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     runs = [load_run(r) for r in dict.fromkeys(args.runs)]
     if args.measure:
-        opts = BenchOptions(batch_size=batch_size_or_max(args.batch_size), device=default_device(args.device),
-                            repeats=args.repeats)
+        opts = BenchOptions(batch_size=args.batch_size, device=args.device, repeats=args.repeats)
         points = [p for pts in measure_inference(runs, opts) for p in pts]
     else:
         points = [p for pts, _ in runs for p in pts]

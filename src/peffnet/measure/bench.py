@@ -16,8 +16,7 @@ Model names: a peffnet preset (``g16_efficientnet_b0``), ``timm:NAME`` or ``torc
 
 from __future__ import annotations
 
-import contextlib
-import platform
+import dataclasses
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,31 +26,48 @@ import torch.nn.functional as F
 from torch import nn
 
 from peffnet.errors import ConfigError
-from peffnet.measure.device import DevicePeaks, measure_device, resolve_device
+from peffnet.measure.device import DevicePeaks, environment, measure_device, resolve_device
 from peffnet.measure.subjects import BenchSpec, build_model
 from peffnet.measure.timing import GIB, alternate, max_batch, memory_cap, nbytes, peak_transient_bytes, synchronize
 from peffnet.models.profile import model_macs
+from peffnet.settings import BATCH, BOOL, FLOAT, INT, NON_NEGATIVE, POSITIVE, Settings, setting
 
 MODES = ("train", "infer", "latency")
 PROBE_BATCHES = (1, 4)  # CPU: peak memory is measured at these and extrapolated linearly
 
 
 @dataclass
-class BenchOptions:
-    """What to measure and how (shared by all models of one run)."""
+class BenchOptions(Settings):
+    """What to measure and how, shared by all models of one run (``peffnet bench``'s options; ``peffnet report
+    --measure`` and ``benchmarks/run_suite.py`` use them too). With none of ``train``/``infer``/``latency``
+    set, all three are measured."""
 
-    modes: tuple[str, ...] = MODES
-    batch_size: int | str = 32  # or "max": largest that fits (training and inference separately)
-    device: str = "cpu"
-    amp: bool = False
-    amp_dtype: str | None = None  # default: float16 on CUDA, bfloat16 on CPU
-    warmup: int = 2
-    repeats: int = 5
-    iters: int = 2  # steps per timed block
-    latency_iters: int = 10  # batch-1 calls per model per repeat
-    memory_cap_gib: float | None = None  # CPU only; default min(4 GiB, 25 % of RAM)
-    max_batch_limit: int = 4096
-    num_classes: int = 1000
+    train: bool = setting(False, "training img/s (forward + backward + RMSprop step)", BOOL, group="what")
+    infer: bool = setting(False, "inference img/s", BOOL, group="what")
+    latency: bool = setting(False, "batch-1 latency, median and p90", BOOL, group="what")
+    batch_size: int | str = setting(32, "batch for training/inference, or 'max': the largest that fits (CUDA: tried; "
+                                        "CPU: predicted against memory_cap)", BATCH, group="how")
+    device: str | None = setting(None, "cpu, cuda or cuda:N (default: cuda when available, else cpu)", group="how")
+    amp: bool = setting(False, "autocast (float16 on CUDA with a grad scaler, bfloat16 on CPU)", BOOL, group="how")
+    amp_dtype: str | None = setting(None, "override the autocast dtype", choices=("float16", "bfloat16"),
+                                    group="how")
+    warmup: int = setting(2, "untimed steps per model before timing", INT, NON_NEGATIVE, group="how")
+    repeats: int = setting(5, "timed rounds over all models", INT, POSITIVE, group="how")
+    iters: int = setting(2, "steps per model per round", INT, POSITIVE, group="how")
+    latency_iters: int = setting(10, "batch-1 calls per model per round", INT, POSITIVE, group="how")
+    memory_cap: float | None = setting(None, "CPU memory budget in GiB for batch 'max' and batch checks (default "
+                                             "min(4, 25%% of RAM))", FLOAT, POSITIVE, group="how")
+    max_batch_limit: int = setting(4096, "largest batch 'max' tries", INT, POSITIVE, flag=False)
+    num_classes: int = setting(1000, "classifier width of every model", INT, POSITIVE, group="how")
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The measurements asked for, in :data:`MODES` order (all of them when none was)."""
+        return tuple(m for m in MODES if getattr(self, m)) or MODES
+
+    def only(self, *modes: str) -> BenchOptions:
+        """A copy of these options that measures just ``modes``."""
+        return dataclasses.replace(self, **{m: m in modes for m in MODES})
 
 
 class Subject:
@@ -127,7 +143,7 @@ class Subject:
         CUDA: run the (eager) step and catch out-of-memory. CPU: :meth:`memory_model` against the cap.
         """
         if self.device.type == "cpu":
-            predicted, cap = self.memory_model(mode), memory_cap(opts.memory_cap_gib)
+            predicted, cap = self.memory_model(mode), memory_cap(opts.memory_cap)
             return lambda b: predicted(b) <= cap
 
         def fits_cuda(b: int) -> bool:
@@ -166,7 +182,7 @@ def _batch_for(subject: Subject, mode: str, opts: BenchOptions) -> int:
             raise ConfigError(f"{subject.label}: even batch size 1 does not fit in memory for {what}") from None
     batch = opts.batch_size
     if subject.device.type == "cpu" and isinstance(batch, int) and batch > PROBE_BATCHES[1]:
-        need, cap = subject.memory_model(mode)(batch), memory_cap(opts.memory_cap_gib)
+        need, cap = subject.memory_model(mode)(batch), memory_cap(opts.memory_cap)
         if need > cap:
             raise ConfigError(f"batch size {batch} does not fit for {subject.label} ({what}): needs about "
                               f"{need / GIB:.1f} GiB, the CPU memory cap is {cap / GIB:.1f} GiB "
@@ -178,14 +194,9 @@ def run_bench(specs: list[BenchSpec], opts: BenchOptions, peaks: DevicePeaks | N
     """Measure every spec for every mode in ``opts.modes``; returns the JSON-ready result."""
     if not specs:
         raise ConfigError("no models to benchmark")
-    for name, value in (("repeats", opts.repeats), ("iters", opts.iters), ("latency_iters", opts.latency_iters)):
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1, got {value}")
-    if opts.batch_size != "max" and (not isinstance(opts.batch_size, int) or opts.batch_size < 1):
-        raise ConfigError(f"batch size must be a positive integer or 'max', got {opts.batch_size!r}")
     if "train" in opts.modes and any(s.fold_pn for s in specs):
         raise ConfigError("folded proxy norm is for inference only; measure training without --fold-pn")
-    device = resolve_device(opts.device)
+    device = resolve_device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = _amp_dtype(opts, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -227,7 +238,8 @@ def run_bench(specs: list[BenchSpec], opts: BenchOptions, peaks: DevicePeaks | N
     if measured_here:  # the machine may have been busier at the start: keep the best of both measurements
         peaks = peaks.max_with(measure_device(device, amp or torch.float32))
     set_utilization(results, peaks)
-    return {"env": environment(device), "peaks": peaks.to_dict(), "options": _options_dict(opts), "results": results}
+    options = {**opts.to_dict(), "modes": list(opts.modes)}
+    return {"env": environment(device), "peaks": peaks.to_dict(), "options": options, "results": results}
 
 
 def set_utilization(results: list[dict], peaks: DevicePeaks) -> None:
@@ -236,32 +248,3 @@ def set_utilization(results: list[dict], peaks: DevicePeaks) -> None:
         for mode in ("train", "infer"):
             if mode in r:
                 r[mode]["mac_utilization"] = r[mode]["achieved_macs_per_s"] / peaks.macs_per_s
-
-
-def _options_dict(opts: BenchOptions) -> dict:
-    out = dict(vars(opts))
-    out["modes"] = list(opts.modes)
-    return out
-
-
-def device_name(device: torch.device) -> str:
-    """Human-readable device: the GPU's name, or the CPU model and thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    threads = torch.get_num_threads()
-    return f"{model} ({threads} thread{'s' if threads != 1 else ''})"
-
-
-def environment(device: torch.device) -> dict:
-    """Device and library versions, recorded with every result."""
-    import timm
-    import torchvision
-
-    from peffnet import __version__
-
-    return {"device": device.type, "device_name": device_name(device), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__, "peffnet": __version__,
-            "python": platform.python_version()}

@@ -14,6 +14,8 @@ Both ceilings are *measured* on the device, never taken from a data sheet:
 
 from __future__ import annotations
 
+import contextlib
+import platform
 from dataclasses import asdict, dataclass
 
 import torch
@@ -84,3 +86,26 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise ConfigError(f"unsupported device {name!r}; use cpu or cuda[:N]")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable device: the GPU's name, or the CPU model and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    threads = torch.get_num_threads()
+    return f"{model} ({threads} thread{'s' if threads != 1 else ''})"
+
+
+def environment(device: torch.device) -> dict:
+    """Device and library versions, recorded with every result."""
+    import timm
+    import torchvision
+
+    from peffnet import __version__
+
+    return {"device": device.type, "device_name": device_name(device), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__, "peffnet": __version__,
+            "python": platform.python_version()}

@@ -17,10 +17,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peffnet.errors import ConfigError
 from peffnet.measure.plotting import pyplot, save_figure
 from peffnet.models import ModelConfig, preset
+
+if TYPE_CHECKING:
+    from peffnet.measure.bench import BenchOptions
 
 NORM_LABELS = {"bn": "BN", "gn": "GN", "ln": "LN", "lnpn": "LN+PN", "gnpn": "GN+PN"}
 
@@ -160,7 +164,7 @@ def load_run(run_dir: str | Path) -> tuple[list[Point], ModelConfig]:
     return points, cfg
 
 
-def measure_inference(runs: list[tuple[list[Point], ModelConfig]], opts: object) -> list[list[Point]]:
+def measure_inference(runs: list[tuple[list[Point], ModelConfig]], opts: BenchOptions) -> list[list[Point]]:
     """Time inference and batch-1 latency of every point, all in alternation in this process, and record
     each run's figures in ``RUN_DIR/bench.json`` (weights do not change the speed: random init is used)."""
     from peffnet.measure.bench import run_bench
@@ -173,7 +177,7 @@ def measure_inference(runs: list[tuple[list[Point], ModelConfig]], opts: object)
         for p in points:
             specs.append(BenchSpec(cfg.name, overrides, p.resolution, label=f"{Path(p.run).name}:{p.name}"))
             owners.append(i)
-    result = run_bench(specs, replace(opts, modes=("infer", "latency")))  # type: ignore[type-var]
+    result = run_bench(specs, opts.only("infer", "latency"))
     out = []
     for i, (points, _) in enumerate(runs):
         mine = [r for r, owner in zip(result["results"], owners, strict=True) if owner == i]

@@ -52,7 +52,8 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
 
 
 def setup(preference: str = "auto") -> Context:
-    """Join the process group torchrun describes (if any) and pick this rank's device."""
+    """Join the process group torchrun describes (if any, once per process: later calls reuse it) and pick
+    this rank's device. The command-line entry point leaves the group when the command ends (:func:`cleanup`)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -85,12 +86,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op for one process)."""
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def all_gather_lists(items: list[str]) -> list[str]:

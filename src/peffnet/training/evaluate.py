@@ -72,25 +72,22 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, resolutions: 
     spec = data or state["data"]["spec"]
     resolutions = [check_resolution(r, "test resolution") for r in (resolutions or [train_res])]
     ctx = distributed.setup(device)
-    try:
-        for r in resolutions:
-            if ctx.is_main and not mod32_ok(train_res, r):
-                print(f"warning: test resolution {r} breaks r_test = r_train (mod 32) for the training resolution "
-                      f"{train_res} recorded in {path} (paper Section 3.3)", file=sys.stderr)
-        model = model.to(ctx.device)
-        results = []
-        for r in tqdm(resolutions, desc="evaluating", unit="size", disable=not (progress and ctx.is_main)):
-            dataset = build_dataset(spec, "val", r, False, data_dir, subset=val_subset)
-            check_data(dataset, model.cfg, spec)
-            loader = make_loader(dataset, batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
-                                 pin_memory=ctx.device.type == "cuda")
-            start = time.perf_counter()
-            top1, top5 = evaluate(model, loader, amp)
-            seconds = time.perf_counter() - start
-            results.append({"resolution": r, "top1": top1, "top5": top5, "mod32_ok": mod32_ok(train_res, r),
-                            "images": len(dataset), "img_per_s": len(dataset) / seconds, "time_s": seconds})
-    finally:
-        distributed.cleanup()
+    for r in resolutions:
+        if ctx.is_main and not mod32_ok(train_res, r):
+            print(f"warning: test resolution {r} breaks r_test = r_train (mod 32) for the training resolution "
+                  f"{train_res} recorded in {path} (paper Section 3.3)", file=sys.stderr)
+    model = model.to(ctx.device)
+    results = []
+    for r in tqdm(resolutions, desc="evaluating", unit="size", disable=not (progress and ctx.is_main)):
+        dataset = build_dataset(spec, "val", r, False, data_dir, subset=val_subset)
+        check_data(dataset, model.cfg, spec)
+        loader = make_loader(dataset, batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
+                             pin_memory=ctx.device.type == "cuda")
+        start = time.perf_counter()
+        top1, top5 = evaluate(model, loader, amp)
+        seconds = time.perf_counter() - start
+        results.append({"resolution": r, "top1": top1, "top5": top5, "mod32_ok": mod32_ok(train_res, r),
+                        "images": len(dataset), "img_per_s": len(dataset) / seconds, "time_s": seconds})
     best = max(results, key=lambda x: (x["top1"], -x["resolution"]))
     m = model.cfg
     return {"checkpoint": str(path), "train_resolution": train_res, "model": m.name, "group_size": m.group_size,

@@ -14,53 +14,45 @@ mode, their normalization layers included, so ``model.train()`` in any loop leav
 
 The run itself (:func:`finetune`) starts from the parent checkpoint's averaged weights and trains with
 SGD without momentum, a cosine learning rate from 0.25 at global batch 512 (scaled linearly with the
-batch), 2 epochs, no Mixup/CutMix and the *validation* preprocessing (Touvron et al., 2019). It reuses the
-training engine (:mod:`peffnet.training.loop`, :mod:`peffnet.data`, :mod:`peffnet.training.checkpoint`,
-:mod:`peffnet.training.metrics`): same atomic checkpoints, mid-epoch resume, progress bar, metric files and
-``summary.json`` as ``peffnet train``, plus ``parent`` and ``finetune_stages``.
+batch), 2 epochs, no Mixup/CutMix and the *validation* preprocessing (Touvron et al., 2019). It is a
+:class:`~peffnet.training.loop.Job` like ``peffnet train``'s and runs through the same loop and run
+directory (:func:`peffnet.training.run.run`), plus ``parent`` and ``finetune_stages``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import sys
-import time
 import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-import peffnet
 from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
-from peffnet.models import ModelConfig, build, preset
+from peffnet.models import EfficientNet, ModelConfig, preset
 from peffnet.models.config import B0_STAGES
-from peffnet.models.efficientnet import EfficientNet
-from peffnet.models.profile import profile_model
-from peffnet.resolution import check_resolution, mod32_ok
+from peffnet.resolution import mod32_ok
+from peffnet.settings import AT_LEAST_32, BOOL, FLOAT, FRACTION, INT, NON_NEGATIVE, POSITIVE, Check, Settings, setting
 from peffnet.training import distributed
-from peffnet.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from peffnet.training.checkpoint import model_from_checkpoint
+from peffnet.training.config import AMP_MODES, DEVICES, split_batch
 from peffnet.training.evaluate import check_data, checkpoint_file
-from peffnet.training.loop import EpochAverage, StepSettings, collect_skipped, evaluate, run_epochs
-from peffnet.training.metrics import MetricsLogger
+from peffnet.training.loop import Job, StepSettings, TrainState
 from peffnet.training.optim import param_groups
-from peffnet.training.train import peak_memory_bytes, restore, training_state
+from peffnet.training.run import existing_checkpoint, run
+from peffnet.training.train import model_form, prepare
 
-FINETUNE_DEPTHS = (1, 2, 3)
+DEPTH = Check(lambda v: v in (1, 2, 3), "1, 2 or 3 (head / + last downsampling stage / + one more)")
 
 
 def check_depth(stages: object) -> int:
     """``stages`` as 1, 2 or 3, else a one-line :class:`ConfigError`."""
-    if isinstance(stages, bool) or not isinstance(stages, int) or stages not in FINETUNE_DEPTHS:
-        raise ConfigError(f"--stages must be 1, 2 or 3 (head / + last downsampling stage / + one more), "
-                          f"got {stages!r}")
+    if isinstance(stages, bool) or not isinstance(stages, int) or not DEPTH.test(stages):
+        raise ConfigError(f"stages must be {DEPTH.text}, got {stages!r}")
     return stages
 
 
@@ -117,78 +109,57 @@ def freeze_for_finetune(model: EfficientNet, stages: int) -> list[str]:
 REFERENCE_LR, REFERENCE_BATCH = 0.25, 512
 """Section 3.4: cosine schedule from lr 0.25 at global batch 512; other batches scale it linearly."""
 
-EXECUTION_FIELDS = frozenset({
-    "out", "data_dir", "micro_batch_size", "channels_last", "device", "workers", "eval_batch_size",
-    "checkpoint_every", "log_every", "resume", "progress", "model", "group_size", "expansion", "norm"})
-"""Settings that change how a run executes (or only check it), not what it computes: free on resume."""
-
 
 @dataclass
-class FinetuneConfig:
-    """Everything ``peffnet finetune`` takes; ``None`` means "auto" (see the field comments)."""
+class FinetuneConfig(Settings):
+    """Everything ``peffnet finetune`` takes; ``None`` means "auto"."""
 
-    checkpoint: str  # parent run: its checkpoint.pt or run directory
-    resolution: int  # fine-tuning (and evaluation) resolution
-    out: str  # this run's directory
-    stages: int = 2  # 1: head, 2: + stages 6-7, 3: + stages 4-5
-    data: str | None = None  # default: the parent's dataset
-    data_dir: str | None = None
-    subset: int | None = None  # train on a fixed random subset of this many images
-    val_subset: int | None = None
-    epochs: int = 2
-    batch_size: int = REFERENCE_BATCH
-    micro_batch_size: int | None = None  # default: batch / processes
-    lr: float | None = None  # default: 0.25 * batch / 512
-    weight_decay: float = 1e-5  # the training recipe's, on the same parameter groups
-    label_smoothing: float = 0.1
-    seed: int = 0
-    amp: str = "off"
-    channels_last: bool = False
-    device: str = "auto"
-    workers: int | None = None
-    eval_batch_size: int | None = None
-    checkpoint_every: int = 0
-    log_every: int = 1
-    resume: bool = False
-    progress: bool = True
-    model: str | None = None  # expected model of the checkpoint (a check, like the three below)
-    group_size: int | None = None
-    expansion: int | None = None
-    norm: str | None = None
-
-    def __post_init__(self) -> None:
-        check_resolution(self.resolution, "--resolution")
-        check_depth(self.stages)
-        if not self.out:
-            raise ConfigError("--out is required: the fine-tuning run directory")
-        for name in ("epochs", "batch_size", "micro_batch_size", "subset", "val_subset", "eval_batch_size",
-                     "log_every"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ConfigError(f"--weight-decay must be a number >= 0, got {self.weight_decay!r}")
-        if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
-            raise ConfigError(f"--label-smoothing must be a number in [0, 1), got {self.label_smoothing!r}")
-        if self.amp not in ("off", "bf16", "fp16"):
-            raise ConfigError(f"--amp must be off, bf16 or fp16, got {self.amp!r}")
+    checkpoint: str | None = setting(None, "parent run: its checkpoint.pt or run directory", positional=True,
+                                     required=True)
+    resolution: int | None = setting(None, "fine-tuning (and evaluation) resolution; keep it = the training "
+                                           "resolution mod 32 (`peffnet resolutions`)", INT, AT_LEAST_32,
+                                     required=True)
+    out: str | None = setting(None, "run directory of the fine-tuning", execution=True, required=True)
+    stages: int = setting(2, "parts to train: 1 head, 2 + stages 6-7, 3 + stages 4-5", INT, DEPTH)
+    data: str | None = setting(None, "dataset spec (default: the parent's)", group="data")
+    data_dir: str | None = setting(None, "where the dataset lives", execution=True, group="data")
+    subset: int | None = setting(None, "fine-tune on a fixed random subset of this many images", INT, POSITIVE,
+                                 group="data")
+    val_subset: int | None = setting(None, "evaluate on a fixed random subset of this many images", INT, POSITIVE,
+                                     group="data")
+    epochs: int = setting(2, "fine-tuning epochs", INT, POSITIVE, group="schedule")
+    batch_size: int = setting(REFERENCE_BATCH, "global batch", INT, POSITIVE, group="schedule")
+    micro_batch_size: int | None = setting(None, "images per pass (default: batch / processes)", INT, POSITIVE,
+                                           execution=True, group="speed")
+    lr: float | None = setting(None, "initial lr of the cosine schedule (default: 0.25 x batch / 512)", FLOAT,
+                               POSITIVE, group="schedule")
+    weight_decay: float = setting(1e-5, "as in training, on the same parameter groups", FLOAT, NON_NEGATIVE,
+                                  group="schedule")
+    label_smoothing: float = setting(0.1, "as in training", FLOAT, FRACTION, group="schedule")
+    seed: int = setting(0, "random seed (data order, dropout)", INT, NON_NEGATIVE, group="schedule")
+    amp: str = setting("off", "mixed precision", choices=AMP_MODES, group="speed")
+    channels_last: bool = setting(False, "NHWC memory format", BOOL, execution=True, group="speed")
+    device: str = setting("auto", "where to fine-tune", choices=DEVICES, execution=True, group="speed")
+    workers: int | None = setting(None, "DataLoader workers (image folders)", INT, NON_NEGATIVE, execution=True,
+                                  group="speed")
+    eval_batch_size: int | None = setting(None, "(default: micro-batch size)", INT, POSITIVE, execution=True,
+                                          group="speed")
+    checkpoint_every: int = setting(0, "also checkpoint every this many steps", INT, NON_NEGATIVE, execution=True,
+                                    group="run")
+    log_every: int = setting(1, "step metrics every this many steps", INT, POSITIVE, execution=True, group="run")
+    resume: bool = setting(False, "continue the run in --out from its checkpoint", BOOL, execution=True, group="run")
+    progress: bool = setting(True, "show a progress bar", BOOL, execution=True, group="run")
+    model: str | None = setting(None, "expected model of the checkpoint (an error if it holds another)",
+                                execution=True, group="checks")
+    group_size: int | None = setting(None, "expected group size", INT, POSITIVE, execution=True, group="checks")
+    expansion: int | None = setting(None, "expected expansion ratio", INT, POSITIVE, execution=True,
+                                    group="checks")
+    norm: str | None = setting(None, "expected normalization", execution=True, group="checks")
 
     @property
     def peak_lr(self) -> float:
         """The cosine schedule's starting lr: ``0.25 * batch / 512`` unless set."""
         return self.lr if self.lr is not None else REFERENCE_LR * self.batch_size / REFERENCE_BATCH
-
-
-def computed_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings of a resolved run configuration that change what it computes."""
-    return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS and k != "config_hash"}
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """Fingerprint of what a fine-tuning run computes (execution settings left out): 12 hex digits."""
-    return hashlib.sha256(json.dumps(computed_settings(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def check_parent_model(model_cfg: ModelConfig, cfg: FinetuneConfig, path: str) -> None:
@@ -203,30 +174,11 @@ def check_parent_model(model_cfg: ModelConfig, cfg: FinetuneConfig, path: str) -
                               f"E{model_cfg.expansion} {model_cfg.norm}), not the requested {what} {value!r}")
 
 
-def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune as ``cfg`` says (joining torchrun's process group when launched by it); returns the summary.
-
-    Raises:
-        ConfigError: bad settings, data or checkpoint (one line).
-        NonFiniteLoss: the loss became NaN/inf; the last good checkpoint is kept.
-    """
-    ctx = distributed.setup(cfg.device)
-    try:
-        return _finetune(cfg, ctx)
-    finally:
-        distributed.cleanup()
-
-
-def _finetune(cfg: FinetuneConfig, ctx: distributed.Context) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    out, parent_path = Path(cfg.out), checkpoint_file(cfg.checkpoint).resolve()
-    ckpt_path = out / "checkpoint.pt"
-    if not cfg.resume and ckpt_path.exists():
-        raise ConfigError(f"{out} already holds a run ({ckpt_path.name}); add --resume to continue it "
-                          f"or choose another --out")
+def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
+    """Everything a ``peffnet finetune`` run needs, from its settings."""
     if cfg.amp == "fp16" and ctx.device.type != "cuda":
         raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
-    own = load_checkpoint(ckpt_path) if cfg.resume else None
+    parent_path = checkpoint_file(cfg.checkpoint).resolve()
     model, parent = model_from_checkpoint(parent_path, averaged=True)
     check_parent_model(model.cfg, cfg, str(parent_path))
     parent_res = int(parent["train_resolution"])
@@ -239,89 +191,44 @@ def _finetune(cfg: FinetuneConfig, ctx: distributed.Context) -> dict[str, Any]:
     train_set = build_dataset(spec, "train", cfg.resolution, False, cfg.data_dir, subset=cfg.subset)
     check_data(train_set, model.cfg, spec)
     val_set = build_dataset(spec, "val", cfg.resolution, False, cfg.data_dir, subset=cfg.val_subset)
-    micro = cfg.micro_batch_size or cfg.batch_size // ctx.world_size
-    if cfg.batch_size % (micro * ctx.world_size):
-        raise ConfigError(f"global batch {cfg.batch_size} cannot be split into micro-batches of {micro} on "
-                          f"{ctx.world_size} process(es)")
+    micro = split_batch(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
+    c = dataclasses.replace(cfg, checkpoint=str(parent_path), data=spec, lr=cfg.peak_lr, micro_batch_size=micro,
+                            eval_batch_size=cfg.eval_batch_size or micro)
     pin = ctx.device.type == "cuda"
-    train_loader = make_loader(train_set, cfg.batch_size, train=True, seed=cfg.seed, rank=ctx.rank,
-                               world_size=ctx.world_size, workers=cfg.workers, pin_memory=pin)
-    val_loader = make_loader(val_set, cfg.eval_batch_size or micro, train=False, rank=ctx.rank,
-                             world_size=ctx.world_size, workers=cfg.workers, pin_memory=pin)
-    steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * cfg.epochs
-    config = {**dataclasses.asdict(cfg), "checkpoint": str(parent_path), "data": spec, "lr": cfg.peak_lr,
-              "micro_batch_size": micro}
-    config["config_hash"] = config_hash(config)
-    if own is not None and own["config"].get("config_hash") != config["config_hash"]:
-        saved = computed_settings(own["config"])
-        changed = [f"{k}={saved.get(k)!r}" for k, v in computed_settings(config).items() if saved.get(k) != v]
-        raise ConfigError(f"the run in {out} was fine-tuned with {', '.join(changed)}; resume with the same "
-                          f"settings or use another --out")
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    train_loader = make_loader(train_set, c.batch_size, train=True, seed=c.seed, rank=ctx.rank,
+                               world_size=ctx.world_size, workers=c.workers, pin_memory=pin)
+    val_loader = make_loader(val_set, c.eval_batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
+                             workers=c.workers, pin_memory=pin)
 
-    # model: parent's averaged weights, all but the last `stages` parts frozen; SGD without momentum
-    trainable = freeze_for_finetune(model, cfg.stages)
+    # model: the parent's averaged weights, all but the last `stages` parts frozen; SGD without momentum,
+    # cosine schedule over the whole run, no weight averaging (the final weights are the last ones)
+    trainable = freeze_for_finetune(model, c.stages)
     model = model.to(ctx.device)
-    if cfg.channels_last:
+    if c.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.peak_lr, momentum=0.0)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    average = EpochAverage(model, decay=0.0)  # no averaging: the final weights are the last epoch's
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
-    step, done = 0, {"wall_time_s": 0.0, "train_time_s": 0.0, "images": 0, "skipped": []}
-    if own is not None:
-        step, done = restore(own, model, optimizer, scheduler, average, scaler, steps_per_epoch, ckpt_path)
-    net = DistributedDataParallel(model, device_ids=[ctx.device] if pin else None) if ctx.distributed else model
-    logger = MetricsLogger(out, ctx.is_main, resume_step=step if own is not None else None)
-    settings = StepSettings(micro, train_set.num_classes, cfg.label_smoothing, 0.0, 1.0, cfg.amp, cfg.channels_last)
-    wall_before = done["wall_time_s"]
+    form = model_form(model, ctx.device, compile=False)
+    net = prepare(model, form, ctx, compile=False)
+    optimizer = torch.optim.SGD(param_groups(model, c.weight_decay), lr=c.lr, momentum=0.0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=len(train_loader) * c.epochs)
+    state = TrainState(model, optimizer, scheduler, torch.amp.GradScaler(ctx.device.type, enabled=c.amp == "fp16"),
+                       average=None)
+    step = StepSettings(micro, train_set.num_classes, c.label_smoothing, 0.0, 1.0, c.amp, c.channels_last)
+    record = {"train_resolution": c.resolution, "num_classes": train_set.num_classes,
+              "data": {"spec": spec, "in_chans": train_set.in_chans, "subset": c.subset},
+              "parent": str(parent_path), "parent_train_resolution": parent_res, "finetune_stages": c.stages}
+    summary = {"trainable_params": sum(p.numel() for n, p in model.named_parameters() if n in trainable),
+               "lr": c.lr, "parent": str(parent_path), "parent_train_resolution": parent_res,
+               "finetune_stages": c.stages}
+    return Job("finetune", Path(c.out), c, state, net, form, train_loader, val_loader, step, c.epochs,
+               c.batch_size, c.seed, c.log_every, c.checkpoint_every, c.progress, ctx, record, summary)
 
-    def elapsed() -> float:
-        return wall_before + time.perf_counter() - t0
 
-    def save(at_step: int) -> None:
-        collect_skipped(done, train_loader, val_loader)
-        done["wall_time_s"] = elapsed()
-        if ctx.is_main:
-            save_checkpoint(ckpt_path, {
-                **training_state(model, optimizer, scheduler, scaler, average, at_step, steps_per_epoch, done),
-                "train_resolution": cfg.resolution, "num_classes": train_set.num_classes,
-                "data": {"spec": spec, "in_chans": train_set.in_chans, "subset": cfg.subset},
-                "rng": {"seed": cfg.seed, "scheme": "as peffnet train"}, "config": config,
-                "parent": str(parent_path), "parent_train_resolution": parent_res, "finetune_stages": cfg.stages})
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune as ``cfg`` says (in torchrun's process group when launched by it); returns the summary.
 
-    step, top1, top5 = run_epochs(
-        net, model, optimizer, scheduler, scaler, average, train_loader, val_loader, settings, logger, save, done,
-        step=step, epochs=cfg.epochs, global_batch=cfg.batch_size, seed=cfg.seed, log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every, checkpoint=ckpt_path, elapsed=elapsed, is_main=ctx.is_main,
-        progress=cfg.progress, label="fine-tune epoch")
-
-    if top1 != top1:  # nothing left to run in this process (resumed a finished run)
-        top1, top5 = evaluate(model, val_loader, cfg.amp, cfg.channels_last)
-    save(step)
-    logger.close()
-    with torch.device("meta"):
-        macs = profile_model(build(model.cfg), cfg.resolution, in_chans=model.cfg.in_chans).macs
-    m = model.cfg
-    summary = {
-        "model": m.name, "group_size": m.group_size, "expansion": m.expansion, "norm": m.norm,
-        "train_resolution": cfg.resolution, "eval_resolution": cfg.resolution, "top1": top1, "top5": top5,
-        "final_weights": "weights at the end of fine-tuning",
-        "train_img_per_s": done["images"] / done["train_time_s"] if done["train_time_s"] else 0.0,
-        "wall_time_s": done["wall_time_s"], "train_time_s": done["train_time_s"],
-        "peak_memory_bytes": peak_memory_bytes(ctx.device), "params": sum(p.numel() for p in model.parameters()),
-        "trainable_params": sum(p.numel() for n, p in model.named_parameters() if n in trainable),
-        "macs": macs, "epochs": cfg.epochs, "steps": total_steps, "batch_size": cfg.batch_size,
-        "micro_batch_size": micro, "lr": cfg.peak_lr, "skipped_images": len(done["skipped"]),
-        "world_size": ctx.world_size, "amp": cfg.amp,
-        "dataset": spec, "num_classes": train_set.num_classes, "config_hash": config["config_hash"],
-        "device": torch.cuda.get_device_name(ctx.device) if pin else f"cpu ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "peffnet": peffnet.__version__, "checkpoint": str(ckpt_path),
-        "parent": str(parent_path), "parent_train_resolution": parent_res, "finetune_stages": cfg.stages,
-    }
-    if ctx.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    Raises:
+        ConfigError: bad settings, data or checkpoint (one line).
+        NonFiniteLoss: the loss became NaN/inf; the last good checkpoint is kept.
+    """
+    checkpoint = existing_checkpoint(Path(cfg.out), cfg.resume)
+    return run(finetune_job(cfg, distributed.setup(cfg.device)), checkpoint)

@@ -1,90 +1,38 @@
-"""Reusable training pieces: the recipe's optimizer and schedule, one step with micro-batching, one epoch,
-evaluation, the exponential average of per-epoch weights (paper Section 3.4), and the epoch loop
-(:func:`run_epochs`) that ``peffnet train`` and ``peffnet finetune`` share.
+"""The training loop, read top to bottom: one step with micro-batching, evaluation, and :func:`fit`, the epoch
+loop that ``peffnet train`` and ``peffnet finetune`` share (paper Section 3.4).
 
-These take plain modules, optimizers and loaders so that fine-tuning and evaluation code can reuse them
-with their own optimizer/scheduler (see :func:`peffnet.training.train.train`).
+A :class:`Job` is everything one run needs: the state a checkpoint holds (:class:`TrainState`), the module
+that is trained (the same model, possibly fused, DDP-wrapped or compiled), loaders and step settings.
+:func:`peffnet.training.run.run` builds the files around it (checkpoints, logs, summary).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.optim import RMSpropTF
-from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from peffnet.data import Loader
+from peffnet.models import EfficientNet
+from peffnet.settings import Settings
 from peffnet.training import distributed
 from peffnet.training.metrics import MetricsLogger
 from peffnet.training.mixing import mix_batch
-from peffnet.training.optim import param_groups
+from peffnet.training.optim import EpochAverage
 
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite; the run stops before the update is applied."""
-
-
-def rmsprop_tf(model: nn.Module, lr: float, decay: float, momentum: float = 0.9, eps: float = 1e-3,
-               weight_decay: float = 1e-5) -> torch.optim.Optimizer:
-    """The paper's optimizer: TensorFlow-style RMSProp (timm's ``RMSpropTF``: eps inside the square root,
-    mean-square initialised to 1, lr applied inside the momentum) over :func:`peffnet.training.optim.param_groups`."""
-    return RMSpropTF(param_groups(model, weight_decay), lr=lr, alpha=decay, eps=eps, momentum=momentum)
-
-
-def recipe_lr_factor(step: int, steps_per_epoch: int, warmup_epochs: float, decay_epochs: float,
-                     decay_rate: float) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warm-up over ``warmup_epochs``,
-    otherwise ``decay_rate ** floor(epoch / decay_epochs)`` (staircase exponential decay counted from step 0,
-    as TensorFlow's EfficientNet reference does; the warm-up replaces its first part)."""
-    warmup_steps = warmup_epochs * steps_per_epoch
-    if step < warmup_steps:
-        return min(1.0, (step + 1) / warmup_steps)
-    return decay_rate ** math.floor(step / (decay_epochs * steps_per_epoch))
-
-
-def recipe_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmup_epochs: float,
-                     decay_epochs: float, decay_rate: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """:func:`recipe_lr_factor` as a per-step ``LambdaLR`` (call ``step()`` after every optimizer step)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: recipe_lr_factor(
-        s, steps_per_epoch, warmup_epochs, decay_epochs, decay_rate))
-
-
-class EpochAverage(ModelEmaV3):
-    """Exponential average of the weights at the end of each epoch, the paper's final weights.
-
-    The first epoch's weights start the average (as the authors' ``weight_avg.py`` does); each later epoch
-    ``e`` gives ``avg <- decay * avg + (1 - decay) * w_e``. Until the first epoch ends the average is the
-    model itself (:meth:`weights`).
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        super().__init__(model, decay=decay)
-        self.epochs_seen = 0
-
-    @torch.no_grad()
-    def end_epoch(self, model: nn.Module) -> None:
-        """Fold the weights of an epoch that just ended into the average."""
-        if self.epochs_seen == 0:
-            self.set(model)
-        else:
-            self.update(model)
-        self.epochs_seen += 1
-
-    def weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The averaged state dict (the model's own while no epoch has ended yet)."""
-        return (self.module if self.epochs_seen else model).state_dict()
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -107,6 +55,13 @@ class StepSettings:
     channels_last: bool = False
 
 
+def _no_sync(net: nn.Module) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` (skip the gradient all-reduce of a micro-batch that is not the last), also when the
+    DDP module is wrapped by ``torch.compile``; nothing for a single process."""
+    ddp = getattr(net, "_orig_mod", net)
+    return ddp.no_sync() if isinstance(ddp, DistributedDataParallel) else contextlib.nullcontext()
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                images: torch.Tensor, labels: torch.Tensor, s: StepSettings) -> float:
     """One optimizer step on this rank's share of the global batch, accumulated over micro-batches.
@@ -125,9 +80,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
         if s.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x, targets = mix_batch(x, y, s.num_classes, s.mixup_alpha, s.cutmix_lambda)
-        last = i == len(chunks) - 1
-        sync = contextlib.nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync()
-        with sync:
+        with contextlib.nullcontext() if i == len(chunks) - 1 else _no_sync(model):
             with autocast(device, s.amp):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=s.label_smoothing, reduction="sum") / local
@@ -141,45 +94,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return mean_loss
-
-
-@dataclass(frozen=True)
-class StepLog:
-    """What :func:`train_one_epoch` reports after each step."""
-
-    step: int  # optimizer steps done so far in the whole run
-    loss: float
-    lr: float
-    img_per_s: float  # global images per second for this step
-
-
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                    scaler: torch.amp.GradScaler, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                    settings: StepSettings, *, first_step: int, global_batch: int, seed: int = 0,
-                    on_step: Callable[[StepLog], None] | None = None) -> tuple[float, int, float]:
-    """Train over ``loader`` (one epoch, possibly starting mid-way at run step ``first_step``).
-
-    Before each step the global RNG is reseeded from (seed, step, rank), so dropout, stochastic depth and
-    the mixing draws are reproducible from the step alone -- the same after a resume.
-    Returns (mean loss, steps done, seconds spent).
-    """
-    model.train()
-    rank = distributed.rank()
-    step, losses, start = first_step, [], time.perf_counter()
-    for images, labels in loader:
-        tick = time.perf_counter()
-        torch.manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
-        lr = optimizer.param_groups[0]["lr"]
-        try:
-            loss = train_step(model, optimizer, scaler, images, labels, settings)
-        except NonFiniteLoss as err:
-            raise NonFiniteLoss(f"{err} at step {step + 1}") from None
-        scheduler.step()
-        step += 1
-        losses.append(loss)
-        if on_step is not None:
-            on_step(StepLog(step, loss, lr, global_batch / (time.perf_counter() - tick)))
-    return (sum(losses) / len(losses) if losses else float("nan")), step - first_step, time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -205,71 +119,136 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
     return (100.0 * c1 / n, 100.0 * c5 / n) if n else (float("nan"), float("nan"))
 
 
-def collect_skipped(done: dict[str, Any], *loaders: Loader) -> None:
-    """Move the image files the loaders skipped (unreadable, gathered from every rank) into ``done["skipped"]``,
-    each listed once."""
-    new = distributed.all_gather_lists([path for loader in loaders for path in loader.skipped])
-    done["skipped"] = sorted(set(done["skipped"]).union(new))
-    for loader in loaders:
-        loader.skipped.clear()
+@dataclass
+class Progress:
+    """Counters a run accumulates over its processes' lifetimes (saved in the checkpoint)."""
+
+    wall_time_s: float = 0.0
+    train_time_s: float = 0.0
+    images: int = 0
+    skipped: list[str] = field(default_factory=list)  # unreadable image files, each once
+
+    @property
+    def train_img_per_s(self) -> float:
+        return self.images / self.train_time_s if self.train_time_s else 0.0
 
 
-def run_epochs(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, average: EpochAverage,
-               train_loader: Loader, val_loader: Loader, settings: StepSettings, logger: MetricsLogger,
-               save: Callable[[int], None], done: dict[str, Any], *, step: int, epochs: int, global_batch: int,
-               seed: int, log_every: int, checkpoint_every: int, checkpoint: Path, elapsed: Callable[[], float],
-               is_main: bool, progress: bool, label: str = "epoch") -> tuple[int, float, float]:
-    """Run epochs from run step ``step`` (mid-epoch after a resume) up to ``epochs``.
+@dataclass
+class TrainState:
+    """Everything a checkpoint restores: the model (its own weights, whichever form it is in), optimizer,
+    schedule, loss scaler, weight average (``None``: the final weights are the last ones), the optimizer
+    steps done and the progress counters."""
 
-    ``net`` is trained (it may be ``model`` wrapped by DDP or ``torch.compile``); ``model`` is evaluated,
-    averaged and saved. Each step updates the progress bar, logs every ``log_every`` steps and calls
-    ``save(step)`` every ``checkpoint_every`` steps within an epoch; each epoch adds its training time and
-    images to ``done``, folds the weights into ``average``, evaluates, logs, prints one line and saves.
-    ``elapsed()`` is the run's wall time so far; ``label`` names the epochs in the bar and messages.
-    Returns (step, top-1, top-5) of the last epoch's live weights (NaN when no epoch was left to run).
+    model: EfficientNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    average: EpochAverage | None
+    step: int = 0
+    progress: Progress = field(default_factory=Progress)
+
+    def final_model(self) -> nn.Module:
+        """The final weights: the per-epoch average once an epoch has ended, else the model itself."""
+        return self.average.module if self.average is not None and self.average.epochs_seen else self.model
+
+
+@dataclass
+class Job:
+    """One run as the loop sees it; built by :func:`peffnet.training.train.train_job` or
+    :func:`peffnet.training.finetune.finetune_job`."""
+
+    name: str  # "train" or "finetune"
+    out: Path
+    config: Settings  # resolved: config.yaml, the checkpoint's "config", config_hash, the resume check
+    state: TrainState
+    net: nn.Module  # what is trained: state.model, or it wrapped by DDP and/or torch.compile
+    form: str  # "plain" or "fused" (peffnet.fuse_proxy_norm): what the banner and summary.json say
+    train_loader: Loader
+    val_loader: Loader
+    step: StepSettings
+    epochs: int
+    global_batch: int
+    seed: int
+    log_every: int
+    checkpoint_every: int
+    progress_bar: bool
+    ctx: distributed.Context
+    record: dict[str, Any] = field(default_factory=dict)  # checkpoint entries particular to this kind of run
+    summary: dict[str, Any] = field(default_factory=dict)  # summary.json fields particular to this kind of run
+
+    @property
+    def label(self) -> str:
+        return "epoch" if self.name == "train" else "fine-tune epoch"
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+
+def fit(job: Job, logger: MetricsLogger, save: Callable[[], None], elapsed: Callable[[], float]
+        ) -> tuple[float, float] | None:
+    """Run the epochs left, from ``job.state.step`` (mid-epoch after a resume) to ``job.epochs``.
+
+    Before each step the global RNG is reseeded from (seed, step, rank), so dropout, stochastic depth and
+    the mixing draws are reproducible from the step alone -- the same after a resume. Each step updates the
+    progress bar, logs every ``log_every`` steps and calls ``save()`` every ``checkpoint_every`` steps; each
+    epoch adds its time and images to the progress, folds the weights into the average, evaluates, logs,
+    prints one line and calls ``save()``. Returns (top-1, top-5) of the last epoch's live weights, or
+    ``None`` when no epoch was left to run.
 
     Raises:
-        NonFiniteLoss: the loss became NaN/inf; names the epoch and whether ``checkpoint`` is kept.
+        NonFiniteLoss: the loss became NaN/inf; names the step, the epoch and the checkpoint kept.
     """
-    steps_per_epoch = len(train_loader)
-    top1 = top5 = float("nan")
-
-    def on_step(log: StepLog, bar: tqdm) -> None:
-        bar.update()
-        bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{log.lr:.3g}", img_s=f"{log.img_per_s:.0f}")
-        if log.step % log_every == 0:
-            logger.log({"kind": "step", "epoch": (log.step - 1) // steps_per_epoch + 1, "step": log.step,
-                        "loss": log.loss, "lr": log.lr, "img_per_s": log.img_per_s, "time_s": elapsed()})
-        if checkpoint_every and log.step % checkpoint_every == 0 and log.step % steps_per_epoch:
-            save(log.step)
-
-    for epoch in range(step // steps_per_epoch, epochs):
-        train_loader.set_epoch(epoch, step - epoch * steps_per_epoch)
-        bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, desc=f"{label} {epoch + 1}/{epochs}",
-                   unit="step", disable=not (is_main and progress), dynamic_ncols=True)
+    state, spe, rank = job.state, job.steps_per_epoch, distributed.rank()
+    checkpoint = job.out / "checkpoint.pt"
+    live = None
+    for epoch in range(state.step // spe, job.epochs):
+        first = state.step - epoch * spe
+        job.train_loader.set_epoch(epoch, first)
+        bar = tqdm(total=spe, initial=first, desc=f"{job.label} {epoch + 1}/{job.epochs}", unit="step",
+                   disable=not (job.ctx.is_main and job.progress_bar), dynamic_ncols=True)
+        job.net.train()
+        losses, start = [], time.perf_counter()
         try:
-            loss, steps, seconds = train_one_epoch(net, optimizer, scheduler, scaler, train_loader, settings,
-                                                   first_step=step, global_batch=global_batch, seed=seed,
-                                                   on_step=functools.partial(on_step, bar=bar))
-        except NonFiniteLoss as err:
-            last = f"the last good checkpoint {checkpoint} is kept" if checkpoint.exists() else "no checkpoint yet"
-            raise NonFiniteLoss(f"{err} ({label} {epoch + 1}); training stopped, {last}") from None
+            for images, labels in job.train_loader:
+                tick = time.perf_counter()
+                torch.manual_seed((job.seed * 1_000_003 + state.step) * 1_009 + rank)
+                lr = state.optimizer.param_groups[0]["lr"]
+                try:
+                    loss = train_step(job.net, state.optimizer, state.scaler, images, labels, job.step)
+                except NonFiniteLoss as err:
+                    kept = (f"the last good checkpoint {checkpoint} is kept" if checkpoint.exists()
+                            else "no checkpoint yet")
+                    raise NonFiniteLoss(f"{err} at step {state.step + 1} ({job.label} {epoch + 1}); training stopped, "
+                                        f"{kept}") from None
+                state.scheduler.step()
+                state.step += 1
+                losses.append(loss)
+                img_per_s = job.global_batch / (time.perf_counter() - tick)
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{img_per_s:.0f}")
+                if state.step % job.log_every == 0:
+                    logger.log({"kind": "step", "epoch": epoch + 1, "step": state.step, "loss": loss, "lr": lr,
+                                "img_per_s": img_per_s, "time_s": elapsed()})
+                if job.checkpoint_every and state.step % job.checkpoint_every == 0 and state.step % spe:
+                    save()
         finally:
             bar.close()
-        step += steps
-        done["train_time_s"] += seconds
-        done["images"] += steps * global_batch
-        average.end_epoch(model)
-        top1, top5 = evaluate(model, val_loader, settings.amp, settings.channels_last)
-        img_per_s = steps * global_batch / seconds
-        logger.log({"kind": "epoch", "epoch": epoch + 1, "step": step, "loss": loss,
-                    "lr": optimizer.param_groups[0]["lr"], "img_per_s": img_per_s, "top1": top1, "top5": top5,
-                    "time_s": elapsed()})
-        if is_main:
-            tqdm.write(f"{label} {epoch + 1}/{epochs}: loss {loss:.4f}  top-1 {top1:.2f} %  top-5 {top5:.2f} %  "
-                       f"{img_per_s:.0f} img/s")
-        save(step)
-        if is_main and done["skipped"]:
-            tqdm.write(f"skipped {len(done['skipped'])} unreadable image file(s) so far, e.g. {done['skipped'][0]}")
-    return step, top1, top5
+        seconds = time.perf_counter() - start
+        state.progress.train_time_s += seconds
+        state.progress.images += len(losses) * job.global_batch
+        if state.average is not None:
+            state.average.end_epoch(state.model)
+        live = evaluate(state.model, job.val_loader, job.step.amp, job.step.channels_last)
+        loss, img_per_s = sum(losses) / len(losses), len(losses) * job.global_batch / seconds
+        logger.log({"kind": "epoch", "epoch": epoch + 1, "step": state.step, "loss": loss,
+                    "lr": state.optimizer.param_groups[0]["lr"], "img_per_s": img_per_s, "top1": live[0],
+                    "top5": live[1], "time_s": elapsed()})
+        if job.ctx.is_main:
+            tqdm.write(f"{job.label} {epoch + 1}/{job.epochs}: loss {loss:.4f}  top-1 {live[0]:.2f} %  "
+                       f"top-5 {live[1]:.2f} %  {img_per_s:.0f} img/s")
+        save()
+        if job.ctx.is_main and state.progress.skipped:
+            tqdm.write(f"skipped {len(state.progress.skipped)} unreadable image file(s) so far, e.g. "
+                       f"{state.progress.skipped[0]}")
+    return live

@@ -16,7 +16,6 @@ fine-tuning/testing at 64 and 96 keep the mod-32 rule. See ``docs/resolution.md`
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -28,10 +27,11 @@ import torch
 from peffnet.data import parse_spec
 from peffnet.errors import ConfigError
 from peffnet.models import preset
-from peffnet.resolution import check_resolution, half_resolution, mod32_ok, test_resolutions
-from peffnet.training.config import TrainConfig, make_config, read_yaml
+from peffnet.resolution import half_resolution, mod32_ok, test_resolutions
+from peffnet.settings import AT_LEAST_32, BOOL, FLOAT, INT, INTS, NON_NEGATIVE, POSITIVE, Settings, setting
+from peffnet.training.config import AMP_MODES, DEVICES, TrainConfig
 from peffnet.training.evaluate import evaluate_checkpoint
-from peffnet.training.finetune import FinetuneConfig, finetune
+from peffnet.training.finetune import DEPTH, FinetuneConfig, finetune
 from peffnet.training.train import train
 
 SMALL_IMAGE_NATIVE = 64
@@ -49,49 +49,62 @@ made the loss jump to 19 within 10 steps and end at 42.6 % top-1 (0.05: 84.7 %);
 
 
 @dataclass
-class RecipeConfig:
-    """Settings of ``peffnet recipe``; the defaults finish in about 10 minutes on 2 CPU cores (Fashion-MNIST)."""
+class RecipeConfig(Settings):
+    """Settings of ``peffnet recipe``; the defaults take about 5 minutes on 2 CPU cores (Fashion-MNIST)."""
 
-    out: str
-    data: str = "fashion-mnist"
-    model: str = "g16_efficientnet_b0"
-    norm: str = "lnpn"  # the paper's G16 + LN+PN configuration
-    native: int | None = None  # default: 64 for fashion-mnist/synthetic, the model's native size otherwise
-    train_resolution: int | None = None  # default: half of native
-    finetune_resolution: int | None = None  # default: native
-    test_resolutions: list[int] | None = None  # default: = r_train (mod 32) from r_train to native + 32
-    epochs: int = 1
-    batch_size: int = 128
-    subset: int | None = None
-    train_config: str | None = None  # YAML of `peffnet train` settings (over SHORT_RUN_TRAINING)
-    finetune_stages: int = 2
-    finetune_epochs: int = 2
-    finetune_batch_size: int = 256
-    finetune_lr: float | None = None  # default: SHORT_RUN_FINETUNE_LR on small datasets, else 0.25 x batch / 512
-    finetune_subset: int | None = 10000
-    val_subset: int | None = 2000  # validation images of the per-epoch evaluations inside train/fine-tune
-    test_subset: int | None = None  # validation images of the final evaluations (default: all)
-    baseline: bool = False  # also train at native resolution for comparison
-    seed: int = 0
-    data_dir: str | None = None
-    device: str = "auto"
-    amp: str = "off"
-    threads: int | None = None  # torch intra-op threads (default: torch's)
-    resume: bool = False
-    progress: bool = True
+    out: str | None = setting(None, "recipe directory (train/, finetune/, native/, summaries)", execution=True,
+                              required=True)
+    data: str = setting("fashion-mnist", "dataset spec")
+    model: str = setting("g16_efficientnet_b0", "model name (see `peffnet models`)")
+    norm: str = setting("lnpn", "normalization (default: the paper's LN + proxy norm)")
+    native: int | None = setting(None, "native size (default: 64 for fashion-mnist/synthetic, else the model's)",
+                                 INT, AT_LEAST_32, group="resolutions")
+    train_resolution: int | None = setting(None, "(default: half of native, `peffnet resolutions`)", INT,
+                                           AT_LEAST_32, group="resolutions")
+    finetune_resolution: int | None = setting(None, "(default: native)", INT, AT_LEAST_32, group="resolutions")
+    test_resolutions: list[int] | None = setting(None, "comma-separated (default: = r_train (mod 32) from r_train "
+                                                       "to native + 32)", INTS, AT_LEAST_32, group="resolutions")
+    epochs: int = setting(1, "training epochs", INT, POSITIVE, group="schedule")
+    batch_size: int = setting(128, "training global batch", INT, POSITIVE, group="schedule")
+    subset: int | None = setting(None, "train on a fixed random subset of this many images", INT, POSITIVE,
+                                 group="schedule")
+    train_config: str | None = setting(None, "YAML of `peffnet train` settings (over the recipe's short-run "
+                                             "defaults for fashion-mnist/synthetic, see docs/resolution.md)",
+                                       group="schedule")
+    finetune_stages: int = setting(2, "parts to fine-tune: 1, 2 or 3", INT, DEPTH, group="schedule")
+    finetune_epochs: int = setting(2, "fine-tuning epochs", INT, POSITIVE, group="schedule")
+    finetune_batch_size: int = setting(256, "fine-tuning global batch", INT, POSITIVE, group="schedule")
+    finetune_lr: float | None = setting(None, "initial lr of the cosine schedule (default: 0.05 for "
+                                              "fashion-mnist/synthetic, else 0.25 x batch / 512)", FLOAT, POSITIVE,
+                                        group="schedule")
+    finetune_subset: int | None = setting(10000, "fine-tune on this many training images", INT, POSITIVE,
+                                          group="schedule")
+    val_subset: int | None = setting(2000, "validation images of the per-epoch evaluations inside training and "
+                                           "fine-tuning", INT, POSITIVE, group="schedule")
+    test_subset: int | None = setting(None, "validation images of the final evaluations (default: all)", INT,
+                                      POSITIVE, group="schedule")
+    baseline: bool = setting(False, "also train at the native resolution, for comparison", BOOL, group="schedule")
+    seed: int = setting(0, "random seed", INT, NON_NEGATIVE, group="schedule")
+    data_dir: str | None = setting(None, "where the dataset lives", execution=True, group="execution")
+    device: str = setting("auto", "where to run", choices=DEVICES, execution=True, group="execution")
+    amp: str = setting("off", "mixed precision", choices=AMP_MODES, group="execution")
+    threads: int | None = setting(None, "torch CPU threads (default: torch's)", INT, POSITIVE, execution=True,
+                                  group="execution")
+    resume: bool = setting(False, "continue an interrupted recipe in --out", BOOL, execution=True,
+                           group="execution")
+    progress: bool = setting(True, "show progress bars", BOOL, execution=True, group="execution")
 
     def sizes(self) -> tuple[int, int, int, list[int]]:
-        """(native, training, fine-tuning, test) resolutions, defaults filled in and checked."""
+        """(native, training, fine-tuning, test) resolutions, defaults filled in."""
         if self.native is not None:
-            native = check_resolution(self.native, "--native")
+            native = self.native
         elif parse_spec(self.data)[0] == "imagefolder":
             native = preset(self.model).resolution
         else:
             native = SMALL_IMAGE_NATIVE
-        train_res = check_resolution(self.train_resolution or half_resolution(native), "--train-resolution")
-        ft_res = check_resolution(self.finetune_resolution or native, "--finetune-resolution")
+        train_res = self.train_resolution or half_resolution(native)
+        ft_res = self.finetune_resolution or native
         tests = self.test_resolutions or test_resolutions(train_res, train_res, native + 32)
-        tests = [check_resolution(r, "test resolution") for r in tests]
         return native, train_res, ft_res, tests
 
 
@@ -108,12 +121,13 @@ def _stage_state(run_dir: Path, resume: bool) -> tuple[dict[str, Any] | None, bo
 def _train_config(cfg: RecipeConfig, run_dir: Path, resolution: int, resume: bool) -> TrainConfig:
     """The ``peffnet train`` settings of a training stage (validated now, before anything runs)."""
     small = parse_spec(cfg.data)[0] != "imagefolder"
-    settings = {**(SHORT_RUN_TRAINING if small else {}), **(read_yaml(cfg.train_config) if cfg.train_config else {})}
+    settings = {**(SHORT_RUN_TRAINING if small else {}),
+                **(TrainConfig.read_yaml(cfg.train_config) if cfg.train_config else {})}
     flags = {"model": cfg.model, "norm": cfg.norm, "data": cfg.data, "data_dir": cfg.data_dir,
              "resolution": str(resolution), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
              "subset": cfg.subset, "val_subset": cfg.val_subset, "seed": cfg.seed, "device": cfg.device,
              "amp": cfg.amp, "out": str(run_dir), "resume": resume, "progress": cfg.progress}
-    return make_config(settings, flags)
+    return TrainConfig.from_layers(settings, flags)
 
 
 def _finetune_config(cfg: RecipeConfig, parent: Path, run_dir: Path, resolution: int, resume: bool
@@ -145,8 +159,6 @@ def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
     native, train_res, ft_res, tests = cfg.sizes()
     preset(cfg.model, norm=cfg.norm)
     if cfg.threads is not None:
-        if isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads <= 0:
-            raise ConfigError(f"--threads must be a positive integer, got {cfg.threads!r}")
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     plan = {"train": (out / "train", train_res), **({"native": (out / "native", native)} if cfg.baseline else {})}
@@ -166,7 +178,7 @@ def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
         stages["native"] = done["native"] or train(configs["native"])
         evals["native"] = _evaluate(cfg, out / "native", tests)
     summary = {
-        "config": dataclasses.asdict(cfg), "native": native, "train_resolution": train_res,
+        "config": cfg.to_dict(), "native": native, "train_resolution": train_res,
         "finetune_resolution": ft_res, "stages": {name: _stage_record(st) for name, st in stages.items()},
         "evaluations": {name: {"results": e["results"], "best": e["best"], "wall_time_s": e["wall_time_s"]}
                         for name, e in evals.items()},

@@ -1,0 +1,171 @@
+"""Running a :class:`~peffnet.training.loop.Job`: the files around the loop, the same for training and
+fine-tuning (formats in docs/formats.md).
+
+:func:`run` reads top to bottom: refuse to overwrite a run, restore a checkpoint when resuming, print the
+banner, write ``config.yaml``, run the epochs (:func:`~peffnet.training.loop.fit`) with per-step logs and
+checkpoints, evaluate the final weights, write the last checkpoint and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import peffnet
+from peffnet.errors import ConfigError
+from peffnet.models import build
+from peffnet.models.profile import profile_model
+from peffnet.training import distributed
+from peffnet.training.checkpoint import FORMAT, load_checkpoint, load_weights, save_checkpoint
+from peffnet.training.loop import Job, Progress, TrainState, evaluate, fit
+from peffnet.training.metrics import MetricsLogger
+
+RNG_SCHEME = "global RNG reseeded from (seed, step, rank) before every step; data randomness from (seed, epoch, index)"
+
+
+def existing_checkpoint(out: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from (``--resume``), or ``None`` for a new run; refuses to overwrite a run."""
+    path = out / "checkpoint.pt"
+    if not resume and path.exists():
+        raise ConfigError(f"{out} already holds a run ({path.name}); add --resume to continue it or choose another "
+                          f"--out")
+    return load_checkpoint(path) if resume else None
+
+
+def checkpoint_entries(job: Job) -> dict[str, Any]:
+    """What a checkpoint holds (docs/formats.md): format, model config, live and final weights, optimizer,
+    scheduler and scaler states, position, progress, the resolved settings, plus the job's own entries."""
+    s = job.state
+    return {"format": FORMAT, "model_config": dataclasses.asdict(s.model.cfg), "model": s.model.state_dict(),
+            "averaged": s.final_model().state_dict(), "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
+            "epoch": s.step // job.steps_per_epoch, "step": s.step, "progress": dataclasses.asdict(s.progress),
+            "rng": {"seed": job.seed, "scheme": RNG_SCHEME}, "config": job.config.to_dict(), **job.record}
+
+
+def restore(state: TrainState, checkpoint: dict[str, Any], steps_per_epoch: int, what: str) -> None:
+    """Load a checkpoint's entries into ``state`` (the inverse of :func:`checkpoint_entries`)."""
+    load_weights(state.model, checkpoint["model"], what)
+    if state.average is not None:
+        load_weights(state.average.module, checkpoint["averaged"], what)
+        state.average.epochs_seen = checkpoint["step"] // steps_per_epoch
+    try:
+        state.optimizer.load_state_dict(checkpoint["optimizer"])
+        state.scheduler.load_state_dict(checkpoint["scheduler"])
+        state.scaler.load_state_dict(checkpoint["scaler"])
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"{what} has an optimizer/scheduler state this run cannot use: {err}") from None
+    state.step = checkpoint["step"]
+    known = {f.name for f in dataclasses.fields(Progress)}
+    state.progress = Progress(**{k: v for k, v in checkpoint["progress"].items() if k in known})
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window (so each stage of a pipeline reports its own peak)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # Linux: "5" resets the peak resident set size (VmHWM) to the current one
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak CUDA memory allocated, or on the CPU the process's peak resident set size, since the last
+    :func:`reset_peak_memory`."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def banner(job: Job) -> str:
+    """The line a run starts with: what trains, in which form, where, how long."""
+    m, ctx = job.state.model.cfg, job.ctx
+    where = f"{ctx.world_size} processes" if ctx.distributed else "1 process"
+    return (f"peffnet {job.name}: {m.name} (G{m.group_size} E{m.expansion} {m.norm}), {job.form} form, "
+            f"{where} on {device_name(ctx.device)}, {job.epochs} epoch(s) of {job.steps_per_epoch} steps x "
+            f"{job.global_batch} images -> {job.out}")
+
+
+def run(job: Job, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+    """Run ``job`` (resuming from ``checkpoint`` when given) and return its ``summary.json`` record."""
+    t0, ctx, state = time.perf_counter(), job.ctx, job.state
+    ckpt_path = job.out / "checkpoint.pt"
+    reset_peak_memory(ctx.device)
+    if checkpoint is not None:
+        job.config.check_resumable(checkpoint["config"], f"the run in {job.out}")
+        restore(state, checkpoint, job.steps_per_epoch, f"checkpoint {ckpt_path}")
+    if ctx.is_main:
+        print(banner(job), flush=True)
+        job.out.mkdir(parents=True, exist_ok=True)
+        (job.out / "config.yaml").write_text(yaml.safe_dump(job.config.to_dict(), sort_keys=False))
+    logger = MetricsLogger(job.out, ctx.is_main, resume_step=state.step if checkpoint is not None else None)
+    wall_before = state.progress.wall_time_s
+
+    def elapsed() -> float:
+        return wall_before + time.perf_counter() - t0
+
+    def save() -> None:
+        """Checkpoint the run (every rank joins the gather of skipped files; rank 0 writes)."""
+        new = distributed.all_gather_lists([p for loader in (job.train_loader, job.val_loader) for p in loader.skipped])
+        state.progress.skipped = sorted(set(state.progress.skipped).union(new))
+        for loader in (job.train_loader, job.val_loader):
+            loader.skipped.clear()
+        state.progress.wall_time_s = elapsed()
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, checkpoint_entries(job))
+
+    live = fit(job, logger, save, elapsed)
+    if live is None:  # nothing was left to run (a finished run resumed): measure the live weights here
+        live = evaluate(state.model, job.val_loader, job.step.amp, job.step.channels_last)
+    final = live if state.final_model() is state.model else evaluate(
+        state.final_model(), job.val_loader, job.step.amp, job.step.channels_last)
+    save()
+    logger.close()
+    summary = make_summary(job, final, live, peak_memory_bytes(ctx.device))
+    if ctx.is_main:
+        (job.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def make_summary(job: Job, final: tuple[float, float], live: tuple[float, float], peak_memory: int
+                 ) -> dict[str, Any]:
+    """``summary.json`` (docs/formats.md): accuracy of the final and the live weights, time, throughput,
+    memory, cost and identity of the run, plus the job's own fields."""
+    s, m, c = job.state, job.state.model.cfg, job.config
+    resolution = job.record["train_resolution"]
+    eval_resolution = getattr(c, "eval_resolution", None) or resolution
+    with torch.device("meta"):
+        macs = profile_model(build(m), eval_resolution, in_chans=m.in_chans).macs
+    return {
+        "model": m.name, "group_size": m.group_size, "expansion": m.expansion, "norm": m.norm,
+        "model_form": job.form, "train_resolution": resolution, "eval_resolution": eval_resolution,
+        "top1": final[0], "top5": final[1],
+        "final_weights": ("exponential average of per-epoch weights" if s.average is not None
+                          else "weights at the end of the last epoch"),
+        "live_top1": live[0], "live_top5": live[1],
+        "train_img_per_s": s.progress.train_img_per_s, "wall_time_s": s.progress.wall_time_s,
+        "train_time_s": s.progress.train_time_s, "peak_memory_bytes": peak_memory,
+        "params": sum(p.numel() for p in s.model.parameters()), "macs": macs,
+        "epochs": job.epochs, "steps": job.steps_per_epoch * job.epochs, "batch_size": job.global_batch,
+        "micro_batch_size": job.step.micro_batch_size, "world_size": job.ctx.world_size, "amp": job.step.amp,
+        "dataset": job.record["data"]["spec"], "num_classes": job.record["num_classes"],
+        "skipped_images": len(s.progress.skipped), "skipped_files": s.progress.skipped[:100],
+        "config_hash": c.config_hash(), "device": device_name(job.ctx.device), "torch": torch.__version__,
+        "peffnet": peffnet.__version__, "checkpoint": str(job.out / "checkpoint.pt"), **job.summary,
+    }

@@ -1,4 +1,4 @@
-"""Does the data pipeline keep up with training? Loader img/s vs model img/s (issue 4, point 3).
+"""Does the data pipeline keep up with training? Loader img/s vs model img/s (point 3).
 
     python benchmarks/bench_loader.py              # CPU, fashion-mnist + synthetic, ~2 minutes on 2 cores
     python benchmarks/bench_loader.py --device cuda --batch-size 768

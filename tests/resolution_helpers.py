@@ -1,4 +1,4 @@
-"""Shared helpers of the resolution-pipeline tests (issue 5): a tiny trained parent run."""
+"""Shared helpers of the resolution-pipeline tests: a tiny trained parent run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checkpoints (issue 4): atomic writes, validated reads, models rebuilt from them."""
+"""Checkpoints: atomic writes, validated reads, models rebuilt from them."""
 
 from __future__ import annotations
 

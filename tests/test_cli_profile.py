@@ -1,4 +1,4 @@
-"""`peffnet models` and `peffnet profile`: output and bad input (issue 2)."""
+"""`peffnet models` and `peffnet profile`: output and bad input."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_intensity_grows_with_group_size(capsys: pytest.CaptureFixture[str]) -> 
     (["profile", "efficientnet_b0", "--group-size", "1.5"], "group_size must be a positive integer, got '1.5'"),
     (["profile", "efficientnet_b0", "--expansion", "-2"], "expansion must be a positive integer, got -2"),
     (["profile", "efficientnet_b0", "--resolution", "31"], "resolution must be at least 32"),
-    (["profile", "efficientnet_b0", "--resolution", "big"], "resolution must be a positive integer, got 'big'"),
+    (["profile", "efficientnet_b0", "--resolution", "big"], "resolution must be an integer, got 'big'"),
     (["profile", "efficientnet_b0", "--norm", "in"], "unknown norm 'in'"),
 ])
 def test_bad_input_exit_2_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

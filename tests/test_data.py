@@ -1,4 +1,4 @@
-"""Datasets and loaders (issue 4): specs, Fashion-MNIST, augmentation reproducibility, sharding, image folders."""
+"""Datasets and loaders: specs, Fashion-MNIST, augmentation reproducibility, sharding, image folders."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data parallelism (issue 4): `torchrun --nproc_per_node 2 -m peffnet train` on CPU (gloo, loopback) gives the
+"""Data parallelism: `torchrun --nproc_per_node 2 -m peffnet train` on CPU (gloo, loopback) gives the
 same result as one process with the same global batch."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`peffnet eval`: accuracy per test resolution, best marked, mod-32 warnings, eval.json (issue 5)."""
+"""`peffnet eval`: accuracy per test resolution, best marked, mod-32 warnings, eval.json."""
 
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ def test_python_api_live_weights(tiny_parent: Path) -> None:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--resolutions", "16"], "test resolution must be at least 32"),
-    (["--resolutions", "64,abc"], "test resolution must be an integer, got 'abc'"),
+    (["--resolutions", "16"], "resolutions must be at least 32"),
+    (["--resolutions", "64,abc"], "resolutions must be an integer, got 'abc'"),
     (["--resolutions", ","], "--resolutions needs at least one size"),
     (["--min", "64"], "--min/--max go with --sweep"),
     (["--sweep", "--min", "200", "--max", "100"], "empty resolution range"),

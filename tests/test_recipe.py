@@ -1,4 +1,4 @@
-"""`peffnet recipe`: half-resolution training -> fine-tuning -> sweep -> summaries (issue 5)."""
+"""`peffnet recipe`: half-resolution training -> fine-tuning -> sweep -> summaries."""
 
 from __future__ import annotations
 

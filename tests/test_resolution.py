@@ -1,4 +1,4 @@
-"""Resolution rules and `peffnet resolutions` (issue 5, paper Section 3.3 and Table 1)."""
+"""Resolution rules and `peffnet resolutions` (paper Section 3.3 and Table 1)."""
 
 from __future__ import annotations
 

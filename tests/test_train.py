@@ -1,4 +1,4 @@
-"""`peffnet train` (issue 4): configuration, recipe pieces, an end-to-end run, micro-batching, bad input."""
+"""`peffnet train`: configuration, recipe pieces, an end-to-end run, micro-batching, bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nothing lost (issue 4): SIGKILL mid-epoch then --resume equals an uninterrupted run; NaN loss stops cleanly."""
+"""Nothing lost: SIGKILL mid-epoch then --resume equals an uninterrupted run; NaN loss stops cleanly."""
 
 from __future__ import annotations
 

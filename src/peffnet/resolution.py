@@ -18,10 +18,8 @@ from __future__ import annotations
 import math
 
 from peffnet.errors import ConfigError
-from peffnet.models.config import B0_STAGES
-
-MIN_RESOLUTION = 32
-"""Smallest input that survives the five stride-2 layers with at least one pixel."""
+from peffnet.models.config import B0_STAGES, MIN_RESOLUTION, RESOLUTION
+from peffnet.settings import INT, require
 
 MAX_SWEEP_RESOLUTION = 700
 """The paper fine-tunes and tests "at a range of image sizes up to 700x700" (Section 3.3)."""
@@ -37,11 +35,7 @@ def downsampling_modulus() -> int:
 
 def check_resolution(value: object, what: str = "resolution") -> int:
     """``value`` as an int of at least :data:`MIN_RESOLUTION`, else a one-line :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
-    if value < MIN_RESOLUTION:
-        raise ConfigError(f"{what} must be at least {MIN_RESOLUTION} (five stride-2 layers), got {value}")
-    return value
+    return require(what, value, INT, RESOLUTION)
 
 
 def mod32_ok(train_resolution: int, test_resolution: int) -> bool:
@@ -86,8 +80,7 @@ def test_resolutions(train_resolution: int, lo: int, hi: int) -> list[int]:
     """Every ``r`` in ``[lo, hi]`` with ``r = train_resolution (mod 32)`` and ``r >= 32``, ascending."""
     train_resolution = check_resolution(train_resolution, "training resolution")
     for value, what in ((lo, "lowest resolution"), (hi, "highest resolution")):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{what} must be an integer, got {value!r}")
+        require(what, value, INT)
     if lo > hi:
         raise ConfigError(f"empty resolution range: lowest {lo} > highest {hi}")
     step = downsampling_modulus()

@@ -18,7 +18,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 
@@ -55,18 +55,13 @@ def _to_text(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Kind:
-    """How a setting's value is read: ``parse`` raises ValueError/TypeError for a value that is not a ``noun``."""
+    """How a setting's value is read: ``parse`` raises ValueError/TypeError for a value that is not a ``noun``;
+    ``python`` are the types a library function accepts as such a value without parsing (:func:`require`)."""
 
     noun: str  # "integer", "number", ... (the word a message uses)
     parse: Callable[[Any], Any]
+    python: tuple[type, ...] = (object,)
     many: bool = False  # a list of such values (a comma-separated flag, a YAML list)
-
-
-INT = Kind("integer", _to_int)
-FLOAT = Kind("number", _to_float)
-BOOL = Kind("boolean (true or false)", _to_bool)
-TEXT = Kind("string", _to_text)
-INTS = Kind("integer", _to_int, many=True)
 
 
 def _to_batch(value: Any) -> int | str:
@@ -78,8 +73,13 @@ def _to_batch(value: Any) -> int | str:
     return batch
 
 
-BATCH = Kind("positive integer or 'max'", _to_batch)  # measuring commands: a batch size, or the largest that fits
-TEXTS = Kind("string", _to_text, many=True)
+INT = Kind("integer", _to_int, (int,))
+FLOAT = Kind("number", _to_float, (int, float))
+BOOL = Kind("boolean (true or false)", _to_bool, (bool,))
+TEXT = Kind("string", _to_text, (str,))
+INTS = Kind("integer", _to_int, (int,), many=True)
+TEXTS = Kind("string", _to_text, (str,), many=True)
+BATCH = Kind("positive integer or 'max'", _to_batch, (int, str))  # a batch size, or the largest that fits
 
 
 def _article(noun: str) -> str:
@@ -102,12 +102,11 @@ NON_NEGATIVE = Check(lambda v: v >= 0, "a {noun} >= 0")
 FRACTION = Check(lambda v: 0 <= v < 1, "a {noun} in [0, 1)")
 OPEN_UNIT = Check(lambda v: 0 < v < 1, "a {noun} in (0, 1)")
 UNIT = Check(lambda v: 0 < v <= 1, "a {noun} in (0, 1]")
-AT_LEAST_32 = Check(lambda v: v >= 32, "at least 32 (five stride-2 layers)")
 
 
 def setting(default: Any, help: str, kind: Kind = TEXT, check: Check | None = None,
             choices: tuple[str, ...] | None = None, *, execution: bool = False, positional: bool = False,
-            group: str | None = None, flag: bool = True, required: bool = False) -> Any:
+            group: str | None = None, flag: bool = True, required: bool = False, metavar: str | None = None) -> Any:
     """Declare one setting of a :class:`Settings` dataclass.
 
     Args:
@@ -120,18 +119,24 @@ def setting(default: Any, help: str, kind: Kind = TEXT, check: Check | None = No
         group: the ``--help`` section it is listed under.
         flag: ``False`` for a setting that only YAML files and the Python API set.
         required: ``None`` (the default then) is refused.
+        metavar: the value's name in ``--help`` (default: the setting's name in capitals).
     """
     return dataclasses.field(default=default, metadata={
         "help": help, "kind": kind, "check": check, "choices": choices, "execution": execution,
-        "positional": positional, "group": group, "flag": flag, "required": required})
+        "positional": positional, "group": group, "flag": flag, "required": required,
+        "metavar": metavar})
+
+
+def _refuse(name: str, value: Any, kind: Kind, check: Check | None) -> NoReturn:
+    noun = kind.noun if not check or "{noun}" not in check.text else check.describe(kind).removeprefix("a ")
+    raise ConfigError(f"{name} must be {_article(noun)} {noun}, got {value!r}")
 
 
 def _coerce_one(name: str, value: Any, kind: Kind, check: Check | None, choices: tuple[str, ...] | None) -> Any:
     try:
         value = kind.parse(value)
     except (TypeError, ValueError):
-        noun = kind.noun if not check or "{noun}" not in check.text else check.describe(kind).removeprefix("a ")
-        raise ConfigError(f"{name} must be {_article(noun)} {noun}, got {value!r}") from None
+        _refuse(name, value, kind, check)
     if choices and value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     if check and not check.test(value):
@@ -155,6 +160,15 @@ def coerce(name: str, value: Any, kind: Kind = TEXT, check: Check | None = None,
         return [_coerce_one(name, v.strip() if isinstance(v, str) else v, kind, check, choices)
                 for v in items if not (isinstance(v, str) and not v.strip())]
     return _coerce_one(name, value, kind, check, choices)
+
+
+def require(name: str, value: Any, kind: Kind = INT, check: Check | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """A value given to a library function, checked like a setting but not parsed (``"3"`` is no integer
+    here); the same one-line errors as :func:`coerce`."""
+    if (isinstance(value, bool) and kind is not BOOL) or not isinstance(value, kind.python):
+        _refuse(name, value, kind, check)
+    return coerce(name, value, kind, check, choices)
 
 
 @dataclass
@@ -217,13 +231,16 @@ class Settings:
             if name in skip or not m["flag"]:
                 continue
             target = groups.get(m["group"]) or groups.setdefault(m["group"], parser.add_argument_group(m["group"]))
-            shown = ("required" if f.default == "" or m["required"] else
-                     "auto" if f.default is None else ",".join(map(str, f.default)) if isinstance(f.default, list)
-                     else str(f.default).lower() if isinstance(f.default, bool) else f.default)
-            help_text = f"{m['help']} [{shown if shown == 'required' else f'default: {shown}'}]"
-            metavar = "{" + ",".join(m["choices"]) + "}" if m["choices"] else name.upper()
+            help_text = m["help"]
+            if f.default == "" or m["required"]:
+                help_text += " [required]"
+            elif f.default not in (None, False) and "(default" not in help_text:
+                shown = ",".join(map(str, f.default)) if isinstance(f.default, (list, tuple)) else f.default
+                help_text += f" [default: {'on' if f.default is True else shown}]"
+            metavar = m["metavar"] or ("{" + ",".join(m["choices"]) + "}" if m["choices"] else name.upper())
             if m["positional"]:
-                target.add_argument(name, nargs="+" if m["kind"].many else None, help=m["help"], metavar=metavar)
+                nargs = ("+" if m["required"] else "*") if m["kind"].many else (None if m["required"] else "?")
+                target.add_argument(name, nargs=nargs, help=m["help"], metavar=metavar)
             elif m["kind"] is BOOL:
                 target.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction,
                                     default=None, help=help_text)

@@ -8,25 +8,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peffnet.measure.bench import BenchOptions
-from peffnet.settings import AT_LEAST_32, BOOL, INT, POSITIVE, TEXTS, setting
+from peffnet.models import ModelOverrides
+from peffnet.resolution import RESOLUTION
+from peffnet.settings import BOOL, INT, POSITIVE, TEXTS, setting
 
 
 @dataclass
-class BenchCommand(BenchOptions):
+class BenchCommand(BenchOptions, ModelOverrides):
     """``peffnet bench``'s settings: the measuring options plus the models and what applies to each."""
 
     models: list[str] | None = setting(None, "models to compare; the first is the reference", TEXTS,
-                                       positional=True, required=True)
-    resolution: int | None = setting(None, "input side in pixels (default: each model's native)", INT, AT_LEAST_32,
+                                       positional=True, required=True, metavar="MODEL")
+    resolution: int | None = setting(None, "input side in pixels (default: each model's native)", INT, RESOLUTION,
                                      group="models")
     channels_last: bool = setting(False, "NHWC memory format for model and input", BOOL, group="models")
     compile: bool = setting(False, "torch.compile the models (slow to warm up on CPU)", BOOL, group="models")
     fold_pn: bool = setting(False, "fold proxy norm for inference (peffnet models; inference and latency only)",
                             BOOL, group="models")
-    group_size: int | None = setting(None, "group size G of the peffnet models' spatial convs", INT, POSITIVE,
-                                     group="models")
-    expansion: int | None = setting(None, "expansion ratio E of the peffnet models", INT, POSITIVE, group="models")
-    norm: str | None = setting(None, "normalization of the peffnet models: bn, gn, ln, lnpn, gnpn", group="models")
     threads: int | None = setting(None, "CPU intra-op threads (default: torch's, one per core)", INT, POSITIVE)
     json: bool = setting(False, "print one JSON object instead of tables", BOOL)
     out: str | None = setting(None, "also write the JSON result to this file")
@@ -58,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    overrides = {k: getattr(cfg, k) for k in ("group_size", "expansion", "norm") if getattr(cfg, k) is not None}
-    specs = [parse_spec(m, overrides if ":" not in m else {}, resolution=cfg.resolution,
+    specs = [parse_spec(m, cfg.overrides() if ":" not in m else {}, resolution=cfg.resolution,
                         channels_last=cfg.channels_last, compile=cfg.compile, fold_pn=cfg.fold_pn)
              for m in cfg.models]
     result = run_bench(specs, cfg)

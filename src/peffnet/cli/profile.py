@@ -5,53 +5,48 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import dataclass
 
 import torch
 
-from peffnet.cli.common import add_model_args, loose_int, model_overrides
-from peffnet.models import build, preset
+from peffnet.models import ModelOverrides, build, preset
 from peffnet.models.profile import ModelProfile, profile_model
+from peffnet.resolution import RESOLUTION
+from peffnet.settings import BOOL, INT, POSITIVE, setting
+
+
+@dataclass
+class ProfileCommand(ModelOverrides):
+    model: str | None = setting(None, "model name (see `peffnet models`)", positional=True, required=True)
+    resolution: int | None = setting(None, "input side in pixels (default: the model's native)", INT, RESOLUTION)
+    batch_size: int = setting(1, "batch B used in the arithmetic-intensity formula (Eq. 7)", INT, POSITIVE)
+    in_chans: int | None = setting(None, "input channels (default 3; 1 for Fashion-MNIST)", INT, POSITIVE)
+    num_classes: int | None = setting(None, "classifier outputs (default 1000)", INT, POSITIVE)
+    json: bool = setting(False, "print one JSON object", BOOL)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="params, MACs, memory and arithmetic intensity of a model",
                        description="Static cost of a model for one image (MACs at the native resolution "
                                    "unless --resolution is given; arithmetic intensity per paper Eq. 7).")
-    add_model_args(p)
-    p.add_argument("--resolution", type=loose_int, help="input side in pixels (default: the model's native)")
-    p.add_argument("--batch-size", type=loose_int, default=1,
-                   help="batch B used in the arithmetic-intensity formula (default 1)")
-    p.add_argument("--in-chans", type=loose_int, help="input channels (default 3; 1 for Fashion-MNIST)")
-    p.add_argument("--num-classes", type=loose_int, help="classifier outputs (default 1000)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    ProfileCommand.add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = model_overrides(args)
-    for field in ("resolution", "in_chans", "num_classes"):
-        if getattr(args, field) is not None:
-            overrides[field] = getattr(args, field)
-    cfg = preset(args.model, **overrides)
-    batch = positive_int("batch_size", args.batch_size)
+    c = ProfileCommand.from_args(args)
+    extra = {k: getattr(c, k) for k in ("resolution", "in_chans", "num_classes") if getattr(c, k) is not None}
+    cfg = preset(c.model, **c.overrides(), **extra)
     with torch.device("meta"):
         model = build(cfg)
-    prof = profile_model(model, cfg.resolution, batch_size=batch, in_chans=cfg.in_chans)
-    if args.json:
+    prof = profile_model(model, cfg.resolution, batch_size=c.batch_size, in_chans=cfg.in_chans)
+    if c.json:
         out = {"model": cfg.name, "group_size": cfg.group_size, "expansion": cfg.expansion, "norm": cfg.norm,
                **prof.to_dict()}
         print(json.dumps(out))
     else:
         print(format_profile(cfg.name, f"G{cfg.group_size} E{cfg.expansion} norm={cfg.norm}", prof))
     return 0
-
-
-def positive_int(field: str, value: int | str) -> int:
-    from peffnet.errors import ConfigError
-
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{field} must be a positive integer, got {value!r}")
-    return value
 
 
 def format_profile(name: str, desc: str, prof: ModelProfile) -> str:

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
-from peffnet.cli.common import loose_int
 from peffnet.errors import ConfigError
 from peffnet.models import preset
-from peffnet.resolution import resolution_plan
+from peffnet.resolution import RESOLUTION, resolution_plan
+from peffnet.settings import BOOL, INT, Settings, setting
+
+
+@dataclass
+class ResolutionsCommand(Settings):
+    model: str | None = setting(None, "model name (see `peffnet models`); optional with --native", positional=True)
+    native: int | None = setting(None, "custom native resolution (default: the model's)", INT, RESOLUTION)
+    min: int | None = setting(None, "lowest test size (default: the half size)", INT)
+    max: int | None = setting(None, "highest test size (default: min(700, 3 x native))", INT)
+    json: bool = setting(False, "print JSON with native, half, test_resolutions", BOOL)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,25 +27,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Native and half-resolution training sizes (Table 1) and the test/fine-tune sizes "
                     "r_test = r_train (mod 32) in a range (Section 3.3).",
     )
-    p.add_argument("model", nargs="?", help="model name (see `peffnet models`); optional with --native")
-    p.add_argument("--native", type=loose_int, help="custom native resolution (default: the model's)")
-    p.add_argument("--min", dest="lo", type=loose_int, help="lowest test size (default: the half size)")
-    p.add_argument("--max", dest="hi", type=loose_int, help="highest test size (default: min(700, 3 x native))")
-    p.add_argument("--json", action="store_true", help="print JSON with native, half, test_resolutions")
+    ResolutionsCommand.add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.model is None and args.native is None:
+    c = ResolutionsCommand.from_args(args)
+    if c.model is None and c.native is None:
         raise ConfigError("give a MODEL or --native N")
-    native = args.native if args.native is not None else preset(args.model).resolution
-    plan = resolution_plan(native, args.lo, args.hi)
-    if args.model is not None:
-        plan = {"model": args.model, **plan}
-    if args.json:
+    native = c.native if c.native is not None else preset(c.model).resolution
+    plan = resolution_plan(native, c.min, c.max)
+    if c.model is not None:
+        plan = {"model": c.model, **plan}
+    if c.json:
         print(json.dumps(plan))
         return 0
-    label = f"{args.model}: " if args.model else ""
+    label = f"{c.model}: " if c.model else ""
     print(f"{label}native {plan['native']} px, half {plan['half']} px ({plan['half_source']})")
     lo, hi = plan["range"]
     sizes = ", ".join(str(r) for r in plan["test_resolutions"]) or "none"

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from peffnet.data.imagefolder import ImageFolderDataset
 from peffnet.errors import ConfigError
+from peffnet.settings import INT, POSITIVE, require
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = {
@@ -214,8 +215,7 @@ def build_dataset(spec: str, split: str, resolution: int, train_transform: bool,
 
 def take_subset(dataset: Dataset, size: int) -> Dataset:
     """Restrict ``dataset`` (in place) to ``size`` images chosen by a fixed seeded permutation."""
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ConfigError(f"subset must be a positive integer, got {size!r}")
+    require("subset", size, INT, POSITIVE)
     keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:size].sort().values
     if isinstance(dataset, TensorImageDataset):
         dataset.images, dataset.labels = dataset.images[keep], dataset.labels[keep]

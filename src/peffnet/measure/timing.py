@@ -112,8 +112,6 @@ def nbytes(tensors: Iterable[object]) -> int:
 def memory_cap(cap_gib: float | None = None) -> float:
     """CPU memory budget in bytes: ``cap_gib`` (``--memory-cap``) or min(4 GiB, 25 % of physical memory)."""
     if cap_gib is not None:
-        if cap_gib <= 0:
-            raise ConfigError(f"memory cap must be positive, got {cap_gib} GiB")
         return cap_gib * GIB
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return min(4 * GIB, 0.25 * total)

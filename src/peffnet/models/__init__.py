@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from peffnet.models.config import ModelConfig, model_names, preset
+from peffnet.models.config import ModelConfig, ModelOverrides, model_names, preset
 from peffnet.models.efficientnet import EfficientNet, build
 
 
@@ -22,4 +22,4 @@ def create_model(name: str, **overrides: object) -> EfficientNet:
     return build(preset(name, **overrides))
 
 
-__all__ = ["EfficientNet", "ModelConfig", "build", "create_model", "list_models", "preset"]
+__all__ = ["EfficientNet", "ModelConfig", "ModelOverrides", "build", "create_model", "list_models", "preset"]

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 from peffnet.errors import ConfigError
+from peffnet.settings import FLOAT, FRACTION, INT, POSITIVE, Check, Settings, require, setting
 
 NORMS = ("bn", "gn", "ln", "lnpn", "gnpn")
+MIN_RESOLUTION = 32
+"""Smallest input that survives the five stride-2 layers with at least one pixel."""
+RESOLUTION = Check(lambda v: v >= MIN_RESOLUTION, f"at least {MIN_RESOLUTION} (five stride-2 layers)")
 
 
 @dataclass(frozen=True)
@@ -90,18 +95,28 @@ class ModelConfig:
     drop_path_rate: float = 0.2  # stochastic depth; survival 0.8 at the last block (REFERENCE.md)
 
     def __post_init__(self) -> None:
-        for field in ("group_size", "expansion", "num_classes", "in_chans", "resolution"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{field} must be a positive integer, got {value!r}")
-        if self.resolution < 32:
-            raise ConfigError(f"resolution must be at least 32 (five stride-2 layers), got {self.resolution}")
+        for field in ("group_size", "expansion", "num_classes", "in_chans"):
+            require(field, getattr(self, field), INT, POSITIVE)
+        require("resolution", self.resolution, INT, RESOLUTION)
         if self.norm not in NORMS:
             raise ConfigError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         for field in ("drop_rate", "drop_path_rate"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ConfigError(f"{field} must be a number in [0, 1), got {value!r}")
+            require(field, getattr(self, field), FLOAT, FRACTION)
+
+
+@dataclass
+class ModelOverrides(Settings):
+    """The builder overrides every command that builds a preset accepts (``--group-size``, ``--expansion``,
+    ``--norm``); ``None`` keeps the preset's value."""
+
+    group_size: int | None = setting(None, "group size G of the spatial convs (default: the preset's)", INT, POSITIVE,
+                                     group="model")
+    expansion: int | None = setting(None, "expansion ratio E (default: the preset's)", INT, POSITIVE, group="model")
+    norm: str | None = setting(None, f"normalization: {', '.join(NORMS)} (default: bn)", group="model")
+
+    def overrides(self) -> dict[str, Any]:
+        """The overrides that were set, for :func:`preset`."""
+        return {k: getattr(self, k) for k in ("group_size", "expansion", "norm") if getattr(self, k) is not None}
 
 
 def model_names() -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from peffnet.data import DEFAULT_TRANSLATE, default_resolution, parse_spec
 from peffnet.errors import ConfigError
-from peffnet.models import ModelConfig, preset
+from peffnet.models import ModelConfig, ModelOverrides, preset
 from peffnet.resolution import check_resolution, half_resolution
 from peffnet.settings import (
     BOOL,
@@ -24,7 +24,6 @@ from peffnet.settings import (
     OPEN_UNIT,
     POSITIVE,
     UNIT,
-    Settings,
     setting,
 )
 from peffnet.training.mixing import CUTMIX_LAMBDA, MIXUP_ALPHA
@@ -37,15 +36,11 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
-class TrainConfig(Settings):
+class TrainConfig(ModelOverrides):
     """Everything ``peffnet train`` takes. Field names are the YAML keys (``--batch-size`` = ``batch_size``)."""
 
-    # what to train
+    # what to train (and group_size, expansion, norm)
     model: str = setting("g16_efficientnet_b0", "model name (see `peffnet models`)", group="model")
-    group_size: int | None = setting(None, "group size G of the spatial convs (default: the preset's)", INT, POSITIVE,
-                                     group="model")
-    expansion: int | None = setting(None, "expansion ratio E (default: the preset's)", INT, POSITIVE, group="model")
-    norm: str | None = setting(None, "normalization: bn, gn, ln, lnpn, gnpn (default: bn)", group="model")
     drop_rate: float | None = setting(None, "dropout before the classifier (default: the size's, 0.2 at B0)", FLOAT,
                                       FRACTION, group="model")
     drop_path_rate: float | None = setting(None, "stochastic depth rate at the last block (default 0.2: survival "

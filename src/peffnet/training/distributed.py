@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from peffnet.errors import ConfigError
+from peffnet.settings import TEXT, require
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,7 @@ class Context:
 
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``; one CUDA device per local rank."""
-    if preference not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {preference!r}")
+    require("device", preference, TEXT, choices=("auto", "cpu", "cuda"))
     if preference == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA device is available")
     if preference == "cpu" or not torch.cuda.is_available():

@@ -35,8 +35,8 @@ from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
 from peffnet.models import EfficientNet, ModelConfig, preset
 from peffnet.models.config import B0_STAGES
-from peffnet.resolution import mod32_ok
-from peffnet.settings import AT_LEAST_32, BOOL, FLOAT, FRACTION, INT, NON_NEGATIVE, POSITIVE, Check, Settings, setting
+from peffnet.resolution import RESOLUTION, mod32_ok
+from peffnet.settings import BOOL, FLOAT, FRACTION, INT, NON_NEGATIVE, POSITIVE, Check, Settings, setting
 from peffnet.training import distributed
 from peffnet.training.checkpoint import model_from_checkpoint
 from peffnet.training.config import AMP_MODES, DEVICES, split_batch
@@ -117,7 +117,7 @@ class FinetuneConfig(Settings):
     checkpoint: str | None = setting(None, "parent run: its checkpoint.pt or run directory", positional=True,
                                      required=True)
     resolution: int | None = setting(None, "fine-tuning (and evaluation) resolution; keep it = the training "
-                                           "resolution mod 32 (`peffnet resolutions`)", INT, AT_LEAST_32,
+                                           "resolution mod 32 (`peffnet resolutions`)", INT, RESOLUTION,
                                      required=True)
     out: str | None = setting(None, "run directory of the fine-tuning", execution=True, required=True)
     stages: int = setting(2, "parts to train: 1 head, 2 + stages 6-7, 3 + stages 4-5", INT, DEPTH)

@@ -27,8 +27,8 @@ import torch
 from peffnet.data import parse_spec
 from peffnet.errors import ConfigError
 from peffnet.models import preset
-from peffnet.resolution import half_resolution, mod32_ok, test_resolutions
-from peffnet.settings import AT_LEAST_32, BOOL, FLOAT, INT, INTS, NON_NEGATIVE, POSITIVE, Settings, setting
+from peffnet.resolution import RESOLUTION, half_resolution, mod32_ok, test_resolutions
+from peffnet.settings import BOOL, FLOAT, INT, INTS, NON_NEGATIVE, POSITIVE, Settings, setting
 from peffnet.training.config import AMP_MODES, DEVICES, TrainConfig
 from peffnet.training.evaluate import evaluate_checkpoint
 from peffnet.training.finetune import DEPTH, FinetuneConfig, finetune
@@ -58,12 +58,12 @@ class RecipeConfig(Settings):
     model: str = setting("g16_efficientnet_b0", "model name (see `peffnet models`)")
     norm: str = setting("lnpn", "normalization (default: the paper's LN + proxy norm)")
     native: int | None = setting(None, "native size (default: 64 for fashion-mnist/synthetic, else the model's)",
-                                 INT, AT_LEAST_32, group="resolutions")
+                                 INT, RESOLUTION, group="resolutions")
     train_resolution: int | None = setting(None, "(default: half of native, `peffnet resolutions`)", INT,
-                                           AT_LEAST_32, group="resolutions")
-    finetune_resolution: int | None = setting(None, "(default: native)", INT, AT_LEAST_32, group="resolutions")
+                                           RESOLUTION, group="resolutions")
+    finetune_resolution: int | None = setting(None, "(default: native)", INT, RESOLUTION, group="resolutions")
     test_resolutions: list[int] | None = setting(None, "comma-separated (default: = r_train (mod 32) from r_train "
-                                                       "to native + 32)", INTS, AT_LEAST_32, group="resolutions")
+                                                       "to native + 32)", INTS, RESOLUTION, group="resolutions")
     epochs: int = setting(1, "training epochs", INT, POSITIVE, group="schedule")
     batch_size: int = setting(128, "training global batch", INT, POSITIVE, group="schedule")
     subset: int | None = setting(None, "train on a fixed random subset of this many images", INT, POSITIVE,

@@ -11,7 +11,7 @@ step of every model. A training step is forward + backward + RMSProp step; an in
 to the reference (GN for training, LN for inference), which is fair even when the machine's load drifts.
 Process CPU time is recorded beside wall time: with one intra-op thread (the default) it counts the work done
 and not the time the process waited for a core, so its ratios stay meaningful on a shared, loaded machine.
-Goals (issue 3): LN+PN training >= 0.9x GN, LN+PN inference >= 0.97x LN (met only if both ratios reach them).
+Goals: LN+PN training >= 0.9x GN, LN+PN inference >= 0.97x LN (met only if both ratios reach them).
 With ``--compile`` each model (the folded one included) is ``torch.compile``'d and warmed up before timing.
 Results: ``benchmarks/results/norms_<device>[_<R>px][_cl][_compiled].json`` and ``.md`` (``_<R>px`` when not
 64 px).
@@ -145,7 +145,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| {label} | {r['img_per_s']:.1f} | {r['step_ms']:.1f} | {r['ratio']:.3f}x "
                          f"| {r['cpu_img_per_s']:.1f} | {r['cpu_ratio']:.3f}x |")
         lines.append("")
-    lines += ["## Goals (issue 3)", "", "Met only if both the wall-clock and the CPU-time ratio reach the goal.", "",
+    lines += ["## Goals", "", "Met only if both the wall-clock and the CPU-time ratio reach the goal.", "",
               "| goal | wall-clock ratio | CPU-time ratio | met |", "|---|---|---|---|"]
     for goal in result["goals"]:
         met = "yes" if goal["met"] else "no"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,27 @@ import torch
 import peffnet
 from peffnet.models import build, preset
 from resolution_helpers import train_tiny
+
+FORMATS_DOC = Path(__file__).resolve().parents[1] / "docs" / "formats.md"
+
+
+def documented_keys(heading: str) -> set[str]:
+    """The backticked names in the first column of the first table under ``heading`` (a ``##``/``###`` line)
+    of docs/formats.md."""
+    text = FORMATS_DOC.read_text()
+    start = re.search(rf"^#+ {re.escape(heading)}\s*$", text, re.M)
+    assert start, f"no section {heading!r} in {FORMATS_DOC}"
+    keys, in_table = set(), False
+    for line in text[start.end():].splitlines():
+        if line.startswith("#"):
+            break
+        if line.startswith("|"):
+            in_table = True
+            first = line.split("|")[1]
+            keys.update(re.findall(r"`([^`]+)`", first))
+        elif in_table:
+            break
+    return keys - {"key"}
 
 
 def meta_model(name: str, **overrides: object) -> peffnet.EfficientNet:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from peffnet.checkpoint import FORMAT, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
 from peffnet.errors import ConfigError
 from peffnet.models import build, preset
-from peffnet.training.checkpoint import FORMAT, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
 
 
 def tiny_state() -> tuple[torch.nn.Module, dict]:

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import peffnet.serving.export as export_mod
+from peffnet.checkpoint import model_from_checkpoint
 from peffnet.cli import main
 from peffnet.errors import ConfigError
-from peffnet.training.checkpoint import model_from_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 

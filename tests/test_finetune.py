@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 import peffnet.training.finetune as finetune_module
+from peffnet.checkpoint import load_checkpoint, save_checkpoint
 from peffnet.cli import main
 from peffnet.data import build_dataset
 from peffnet.errors import ConfigError
 from peffnet.models import create_model
 from peffnet.training import loop as engine
-from peffnet.training.checkpoint import load_checkpoint, save_checkpoint
 from peffnet.training.finetune import finetuned_stage_indices, freeze_for_finetune
 from peffnet.training.loop import train_step
 from resolution_helpers import TINY_FINETUNE

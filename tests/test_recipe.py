@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import documented_keys
 from peffnet.cli import main
 from peffnet.training.recipe import SHORT_RUN_FINETUNE_LR, SMALL_IMAGE_NATIVE, RecipeConfig, result_at
 
@@ -54,6 +55,7 @@ def test_stages_and_summary(recipe: Path) -> None:
     # with in-run and final evaluations on the same images, the sweep re-measures the fine-tuned accuracy
     assert ft["top1"] == summary_ft["top1"] == result_at(s, "finetuned", 64)["top1"]
     assert train["top1"] == result_at(s, "half", 32)["top1"]
+    assert set(s) == documented_keys("Recipe directory")  # docs/formats.md
     md = (recipe / "summary.md").read_text()
     assert "| train | 32 |" in md and "| finetune | 64 |" in md and "| half + fine-tuned |" in md and "*" in md
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from peffnet.checkpoint import load_checkpoint
 from peffnet.cli import main
-from peffnet.training.checkpoint import load_checkpoint
 from train_helpers import final_weights, max_abs_diff, tiny_args
 
 STEPS_PER_EPOCH = 8  # 64 images in global batches of 8

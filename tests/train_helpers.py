@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from peffnet.training.checkpoint import load_checkpoint
+from peffnet.checkpoint import load_checkpoint
 
 # A run small enough for a unit test: 32 synthetic images, 4 steps of 8 per epoch, 32 px, GN,
 # no stochastic regularizer (so results do not depend on how a batch is split).

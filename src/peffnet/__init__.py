@@ -12,8 +12,8 @@ from peffnet.fusion import fold_proxy_norm, fuse_proxy_norm
 from peffnet.layers.proxy_moments import proxy_norm_moments
 from peffnet.models import EfficientNet, create_model, list_models
 from peffnet.models.timm_compat import register as _register_timm
+from peffnet.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["ConfigError", "EfficientNet", "__version__", "create_model", "fold_proxy_norm", "fuse_proxy_norm",
            "list_models", "proxy_norm_moments"]
 

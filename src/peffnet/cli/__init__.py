@@ -37,7 +37,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="peffnet", description=" ".join(__doc__.split("\n\n")[0].split()))
-    from peffnet import __version__
+    from peffnet.version import __version__
 
     parser.add_argument("--version", action="version", version=f"peffnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peffnet.training.checkpoint import load_checkpoint
+    from peffnet.checkpoint import load_checkpoint
     from peffnet.training.evaluate import (
         checkpoint_file,
         eval_json_path,

@@ -104,7 +104,7 @@ def environment(device: torch.device) -> dict:
     import timm
     import torchvision
 
-    from peffnet import __version__
+    from peffnet.version import __version__
 
     return {"device": device.type, "device_name": device_name(device), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm.__version__, "peffnet": __version__,

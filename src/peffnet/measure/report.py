@@ -115,7 +115,7 @@ def run_config(run_dir: Path, summary: dict) -> ModelConfig:
     """The run's model configuration: the checkpoint's ``model_config``, else rebuilt from ``summary.json``."""
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.is_file():
-        from peffnet.training.checkpoint import config_from_checkpoint, load_checkpoint
+        from peffnet.checkpoint import config_from_checkpoint, load_checkpoint
 
         return config_from_checkpoint(load_checkpoint(ckpt))
     return preset(summary["model"], group_size=summary["group_size"], expansion=summary["expansion"],

@@ -66,7 +66,7 @@ def build_model(spec: BenchSpec, num_classes: int = 1000) -> tuple[nn.Module, in
     cfg = preset(name, **{"num_classes": num_classes, **spec.overrides})
     model = build(cfg)
     if spec.fold_pn:
-        from peffnet import fold_proxy_norm
+        from peffnet.fusion import fold_proxy_norm
 
         fold_proxy_norm(model.eval())
     return model, cfg.resolution, f"G{cfg.group_size} E{cfg.expansion} {cfg.norm}" + (" folded" if spec.fold_pn else "")

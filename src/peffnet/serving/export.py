@@ -45,7 +45,7 @@ def fold_for_inference(model: nn.Module) -> int:
 
     count = sum(isinstance(m, ProxyNormAct2d) and m.act for m in model.modules())
     if count:
-        from peffnet import fold_proxy_norm
+        from peffnet.fusion import fold_proxy_norm
 
         fold_proxy_norm(model)
         left = [n for n, m in model.named_modules() if isinstance(m, ProxyNormAct2d) and m.act]
@@ -93,8 +93,8 @@ def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", resolution: int
     ``resolution`` defaults to the training resolution; the batch axis is dynamic, the spatial size
     fixed. Raises :class:`ConfigError` for bad input and when the export does not match to 1e-4.
     """
+    from peffnet.checkpoint import model_from_checkpoint
     from peffnet.resolution import check_resolution, mod32_ok
-    from peffnet.training.checkpoint import model_from_checkpoint
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -18,12 +18,12 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from peffnet.checkpoint import model_from_checkpoint
 from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
 from peffnet.models import ModelConfig
 from peffnet.resolution import MAX_SWEEP_RESOLUTION, MIN_RESOLUTION, check_resolution, mod32_ok, test_resolutions
 from peffnet.training import distributed
-from peffnet.training.checkpoint import model_from_checkpoint
 from peffnet.training.loop import evaluate
 
 

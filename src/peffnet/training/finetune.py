@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peffnet.checkpoint import model_from_checkpoint
 from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
 from peffnet.models import EfficientNet, ModelConfig, preset
@@ -38,7 +39,6 @@ from peffnet.models.config import B0_STAGES
 from peffnet.resolution import RESOLUTION, mod32_ok
 from peffnet.settings import BOOL, FLOAT, FRACTION, INT, NON_NEGATIVE, POSITIVE, Check, Settings, setting
 from peffnet.training import distributed
-from peffnet.training.checkpoint import model_from_checkpoint
 from peffnet.training.config import AMP_MODES, DEVICES, split_batch
 from peffnet.training.evaluate import check_data, checkpoint_file
 from peffnet.training.loop import Job, StepSettings, TrainState

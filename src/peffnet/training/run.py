@@ -20,14 +20,14 @@ from typing import Any
 import torch
 import yaml
 
-import peffnet
+from peffnet.checkpoint import FORMAT, load_checkpoint, load_weights, save_checkpoint
 from peffnet.errors import ConfigError
 from peffnet.models import build
 from peffnet.models.profile import profile_model
 from peffnet.training import distributed
-from peffnet.training.checkpoint import FORMAT, load_checkpoint, load_weights, save_checkpoint
 from peffnet.training.loop import Job, Progress, TrainState, evaluate, fit
 from peffnet.training.metrics import MetricsLogger
+from peffnet.version import __version__
 
 RNG_SCHEME = "global RNG reseeded from (seed, step, rank) before every step; data randomness from (seed, epoch, index)"
 
@@ -167,5 +167,5 @@ def make_summary(job: Job, final: tuple[float, float], live: tuple[float, float]
         "dataset": job.record["data"]["spec"], "num_classes": job.record["num_classes"],
         "skipped_images": len(s.progress.skipped), "skipped_files": s.progress.skipped[:100],
         "config_hash": c.config_hash(), "device": device_name(job.ctx.device), "torch": torch.__version__,
-        "peffnet": peffnet.__version__, "checkpoint": str(job.out / "checkpoint.pt"), **job.summary,
+        "peffnet": __version__, "checkpoint": str(job.out / "checkpoint.pt"), **job.summary,
     }

@@ -1,0 +1,61 @@
+"""docs/formats.md holds the file formats: its key tables equal the keys real runs write."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import documented_keys
+from peffnet.checkpoint import load_checkpoint
+from peffnet.cli import main
+from resolution_helpers import TINY_FINETUNE
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_parent: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("formats") / "ft"
+    assert main(["finetune", str(tiny_parent), "--resolution", "64", "--epochs", "1", *TINY_FINETUNE,
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_run_directory_files(tiny_parent: Path) -> None:
+    documented = {k.rstrip("/") for k in documented_keys("Run directory")} - {"eval.json", "bench.json"}
+    written = {p.name for p in tiny_parent.iterdir()} - {"eval.json"}  # the eval tests add eval.json
+    assert written == documented
+
+
+def test_checkpoint_keys(tiny_parent: Path, finetuned: Path) -> None:
+    finetune_only = {"parent", "parent_train_resolution", "finetune_stages"}
+    documented = documented_keys("`checkpoint.pt`")
+    assert set(load_checkpoint(tiny_parent / "checkpoint.pt")) == documented - finetune_only
+    assert set(load_checkpoint(finetuned / "checkpoint.pt")) == documented
+
+
+def test_summary_keys(tiny_parent: Path, finetuned: Path) -> None:
+    common = documented_keys("`summary.json`")
+    train = json.loads((tiny_parent / "summary.json").read_text())
+    assert set(train) == common
+    extra = documented_keys("`summary.json`: fine-tuning adds")
+    ft = json.loads((finetuned / "summary.json").read_text())
+    assert set(ft) == common | extra
+
+
+def test_metrics_keys(tiny_parent: Path) -> None:
+    records = [json.loads(line) for line in (tiny_parent / "metrics.jsonl").read_text().splitlines()]
+    documented = documented_keys("`metrics.jsonl`")
+    assert {r["kind"] for r in records} == {"step", "epoch"}
+    assert set().union(*(set(r) for r in records)) == documented
+    assert all(set(r) == documented - {"top1", "top5"} for r in records if r["kind"] == "step")
+
+
+def test_eval_keys(tiny_parent: Path, tmp_path: Path) -> None:
+    assert main(["eval", str(tiny_parent), "--val-subset", "8", "--no-progress", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "eval.json").read_text())
+    top = documented_keys("`eval.json`")
+    each = documented_keys("`eval.json`: each result")
+    assert set(record) == top
+    assert all(set(r) == each for r in record["results"])

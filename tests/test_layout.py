@@ -1,0 +1,73 @@
+"""The package's layout shows its architecture (docs/architecture.md): subpackages by concern, imports
+flowing one way, small modules."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "peffnet"
+
+# Lower levels never import higher ones; two packages on one level never import each other.
+LEVELS = {
+    "errors": 0, "version": 0,
+    "settings": 1, "layers": 1,
+    "models": 2, "data": 2,
+    "fusion": 3, "resolution": 3, "checkpoint": 3,
+    "training": 4, "measure": 4,
+    "serving": 5,
+    "cli": 6,
+    "__main__": 7, "__init__": 7,  # the facade: `import peffnet` and `python -m peffnet`
+}
+
+
+def unit(module: Path) -> str:
+    """The package (or top-level module) a source file belongs to: ``training``, ``settings``, ``__init__``."""
+    return module.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def imported_units(module: Path) -> set[str]:
+    """The peffnet units a module imports, anywhere in it (function-level imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names] if node.module == "peffnet" \
+                else [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "peffnet":
+                found.add(parts[1] if len(parts) > 1 else "__init__")
+    return found - {"__version__"}
+
+
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("module", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_flow_one_way(module: Path) -> None:
+    own = unit(module)
+    assert own in LEVELS, f"{own} has no place in the layering of tests/test_layout.py and docs/architecture.md"
+    for other in imported_units(module) - {own}:
+        assert other in LEVELS, other
+        assert LEVELS[other] < LEVELS[own], f"{module.relative_to(PACKAGE)} imports peffnet.{other}"
+
+
+def test_modules_are_small_and_the_top_level_is_short() -> None:
+    too_long = {str(p.relative_to(PACKAGE)): n for p in SOURCES if (n := len(p.read_text().splitlines())) > 400}
+    assert not too_long
+    top = [p.name for p in PACKAGE.glob("*.py")]
+    assert len(top) <= 8, top
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == {
+        "layers", "models", "fusion", "data", "training", "measure", "serving", "cli"}
+
+
+def test_no_comment_cites_an_issue() -> None:
+    roots = [PACKAGE, PACKAGE.parents[1] / "tests", PACKAGE.parents[1] / "benchmarks", PACKAGE.parents[1] / "scripts"]
+    cited = [str(p) for root in roots for p in root.rglob("*.py") if re.search(r"\bissues? #?\d", p.read_text(), re.I)]
+    assert not cited

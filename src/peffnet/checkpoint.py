@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, validated reads, and models rebuilt from them (see notes/contracts.md).
+"""Checkpoints: atomic writes, validated reads, and models rebuilt from them (the format: docs/formats.md).
 
 A checkpoint is one ``torch.save`` dict with ``"format": "peffnet-checkpoint-v1"``, the model's
 :class:`~peffnet.models.config.ModelConfig` as a dict, the live weights (``"model"``) and the final

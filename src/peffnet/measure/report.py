@@ -1,6 +1,6 @@
 """The paper's efficiency figures from real runs (Section 4.4-4.5, Figures 4-6).
 
-Each run directory (``notes/contracts.md``) gives one point per test resolution: its ``summary.json``
+Each run directory (docs/formats.md) gives one point per test resolution: its ``summary.json``
 point at ``eval_resolution`` and, when ``eval.json`` exists, one point per evaluated resolution. Points
 are grouped into series labelled G-M-R like the paper (group size, normalization, training resolution:
 ``G16-LN+PN-Half``) and drawn against five costs, each series with its Pareto front:

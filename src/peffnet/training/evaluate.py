@@ -2,7 +2,7 @@
 
 The test resolution should keep ``r_test = r_train (mod 32)`` with the training resolution recorded in
 the checkpoint; other sizes are evaluated but warned about (the asymmetric stride-2 layers then fall at
-other depths than in training). Results go to ``eval.json`` (``notes/contracts.md``): one record per
+other depths than in training). Results go to ``eval.json`` (docs/formats.md): one record per
 resolution (top-1, top-5, whether the mod-32 rule holds, throughput) and the best one.
 """
 

@@ -18,7 +18,7 @@ LEVELS = {
     "models": 2, "data": 2,
     "fusion": 3, "resolution": 3, "checkpoint": 3,
     "training": 4, "measure": 4,
-    "serving": 5,
+    "serving": 5, "study": 5,
     "cli": 6,
     "__main__": 7, "__init__": 7,  # the facade: `import peffnet` and `python -m peffnet`
 }
@@ -64,7 +64,7 @@ def test_modules_are_small_and_the_top_level_is_short() -> None:
     top = [p.name for p in PACKAGE.glob("*.py")]
     assert len(top) <= 8, top
     assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == {
-        "layers", "models", "fusion", "data", "training", "measure", "serving", "cli"}
+        "layers", "models", "fusion", "data", "training", "measure", "serving", "study", "cli"}
 
 
 def test_no_comment_cites_an_issue() -> None:

@@ -79,6 +79,7 @@ BOOL = Kind("boolean (true or false)", _to_bool, (bool,))
 TEXT = Kind("string", _to_text, (str,))
 INTS = Kind("integer", _to_int, (int,), many=True)
 TEXTS = Kind("string", _to_text, (str,), many=True)
+FLOATS = Kind("number", _to_float, (int, float), many=True)
 BATCH = Kind("positive integer or 'max'", _to_batch, (int, str))  # a batch size, or the largest that fits
 
 
@@ -189,6 +190,12 @@ class Settings:
         return {f.name: f for f in dataclasses.fields(cls)}
 
     @classmethod
+    def default(cls, name: str) -> Any:
+        """A setting's default as its values look (a tuple default of a list setting becomes a list)."""
+        f = cls.field_map()[name]
+        return list(f.default) if isinstance(f.default, tuple) else f.default
+
+    @classmethod
     def from_layers(cls: type[S], *layers: dict[str, Any]) -> S:
         """Defaults overridden by each layer of settings in turn (``None`` values skipped), validated."""
         fields = cls.field_map()
@@ -234,7 +241,7 @@ class Settings:
             help_text = m["help"]
             if f.default == "" or m["required"]:
                 help_text += " [required]"
-            elif f.default not in (None, False) and "(default" not in help_text:
+            elif f.default not in (None, False, ()) and "(default" not in help_text:
                 shown = ",".join(map(str, f.default)) if isinstance(f.default, (list, tuple)) else f.default
                 help_text += f" [default: {'on' if f.default is True else shown}]"
             metavar = m["metavar"] or ("{" + ",".join(m["choices"]) + "}" if m["choices"] else name.upper())
@@ -275,7 +282,7 @@ class Settings:
             value, m = getattr(self, name), f.metadata
             if m["positional"]:
                 parts += [str(v) for v in (value if isinstance(value, list) else [value])]
-            elif m["flag"] and value != f.default:
+            elif m["flag"] and value != self.default(name):
                 flag = "--" + name.replace("_", "-")
                 if m["kind"] is BOOL:
                     parts.append(flag if value else "--no-" + name.replace("_", "-"))
@@ -286,9 +293,8 @@ class Settings:
     def check_resumable(self, saved: dict[str, Any], what: str = "the checkpoint") -> None:
         """A one-line error when ``saved`` (a run's recorded settings) differs from these in anything but
         execution settings. A setting added since that run was saved counts as its default."""
-        fields = self.field_map()
         for name, value in self.computed().items():
-            before = saved.get(name, fields[name].default)
+            before = saved.get(name, self.default(name))
             if before != value:
                 raise ConfigError(f"{what} was trained with {name}={before!r}, this run has {value!r}; resume with "
                                   f"the same settings or use another --out")

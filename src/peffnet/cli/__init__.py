@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "peffnet.cli.eval",
     "peffnet.cli.recipe",
     "peffnet.cli.train",
+    "peffnet.cli.study",
 )
 
 

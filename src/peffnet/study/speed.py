@@ -1,0 +1,127 @@
+"""The study's speed figures: every configuration's training step, fine-tuning step (half regime) and
+inference, timed in **one alternating benchmark** on the device (paper Figure 1's x-axes, Sections 4.4-4.5).
+
+Alternation (:func:`peffnet.measure.timing.alternate`: every closure warmed up, then rounds in rotating
+order, medians) makes the comparison hold on a loaded machine: load that drifts over the run slows every
+configuration alike. Each stage of each configuration is timed in every memory layout (NCHW,
+channels_last) and precision (fp32, bf16 autocast) when tuning, and runs with the fastest: on a CPU bf16
+can speed up a grouped G16 model and slow down a depthwise G1 one, so one shared setting would bias the
+comparison. Steps are those training runs take: the model in the form ``peffnet train`` picks on the device
+(:func:`peffnet.training.train.model_form`), the paper's optimizer (fine-tuning: SGD over the unfrozen
+parts), random inputs of the run's batch and resolution; inference is the served form (proxy norm folded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from peffnet.fusion import fold_proxy_norm
+from peffnet.measure.device import device_name
+from peffnet.measure.timing import alternate
+from peffnet.models import EfficientNet, create_model
+from peffnet.study.config import Cell, StudyConfig
+from peffnet.training import distributed
+from peffnet.training.finetune import freeze_for_finetune
+from peffnet.training.optim import param_groups, rmsprop_tf
+from peffnet.training.train import model_form, prepare
+
+STAGES = ("train", "finetune", "infer")
+FINETUNE_STAGES = 2  # parts fine-tuned in the half regime (paper Section 3.4: the last two blocks)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One timed closure: a stage of a configuration in one memory layout and precision."""
+
+    cell: str  # Cell.key
+    stage: str  # train, finetune or infer
+    resolution: int
+    channels_last: bool
+    amp: str  # "off" or "bf16"
+
+    @property
+    def setting(self) -> str:
+        return f"{'channels_last' if self.channels_last else 'NCHW'} {'bf16' if self.amp == 'bf16' else 'fp32'}"
+
+
+def _model(cfg: StudyConfig, cell: Cell, num_classes: int, in_chans: int, device: torch.device,
+           channels_last: bool) -> EfficientNet:
+    torch.manual_seed(0)
+    model = create_model(cfg.model_name(cell.group_size), norm=cell.norm, num_classes=num_classes,
+                         in_chans=in_chans, drop_rate=0.0, drop_path_rate=0.0).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _steps(cfg: StudyConfig, cell: Cell, stage: str, resolution: int, channels_last: bool, num_classes: int,
+           in_chans: int, device: torch.device) -> dict[str, Callable[[], None]]:
+    """The closures of one stage and layout, by precision ("off", "bf16"): they share the model."""
+    model = _model(cfg, cell, num_classes, in_chans, device, channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(cfg.batch_size, in_chans, resolution, resolution, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
+    ctx = distributed.Context(0, 1, 0, device)
+    if stage == "infer":
+        model.eval()
+        if cell.norm in ("lnpn", "gnpn"):
+            fold_proxy_norm(model)
+    else:
+        if stage == "finetune":
+            freeze_for_finetune(model, FINETUNE_STAGES)
+            optimizer = torch.optim.SGD(param_groups(model, 1e-5), lr=1e-3, momentum=0.0)
+        else:
+            optimizer = rmsprop_tf(model, lr=1e-4, decay=0.99)
+        net = prepare(model, model_form(model, device, compile=False), ctx, compile=False)
+
+    def make(amp: str) -> Callable[[], None]:
+        cast = (torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext())
+        if stage == "infer":
+            def infer() -> None:
+                with torch.inference_mode(), cast:
+                    model(x)
+            return infer
+
+        def step() -> None:
+            net.train()
+            with cast:
+                logits = net(x)
+            F.cross_entropy(logits.float(), y).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
+    precisions = ("off", "bf16") if cfg.tune else ("off",)
+    return {amp: make(amp) for amp in precisions}
+
+
+def measure_speed(cfg: StudyConfig, cells: list[Cell], num_classes: int, in_chans: int,
+                  device: torch.device) -> dict:
+    """Time every stage of every configuration (in every layout and precision when tuning) in one alternating
+    run; returns the ``speed.json`` record: each candidate's median img/s and, per configuration and stage,
+    the fastest candidate."""
+    native = cfg.native()
+    candidates: list[Candidate] = []
+    steps: list[Callable[[], None]] = []
+    for cell in cells:
+        stages = ("train", "finetune", "infer") if cell.regime == "half" else ("train", "infer")
+        for stage in stages:
+            res = cell.train_resolution(native) if stage == "train" else native
+            for channels_last in ((False, True) if cfg.tune else (False,)):
+                for amp, step in _steps(cfg, cell, stage, res, channels_last, num_classes, in_chans, device).items():
+                    candidates.append(Candidate(cell.key, stage, res, channels_last, amp))
+                    steps.append(step)
+    samples = alternate(steps, warmup=1, repeats=cfg.repeats, iters=1, device=device, desc="speed")
+    rows = [{**asdict(c), "setting": c.setting, "img_per_s": cfg.batch_size / statistics.median(s),
+             "rounds": len(s)} for c, s in zip(candidates, samples, strict=True)]
+    chosen: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        best = chosen.setdefault(row["cell"], {}).get(row["stage"])
+        if best is None or row["img_per_s"] > best["img_per_s"]:
+            chosen[row["cell"]][row["stage"]] = row
+    return {"device": device_name(device), "batch_size": cfg.batch_size, "repeats": cfg.repeats,
+            "tuned": cfg.tune, "candidates": rows, "chosen": chosen}

@@ -3,6 +3,7 @@
     python benchmarks/run_suite.py                # CPU: about 6 minutes on 2 cores
     python benchmarks/run_suite.py --device cuda  # GPU: AMP, larger batches, inference at the largest batch
     python benchmarks/run_suite.py --render       # only rebuild RESULTS.md from benchmarks/results/*.json
+    python benchmarks/run_suite.py --device cuda --check --only ...   # GPU sizes in minutes (device_check.py)
 
 Every comparison is one or two :func:`peffnet.measure.bench.run_bench` calls: its models are measured in
 alternation in this one process after warm-up, and each figure is a median over rounds, so the
@@ -64,6 +65,8 @@ SETTINGS = {
                     latency_iters=3),
     "cuda": Settings(train_res=224, train_batch=128, infer_res=224, infer_batch="max", amp=True, repeats=7,
                      iters=10, latency_iters=20, warmup=5, compile_train=True, roofline_batch=64),
+    "check": Settings(train_res=224, train_batch=128, infer_res=224, infer_batch=256, amp=True, repeats=5, iters=5,
+                      latency_iters=10, warmup=3),  # scripts/device_check.py: fixed batches, minutes not hours
     "quick": Settings(train_res=32, train_batch=2, infer_res=32, infer_batch=2, repeats=1, iters=1,
                       latency_iters=1, warmup=1, native_res=64, half_res=32, roofline_batch=2,
                       peak_repeats=2),
@@ -323,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--only", nargs="+", metavar="KEY", help="run only these comparisons (keys as in RESULTS.md)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one round: a smoke test, not a measurement")
+    p.add_argument("--check", action="store_true", help="GPU sizes with fixed batches and fewer rounds "
+                   "(scripts/device_check.py)")
     p.add_argument("--results", type=Path, default=HERE / "results", help="folder of the per-device JSON files")
     p.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md", help="the rendered tables")
     p.add_argument("--render", action="store_true", help="only rebuild the markdown from the JSON files")
@@ -334,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if not args.render:
         device = resolve_device(args.device)
-        s = SETTINGS["quick" if args.quick else device.type]
+        s = SETTINGS["quick" if args.quick else "check" if args.check else device.type]
         todo = [c for c in comparisons(s) if not args.only or c.key in args.only]
         start = time.perf_counter()
         dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if s.amp else torch.float32

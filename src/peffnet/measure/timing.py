@@ -44,19 +44,30 @@ def best_time(fn: Callable[[], object], device: torch.device, repeats: int, inne
     return best
 
 
-def _time_block(step: Callable[[], None], iters: int, device: torch.device) -> float:
+def _time_block(step: Callable[[], None], iters: int, device: torch.device,
+                clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds per call over ``iters`` back-to-back calls of ``step`` (queued GPU work included)."""
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(iters):
         step()
     synchronize(device)
-    return (time.perf_counter() - start) / iters
+    return (clock() - start) / iters
+
+
+def steady_clock(device: torch.device) -> tuple[str, Callable[[], float]]:
+    """The clock that measures work rather than waiting: the process's CPU time on a CPU running one
+    intra-op thread (time spent waiting for a core that another process holds does not count), else wall
+    time (a GPU, or several threads whose CPU times add up)."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return "process CPU time (1 thread)", time.process_time
+    return "wall time", time.perf_counter
 
 
 def alternate(steps: list[Callable[[], None]], warmup: int, repeats: int, iters: int, device: torch.device,
-              desc: str = "") -> list[list[float]]:
-    """Seconds per step of each closure: warm-up, then ``repeats`` rounds in rotating order."""
+              desc: str = "", clock: Callable[[], float] = time.perf_counter) -> list[list[float]]:
+    """Seconds per step of each closure: warm-up, then ``repeats`` rounds in rotating order, each timed with
+    ``clock``."""
     for step in steps:
         for _ in range(warmup):
             step()
@@ -64,7 +75,7 @@ def alternate(steps: list[Callable[[], None]], warmup: int, repeats: int, iters:
     for r in tqdm(range(repeats), desc=desc, disable=None, leave=False):
         for k in range(len(steps)):
             i = (r + k) % len(steps)
-            samples[i].append(_time_block(steps[i], iters, device))
+            samples[i].append(_time_block(steps[i], iters, device, clock))
     return samples
 
 

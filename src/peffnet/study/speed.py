@@ -3,10 +3,11 @@ inference, timed in **one alternating benchmark** on the device (paper Figure 1'
 
 Alternation (:func:`peffnet.measure.timing.alternate`: every closure warmed up, then rounds in rotating
 order, medians) makes the comparison hold on a loaded machine: load that drifts over the run slows every
-configuration alike. Each stage of each configuration is timed in every memory layout (NCHW,
-channels_last) and precision (fp32, bf16 autocast) when tuning, and runs with the fastest: on a CPU bf16
-can speed up a grouped G16 model and slow down a depthwise G1 one, so one shared setting would bias the
-comparison. Steps are those training runs take: the model in the form ``peffnet train`` picks on the device
+configuration alike. On a CPU with one intra-op thread (``--threads 1``) steps are timed in process CPU time,
+which does not count the time the process waited for a core another process held. Each stage of each
+configuration is timed in every memory layout (NCHW, channels_last) and precision (fp32, bf16 autocast)
+when tuning, and runs with the fastest: on a CPU bf16 can speed up a grouped G16 model and slow down a
+depthwise G1 one, so one shared setting would bias the comparison. Steps are those training runs take: the model in the form ``peffnet train`` picks on the device
 (:func:`peffnet.training.train.model_form`), the paper's optimizer (fine-tuning: SGD over the unfrozen
 parts), random inputs of the run's batch and resolution; inference is the served form (proxy norm folded).
 """
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from peffnet.fusion import fold_proxy_norm
 from peffnet.measure.device import device_name
-from peffnet.measure.timing import alternate
+from peffnet.measure.timing import alternate, steady_clock
 from peffnet.models import EfficientNet, create_model
 from peffnet.study.config import Cell, StudyConfig
 from peffnet.training import distributed
@@ -107,15 +108,20 @@ def measure_speed(cfg: StudyConfig, cells: list[Cell], num_classes: int, in_chan
     native = cfg.native()
     candidates: list[Candidate] = []
     steps: list[Callable[[], None]] = []
+    timed_infer: dict[tuple[int, str], str] = {}  # inference is the same for both regimes: timed once
     for cell in cells:
-        stages = ("train", "finetune", "infer") if cell.regime == "half" else ("train", "infer")
+        stages = ["train", "finetune"] if cell.regime == "half" else ["train"]
+        if (cell.group_size, cell.norm) not in timed_infer:
+            timed_infer[(cell.group_size, cell.norm)] = cell.key
+            stages.append("infer")
         for stage in stages:
             res = cell.train_resolution(native) if stage == "train" else native
             for channels_last in ((False, True) if cfg.tune else (False,)):
                 for amp, step in _steps(cfg, cell, stage, res, channels_last, num_classes, in_chans, device).items():
                     candidates.append(Candidate(cell.key, stage, res, channels_last, amp))
                     steps.append(step)
-    samples = alternate(steps, warmup=1, repeats=cfg.repeats, iters=1, device=device, desc="speed")
+    clock_name, clock = steady_clock(device)
+    samples = alternate(steps, warmup=1, repeats=cfg.repeats, iters=1, device=device, desc="speed", clock=clock)
     rows = [{**asdict(c), "setting": c.setting, "img_per_s": cfg.batch_size / statistics.median(s),
              "rounds": len(s)} for c, s in zip(candidates, samples, strict=True)]
     chosen: dict[str, dict[str, dict]] = {}
@@ -123,5 +129,7 @@ def measure_speed(cfg: StudyConfig, cells: list[Cell], num_classes: int, in_chan
         best = chosen.setdefault(row["cell"], {}).get(row["stage"])
         if best is None or row["img_per_s"] > best["img_per_s"]:
             chosen[row["cell"]][row["stage"]] = row
-    return {"device": device_name(device), "batch_size": cfg.batch_size, "repeats": cfg.repeats,
-            "tuned": cfg.tune, "candidates": rows, "chosen": chosen}
+    for cell in cells:  # the regime that was not timed for inference takes its twin's figure
+        chosen[cell.key].setdefault("infer", chosen[timed_infer[(cell.group_size, cell.norm)]]["infer"])
+    return {"device": device_name(device), "clock": clock_name, "batch_size": cfg.batch_size,
+            "repeats": cfg.repeats, "tuned": cfg.tune, "candidates": rows, "chosen": chosen}

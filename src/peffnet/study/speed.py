@@ -7,9 +7,10 @@ configuration alike. On a CPU with one intra-op thread (``--threads 1``) steps a
 which does not count the time the process waited for a core another process held. Each stage of each
 configuration is timed in every memory layout (NCHW, channels_last) and precision (fp32, bf16 autocast)
 when tuning, and runs with the fastest: on a CPU bf16 can speed up a grouped G16 model and slow down a
-depthwise G1 one, so one shared setting would bias the comparison. Steps are those training runs take: the model in the form ``peffnet train`` picks on the device
-(:func:`peffnet.training.train.model_form`), the paper's optimizer (fine-tuning: SGD over the unfrozen
-parts), random inputs of the run's batch and resolution; inference is the served form (proxy norm folded).
+depthwise G1 one, so one shared setting would bias the comparison. Steps are those training runs take:
+the model in the form ``peffnet train`` picks on the device (:func:`peffnet.training.train.model_form`),
+the paper's optimizer (fine-tuning: SGD over the unfrozen parts), random inputs of the run's batch and
+resolution; inference is the served form (proxy norm folded).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -87,3 +88,19 @@ def test_console_script_usage_error_is_one_line() -> None:
     proc = subprocess.run([sys.executable, "-m", "peffnet", "profile", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "peffnet profile: error: unknown model 'nope'; run `peffnet models` for the list")
+
+
+@pytest.mark.parametrize("policy", [None, "ACTIVE"])
+def test_the_command_waits_passively_unless_told_otherwise(policy: str | None) -> None:
+    """OpenMP threads that spin make a run many times slower beside another process
+    (benchmarks/bench_contention.py): the command sets PASSIVE before torch loads, keeping a user's choice."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update({"OMP_WAIT_POLICY": policy} if policy else {})
+    argv = ["bench", "efficientnet_b0@32", "--infer", "--batch-size", "1", "--repeats", "1", "--iters", "1",
+            "--warmup", "0", "--device", "cpu", "--json"]
+    proc = subprocess.run([sys.executable, "-m", "peffnet", *argv], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["env"]["omp_wait_policy"] == (policy or "PASSIVE")
+    library = subprocess.run([sys.executable, "-c", "import os, peffnet; print(os.environ.get('OMP_WAIT_POLICY'))"],
+                             capture_output=True, text=True, env=env)
+    assert library.stdout.strip() == str(policy)  # importing the library changes nothing

@@ -15,6 +15,7 @@ Both ceilings are *measured* on the device, never taken from a data sheet:
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from dataclasses import asdict, dataclass
 
@@ -108,4 +109,5 @@ def environment(device: torch.device) -> dict:
 
     return {"device": device.type, "device_name": device_name(device), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm.__version__, "peffnet": __version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}

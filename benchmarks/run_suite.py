@@ -160,7 +160,8 @@ def run_roofline(s: Settings, device: torch.device, path: Path, fp32_peaks: Devi
         print(f"[roofline] {name}@{res}, batch {s.roofline_batch}", file=sys.stderr, flush=True)
         model = create_model(name)
         layers = conv_layers(model, res, s.roofline_batch)
-        points[f"{name}@{res}"] = list(zip(layers, time_layers(model, layers, s.roofline_batch, device), strict=True))
+        timed = time_layers(model, layers, s.roofline_batch, device)
+        points[f"{name}@{res}"] = [(layer, t[0]) for layer, t in zip(layers, timed, strict=True)]
     peaks = peaks.max_with(measure_device(device, repeats=s.peak_repeats))  # load only lowers them
     files = plot_roofline(peaks, points, path, title=f"G1 vs G16 B0, batch {s.roofline_batch}, {device}")
     return {"batch_size": s.roofline_batch, "resolution": res, "peaks": peaks.to_dict(),

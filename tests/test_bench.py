@@ -225,6 +225,11 @@ def test_roofline_cli_writes_plot_and_measured_points(tmp_path, capsys) -> None:
     ours, timm_layers = record["layers"].values()
     assert len(ours) == len(timm_layers) == 82  # 81 convs + classifier, in both implementations
     assert all(layer["achieved_macs_per_s"] > 0 for layer in ours)
+    for layer in ours:  # the median of the rounds lies within their quartiles
+        q1, q3 = layer["achieved_quartiles"]
+        assert q1 <= layer["achieved_macs_per_s"] <= q3
+    q1, q3 = record["summary"][0]["fraction_of_peak_quartiles"]
+    assert 0 < q1 <= q3
     assert {r["kind"] for r in record["summary"]} >= {"stem", "spatial kxk", "pointwise 1x1", "squeeze-excite"}
     assert record["peaks"]["ridge_macs_per_byte"] == pytest.approx(
         record["peaks"]["macs_per_s"] / record["peaks"]["bytes_per_s"])
@@ -241,3 +246,24 @@ def test_folded_proxy_norm_is_benchmarked_for_inference_only(capsys) -> None:
         run_bench(specs, BenchOptions(train=True, batch_size=2), peaks=FAKE_PEAKS)
     assert main(["bench", "timm:efficientnet_b0", "--fold-pn", "--resolution", "32"]) == 2
     assert "proxy-norm folding applies to peffnet models, not 'timm:efficientnet_b0'" in capsys.readouterr().err
+
+
+def test_a_loaded_run_is_named_as_such() -> None:
+    """Per-round ratios of 0.63x beside medians of 38.7 vs 37.5 img/s: the load changed during the run."""
+    from peffnet.cli.bench import format_result
+
+    row = {"resolution": 32, "params": 1e6, "macs": 1e8}
+    result = {"env": {"device_name": "cpu", "torch": "x", "torchvision": "x", "timm": "x"},
+              "peaks": {"macs_per_s": 1e10, "bytes_per_s": 1e10, "dtype": "float32"}, "options": {"repeats": 5},
+              "results": [
+                  {**row, "label": "a", "infer": {"batch_size": 8, "img_per_s": 38.7, "ratio": 1.0,
+                                                  "ratio_iqr": [1.0, 1.0], "peak_memory_bytes": 1,
+                                                  "mac_utilization": 0.1}},
+                  {**row, "label": "b", "infer": {"batch_size": 8, "img_per_s": 37.5, "ratio": 0.63,
+                                                  "ratio_iqr": [0.55, 0.98], "peak_memory_bytes": 1,
+                                                  "mac_utilization": 0.1}}]}
+    text = format_result(result)
+    assert "0.63x (0.55-0.98)" in text
+    assert "note: the machine's load varied during the run" in text and "b infer 0.63x per round vs 0.97x" in text
+    result["results"][1]["infer"]["ratio"] = 0.96
+    assert "note:" not in format_result(result)

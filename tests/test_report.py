@@ -120,3 +120,30 @@ def test_not_a_run_directory_is_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"peffnet report: error: not a run directory (no summary.json): {tmp_path}"
+
+
+def test_runs_on_different_data_are_refused(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in ("summary.json", "checkpoint.pt"):
+        (other / f).write_bytes((runs["g16gn"] / f).read_bytes())
+    summary = json.loads((other / "summary.json").read_text())
+    (other / "summary.json").write_text(json.dumps({**summary, "dataset": "fashion-mnist"}))
+    assert main(["report", str(runs["g1gn"]), str(other), "--out", str(tmp_path / "out"), "--measure"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot share a Pareto front (synthetic (10 classes): g1gn; fashion-mnist (10 classes): other)" in err
+    assert err.count("\n") == 1 and not (other / "bench.json").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_fine_tuned_run_is_labelled_as_such(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    ft = tmp_path / "ft"
+    assert main(["finetune", str(runs["g16gn"]), "--resolution", "64", "--data", "synthetic", "--subset", "16",
+                 "--val-subset", "8", "--batch-size", "8", "--epochs", "1", "--no-progress", "--out", str(ft)]) == 0
+    (point,), _ = load_run(ft)
+    parent = json.loads((runs["g16gn"] / "summary.json").read_text())
+    own = json.loads((ft / "summary.json").read_text())
+    assert point.series == "G16-GN-32px"  # the series of the training it continues, not "64px"
+    assert (point.train_img_per_s, point.finetune_img_per_s) == (parent["train_img_per_s"], own["train_img_per_s"])
+    assert main(["report", str(runs["g16gn"]), str(ft), "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    assert "| fine-tune img/s |" in (tmp_path / "out" / "report.md").read_text()

@@ -80,15 +80,22 @@ def format_result(result: dict) -> str:
     rows = result["results"]
     width = max(len(r["label"]) for r in rows) + 2
     head = f"  {'model':{width}s} {'res':>4s} {'params':>7s} {'GMACs':>6s}"
+    disagree = []
     for mode, title in (("train", "training (forward + backward + optimizer step)"), ("infer", "inference")):
         if mode not in rows[0]:
             continue
-        lines += ["", f"{title}, median of {result['options']['repeats']} rounds",
-                  head + f" {'batch':>5s} {'img/s':>8s} {'ratio':>6s} {'peak MiB':>9s} {'MAC util':>8s}"]
+        lines += ["", f"{title}, median of {result['options']['repeats']} rounds; ratio: median of the per-round "
+                      f"ratios to the first model (quartiles)",
+                  head + f" {'batch':>5s} {'img/s':>8s} {'ratio':>19s} {'peak MiB':>9s} {'MAC util':>8s}"]
         for r in rows:
             m = r[mode]
+            q1, q3 = m["ratio_iqr"]
+            of_medians = m["img_per_s"] / rows[0][mode]["img_per_s"]
+            if abs(of_medians - m["ratio"]) > 0.1 * of_medians:
+                disagree.append(f"{r['label']} {mode} {m['ratio']:.2f}x per round vs {of_medians:.2f}x of medians")
+            ratio = f"{m['ratio']:5.2f}x ({q1:.2f}-{q3:.2f})"
             lines.append(f"  {r['label']:{width}s} {r['resolution']:4d} {r['params'] / 1e6:6.2f}M "
-                         f"{r['macs'] / 1e9:6.3f} {m['batch_size']:5d} {m['img_per_s']:8.1f} {m['ratio']:5.2f}x "
+                         f"{r['macs'] / 1e9:6.3f} {m['batch_size']:5d} {m['img_per_s']:8.1f} {ratio:>19s} "
                          f"{m['peak_memory_bytes'] / 2**20:9.0f} {100 * m['mac_utilization']:7.1f}%")
     if "latency" in rows[0]:
         lines += ["", "latency at batch 1", head + f" {'median ms':>9s} {'p90 ms':>7s} {'speed':>6s}"]
@@ -96,4 +103,8 @@ def format_result(result: dict) -> str:
             m = r["latency"]
             lines.append(f"  {r['label']:{width}s} {r['resolution']:4d} {r['params'] / 1e6:6.2f}M "
                          f"{r['macs'] / 1e9:6.3f} {m['median_ms']:9.2f} {m['p90_ms']:7.2f} {m['ratio']:5.2f}x")
+    if disagree:
+        lines += ["", "note: the machine's load varied during the run: the median of per-round ratios and the ratio "
+                      "of median img/s disagree by more than 10 % (" + "; ".join(disagree) + "). Trust the per-round "
+                      "ratio and its quartiles; rerun with more --repeats or on a quieter machine for steady img/s."]
     return "\n".join(lines)

@@ -34,10 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from peffnet.measure.bench import BenchOptions
-    from peffnet.measure.report import load_run, measure_inference, write_report
+    from peffnet.measure.report import check_comparable, load_run, measure_inference, write_report
 
     c = ReportCommand.from_args(args)
     runs = [load_run(r) for r in dict.fromkeys(c.runs)]
+    check_comparable([p for pts, _ in runs for p in pts])  # before --measure writes anything
     if c.measure:
         opts = BenchOptions(batch_size=c.batch_size, device=c.device, repeats=c.repeats)
         points = [p for pts in measure_inference(runs, opts) for p in pts]

@@ -53,19 +53,22 @@ def run(args: argparse.Namespace) -> int:
         models.append((name, model, spec.resolution or native))
     peaks = measure_device(device)
     points: dict = {}
+    spreads: dict = {}
     for name, model, res in models:
         layers = conv_layers(model, res, c.batch_size, int(getattr(getattr(model, "cfg", None), "in_chans", 3)))
-        rates = time_layers(model, layers, c.batch_size, device) if c.measure else [None] * len(layers)
+        timed = time_layers(model, layers, c.batch_size, device) if c.measure else [None] * len(layers)
         label = f"{name}@{res}"
         label += f" #{sum(k.startswith(label) for k in points) + 1}" if label in points else ""
-        points[label] = list(zip(layers, rates, strict=True))
+        points[label] = [(layer, t[0] if t else None) for layer, t in zip(layers, timed, strict=True)]
+        spreads[label] = [t[1:] if t else None for t in timed]
     peaks = peaks.max_with(measure_device(device))  # best of before and after: load only lowers them
     out.mkdir(parents=True, exist_ok=True)
     files = plot_roofline(peaks, points, out / "roofline",
                           title=f"roofline, batch {c.batch_size}, on {peaks.device}")
-    rows = summarize(points, peaks)
+    rows = summarize(points, peaks, spreads=spreads)
     record = {"peaks": peaks.to_dict(), "batch_size": c.batch_size, "summary": rows,
-              "layers": {label: [{**vars(layer), "achieved_macs_per_s": r} for layer, r in pts]
+              "layers": {label: [{**vars(layer), "achieved_macs_per_s": r, "achieved_quartiles": q}
+                                 for (layer, r), q in zip(pts, spreads[label], strict=True)]
                          for label, pts in points.items()}}
     (out / "roofline.json").write_text(json.dumps(record, indent=1) + "\n")
     if c.json:
@@ -73,11 +76,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"device {peaks.device}: peak {peaks.macs_per_s / 1e9:.1f} GMAC/s, bandwidth {peaks.bytes_per_s / 1e9:.1f}"
           f" GB/s, ridge {peaks.ridge:.1f} MACs/byte")
-    print(f"  {'model':28s} {'layers':16s} {'n':>3s} {'MAC share':>9s} {'median AI':>9s} {'of peak':>8s}")
+    print(f"  {'model':28s} {'layers':16s} {'n':>3s} {'MAC share':>9s} {'median AI':>9s} {'of peak':>8s} "
+          f"{'(quartiles over rounds)':>22s}")
     for r in rows:
         frac = "" if r["median_fraction_of_peak"] is None else f"{100 * r['median_fraction_of_peak']:7.1f}%"
+        q = r["fraction_of_peak_quartiles"]
+        spread = f"({100 * q[0]:.1f}-{100 * q[1]:.1f} %)" if q else ""
         print(f"  {r['model']:28s} {r['kind']:16s} {r['layers']:3d} {100 * r['mac_share']:8.1f}% "
-              f"{r['median_intensity']:9.2f} {frac:>8s}")
+              f"{r['median_intensity']:9.2f} {frac:>8s} {spread:>22s}")
+    if any(r["median_fraction_of_peak"] and r["median_fraction_of_peak"] > 1 for r in rows):
+        print("  note: some layers ran above the measured peak: the machine was busier while the peak was measured")
     for f in [*files, out / "roofline.json"]:
         print(f)
     return 0

@@ -60,9 +60,12 @@ class Point:
     top1: float
     params: int
     macs: int
-    train_img_per_s: float | None
+    train_img_per_s: float | None  # of the training that made the weights (a fine-tuned run: its parent's)
     infer_img_per_s: float | None = None
     latency_ms: float | None = None
+    dataset: str = ""
+    num_classes: int = 0
+    finetune_img_per_s: float | None = None  # fine-tuned runs: the fine-tuning's own (mostly frozen) throughput
 
     @property
     def name(self) -> str:
@@ -153,14 +156,22 @@ def load_run(run_dir: str | Path) -> tuple[list[Point], ModelConfig]:
     if (run_dir / "bench.json").is_file():
         for r in _read_json(run_dir / "bench.json", "benchmark").get("results", []):
             bench.setdefault(int(r["resolution"]), {}).update({k: r[k] for k in ("infer", "latency") if k in r})
-    series = series_label(cfg, int(summary["train_resolution"]))
+    # A fine-tuned model belongs to the series of the training it continues (paper: "Half" = half resolution
+    # + fine-tuning); its training throughput is the parent run's, its fine-tuning throughput is kept apart.
+    finetuned = "parent_train_resolution" in summary
+    series = series_label(cfg, int(summary["parent_train_resolution" if finetuned else "train_resolution"]))
+    train_img_per_s = summary.get("train_img_per_s")
+    if finetuned:
+        parent = Path(summary["parent"]).parent / "summary.json"
+        train_img_per_s = _read_json(parent, "parent run summary").get("train_img_per_s") if parent.is_file() else None
     points = []
     for res, top1 in sorted(accuracy.items()):
         macs = int(summary["macs"]) if res == int(summary["eval_resolution"]) else macs_at(cfg, res)
         b = bench.get(res, {})
         points.append(Point(str(run_dir), series, cfg.size.upper(), res, top1, int(summary["params"]), macs,
-                            summary.get("train_img_per_s"), b.get("infer", {}).get("img_per_s"),
-                            b.get("latency", {}).get("median_ms")))
+                            train_img_per_s, b.get("infer", {}).get("img_per_s"), b.get("latency", {}).get("median_ms"),
+                            summary.get("dataset", ""), int(summary.get("num_classes", cfg.num_classes)),
+                            summary.get("train_img_per_s") if finetuned else None))
     return points, cfg
 
 
@@ -202,8 +213,12 @@ def plot_metric(points: list[Point], metric: Metric, path: Path) -> list[Path]:
         ax.scatter(xs, ys, color=line.get_color(), s=22, zorder=3)
         for p, x, y in zip(pts, xs, ys, strict=True):
             ax.annotate(p.name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    if metric.log:
+    values = [v for p in points if (v := getattr(p, metric.key)) is not None]
+    if metric.log and values and max(values) > 10 * min(values):  # log only across a decade: readable ticks
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(pyplot().matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(pyplot().matplotlib.ticker.NullFormatter())
+    ax.margins(x=0.1)
     ax.set_xlabel(metric.title + (" (higher is better)" if not metric.lower_is_better else ""))
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
@@ -222,8 +237,24 @@ def fronts(points: list[Point]) -> dict[str, list[int]]:
     return out
 
 
+def check_comparable(points: list[Point]) -> None:
+    """A one-line error for runs on different datasets or class counts: one Pareto front cannot rank them."""
+    groups: dict[tuple[str, int], set[str]] = {}
+    for p in points:
+        groups.setdefault((p.dataset, p.num_classes), set()).add(Path(p.run).name)
+    if len(groups) > 1:
+        kinds = "; ".join(f"{d or '?'} ({n} classes): {', '.join(sorted(runs))}" for (d, n), runs in groups.items())
+        raise ConfigError(f"the runs were trained on different data and cannot share a Pareto front ({kinds}); "
+                          f"report each dataset separately")
+
+
 def write_report(points: list[Point], out_dir: Path, command: str = "") -> dict[str, object]:
-    """All figures, ``report.md`` and ``points.json`` into ``out_dir``; returns what was written."""
+    """All figures, ``report.md`` and ``points.json`` into ``out_dir``; returns what was written.
+
+    Raises:
+        ConfigError: the points come from runs on different datasets or class counts.
+    """
+    check_comparable(points)
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     skipped = []
@@ -240,14 +271,17 @@ def write_report(points: list[Point], out_dir: Path, command: str = "") -> dict[
     lines += ["Series are labelled G-M-R (group size, normalization, training resolution: Native, Half or pixels) "
               "as in the paper's Figures 4-6. *Pareto* lists the costs for which the point is on the front over all "
               "series (P params, M MACs, T training img/s, I inference img/s, L batch-1 latency).", "",
-              "| series | point | run | top-1 % | params (M) | GMACs | train img/s | infer img/s | latency ms "
-              "| Pareto |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "*train img/s* is the throughput of the training that made the weights (for a fine-tuned run, its "
+              "parent's); *fine-tune img/s* is a fine-tuning's own, with most layers frozen.", "",
+              "| series | point | run | top-1 % | params (M) | GMACs | train img/s | fine-tune img/s | infer img/s "
+              "| latency ms | Pareto |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, f: "" if v is None else format(v, f)
     for i, p in sorted(enumerate(points), key=lambda t: (t[1].series, t[1].size, t[1].resolution)):
         on = "".join(short[k] for k in short if i in front[k])
         lines.append(f"| {p.series} | {p.name} | {Path(p.run).name} | {p.top1:.2f} | {p.params / 1e6:.2f} | "
-                     f"{p.macs / 1e9:.3f} | {fmt(p.train_img_per_s, '.1f')} | {fmt(p.infer_img_per_s, '.1f')} | "
+                     f"{p.macs / 1e9:.3f} | {fmt(p.train_img_per_s, '.1f')} | {fmt(p.finetune_img_per_s, '.1f')} | "
+                     f"{fmt(p.infer_img_per_s, '.1f')} | "
                      f"{fmt(p.latency_ms, '.2f')} | {on} |")
     lines += ["", "Figures: " + ", ".join(f"[{f.name}]({f.name})" for f in files if f.suffix == ".png")]
     if skipped:

@@ -17,7 +17,7 @@ from torch import nn
 
 from peffnet.measure.device import DevicePeaks
 from peffnet.measure.plotting import pyplot, save_figure
-from peffnet.measure.timing import best_time
+from peffnet.measure.timing import alternate, best_time
 from peffnet.models.profile import LayerStat
 
 
@@ -33,22 +33,38 @@ def layer_kind(layer: LayerStat) -> str:
 
 
 def time_layers(model: nn.Module, layers: list[LayerStat], batch: int, device: torch.device,
-                repeats: int = 5) -> list[float]:
-    """Achieved MACs/s of each convolution of ``model`` run alone on random input (best of ``repeats``).
+                repeats: int = 7, block_s: float = 2e-3) -> list[tuple[float, float, float]]:
+    """Achieved MACs/s of each convolution of ``model`` run alone on random input: (median, first quartile,
+    third quartile) over ``repeats`` rounds.
 
     Only the convolution is timed (not its norm or activation), at the input shape the layer sees
-    inside the network, so each point sits against the roofline of exactly the op Eq. 7 describes.
+    inside the network, so each point sits against the roofline of exactly the op Eq. 7 describes. The
+    layers are timed in alternation (:func:`peffnet.measure.timing.alternate`), each block of calls long
+    enough (``block_s``) to be timed reliably, so load that comes and goes shifts every layer alike and the
+    quartiles show how much it moved the figures.
     """
-    rates = []
+    steps, calls = [], []
     with torch.inference_mode():
         for layer in layers:
             conv = model.get_submodule(layer.name).to(device).eval()
-            if layer.kind == "linear":
-                x = torch.randn(batch, layer.in_channels, device=device)
-            else:
-                x = torch.randn(batch, layer.in_channels, layer.field, layer.field, device=device)
-            seconds = best_time(lambda conv=conv, x=x: conv(x), device, repeats)
-            rates.append(layer.macs * batch / seconds)
+            shape = (batch, layer.in_channels) if layer.kind == "linear" else (
+                batch, layer.in_channels, layer.field, layer.field)
+            x = torch.randn(*shape, device=device)
+            once = best_time(lambda conv=conv, x=x: conv(x), device, 1)
+            n = max(1, round(block_s / max(once, 1e-7)))
+
+            def block(conv: nn.Module = conv, x: torch.Tensor = x, n: int = n) -> None:
+                for _ in range(n):
+                    conv(x)
+
+            steps.append(block)
+            calls.append(n)
+        samples = alternate(steps, warmup=1, repeats=repeats, iters=1, device=device)
+    rates = []
+    for layer, n, secs in zip(layers, calls, samples, strict=True):
+        r = sorted(layer.macs * batch * n / t for t in secs)
+        q = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else [r[0]] * 3
+        rates.append((statistics.median(r), q[0], q[2]))
     return rates
 
 
@@ -89,8 +105,11 @@ def plot_roofline(peaks: DevicePeaks, models: dict[str, list[tuple[LayerStat, fl
 
 
 def summarize(models: dict[str, list[tuple[LayerStat, float | None]]], peaks: DevicePeaks,
-              bytes_per_element: int = 4) -> list[dict]:
-    """Per model and layer family: layer count, MAC share, median intensity and achieved fraction of peak."""
+              bytes_per_element: int = 4, spreads: dict[str, list[tuple[float, float] | None]] | None = None
+              ) -> list[dict]:
+    """Per model and layer family: layer count, MAC share, median intensity, the median over layers of each
+    layer's median fraction of the peak and, with ``spreads`` (each layer's quartiles), the median over
+    layers of the quartiles' fractions."""
     rows = []
     for label, pts in models.items():
         total = sum(layer.macs for layer, _ in pts) or 1
@@ -99,10 +118,14 @@ def summarize(models: dict[str, list[tuple[LayerStat, float | None]]], peaks: De
             if not sel:
                 continue
             measured = [r for _, r in sel if r is not None]
+            quartiles = [q for (layer, _), q in zip(pts, (spreads or {}).get(label, [None] * len(pts)), strict=True)
+                         if layer_kind(layer) == kind and q is not None]
             rows.append({
                 "model": label, "kind": kind, "layers": len(sel),
                 "mac_share": sum(layer.macs for layer, _ in sel) / total,
                 "median_intensity": statistics.median(layer.intensity / bytes_per_element for layer, _ in sel),
                 "median_fraction_of_peak": statistics.median(measured) / peaks.macs_per_s if measured else None,
+                "fraction_of_peak_quartiles": [statistics.median(q[i] for q in quartiles) / peaks.macs_per_s
+                                               for i in (0, 1)] if quartiles else None,
             })
     return rows

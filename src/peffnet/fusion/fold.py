@@ -37,8 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peffnet.fusion.fuse import FusedConvNormAct, FusedMBConv
+from peffnet.fusion.ops import channel_affine_, scale_inputs
 from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
-from peffnet.layers.proxy_norm import ProxyNormAct2d, channel_affine_, scale_inputs
+from peffnet.layers.proxy_norm import ProxyNormAct2d
 
 
 class FoldedNormAct2d(nn.Module):
@@ -120,17 +122,22 @@ def _fold_into_next(norm_act: ProxyNormAct2d, consumer: nn.Module) -> FoldedNorm
     return FoldedNormAct2d(norm_act, None, -mean)
 
 
+def _has_pn(layer: nn.Module) -> bool:
+    """A conv + norm whose norm is a proxy-normalized activation."""
+    return isinstance(layer, ConvNormAct) and isinstance(layer.norm, ProxyNormAct2d)
+
+
 def _fold_block(block: MBConv) -> None:
-    if isinstance(block.expand, ConvNormAct) and isinstance(block.expand[1], ProxyNormAct2d) and block.expand[1].act:
-        block.expand[1] = _fold_into_next(block.expand[1], block.spatial[0])
-    pn = block.spatial[1]
-    if isinstance(pn, ProxyNormAct2d) and pn.act and type(block.se) is SqueezeExcite:
+    if _has_pn(block.expand):
+        block.expand.norm = _fold_into_next(block.expand.norm, block.spatial.conv)
+    if _has_pn(block.spatial):
+        pn = block.spatial.norm
         scale, shift, mean = _affine(pn)
         _shift_inputs(block.se.reduce, shift)  # the SE pools z = s a + t: exact into its 1x1 reduce
         _scale_inputs(block.se.reduce, scale)
-        _scale_inputs(block.project[0], scale)
+        _scale_inputs(block.project.conv, scale)
         block.se = FoldedSqueezeExcite(block.se, mean)
-        block.spatial[1] = FoldedNormAct2d(pn, None, None)
+        block.spatial.norm = FoldedNormAct2d(pn, None, None)
 
 
 def fold_proxy_norm(model: nn.Module) -> nn.Module:
@@ -138,33 +145,35 @@ def fold_proxy_norm(model: nn.Module) -> nn.Module:
 
     Eq. 4's per-channel affine moves into the following linear layers wherever that is exact (see the
     module docstring for which part goes where); every other PN layer keeps its affine as a constant.
-    Afterwards no layer computes proxy moments and no :class:`ProxyNormAct2d` with an activation remains;
+    Afterwards no layer computes proxy moments and no :class:`ProxyNormAct2d` remains;
     outputs match the unfolded model up to float rounding. Models without PN are returned unchanged.
 
     Returns:
         ``model`` (modified in place), for chaining.
 
     Raises:
-        ValueError: ``model`` is in training mode (folding freezes the moments of the current parameters).
+        ValueError: ``model`` is in training mode (folding freezes the moments of the current parameters), or
+            it is a fused model (:func:`peffnet.fusion.fuse_proxy_norm`).
     """
     if model.training:
         raise ValueError("fold_proxy_norm needs a model in eval mode; call model.eval() first")
+    if any(isinstance(m, (FusedConvNormAct, FusedMBConv)) for m in model.modules()):
+        raise ValueError("fold_proxy_norm folds the plain model, not a fused one: load this model's state_dict "
+                         "into peffnet.create_model(...) and fold that")
     stages = getattr(model, "stages", None)
     blocks = [b for stage in stages for b in stage if isinstance(b, MBConv)] if stages is not None else []
     stem, head = getattr(model, "stem", None), getattr(model, "head", None)
-    if blocks and isinstance(stem, ConvNormAct) and isinstance(stem[1], ProxyNormAct2d) and stem[1].act \
-            and not blocks[0].has_residual:
+    if blocks and _has_pn(stem) and not blocks[0].has_residual:
         first = blocks[0]
-        consumer = first.expand[0] if isinstance(first.expand, ConvNormAct) else first.spatial[0]
-        stem[1] = _fold_into_next(stem[1], consumer)
+        stem.norm = _fold_into_next(stem.norm, first.expand.conv if _has_pn(first.expand) else first.spatial.conv)
     for block in blocks:
         _fold_block(block)
     classifier = getattr(model, "classifier", None)
-    if isinstance(head, ConvNormAct) and isinstance(head[1], ProxyNormAct2d) and head[1].act \
-            and isinstance(classifier, nn.Linear) and isinstance(getattr(model, "pool", None), nn.AdaptiveAvgPool2d):
-        head[1] = _fold_into_next(head[1], classifier)  # global average pooling commutes with the affine
+    if _has_pn(head) and isinstance(classifier, nn.Linear) and isinstance(getattr(model, "pool", None),
+                                                                           nn.AdaptiveAvgPool2d):
+        head.norm = _fold_into_next(head.norm, classifier)  # global average pooling commutes with the affine
     for name, module in list(model.named_modules()):  # anything else: the cached affine as a constant
-        if name and isinstance(module, ProxyNormAct2d) and module.act:
+        if name and isinstance(module, ProxyNormAct2d):
             scale, shift, _ = _affine(module)
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent), leaf, FoldedNormAct2d(module, scale, shift))

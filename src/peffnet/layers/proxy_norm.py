@@ -94,9 +94,10 @@ class ProxyNormAct2d(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = F.silu(F.group_norm(x, self.groups, self.weight, self.bias, self.eps))  # phi(gamma Y + beta)
+        y = F.group_norm(x, self.groups, self.weight, self.bias, self.eps)  # gamma Y + beta
+        a = F.silu(y, inplace=True)  # phi(gamma Y + beta); in place: y is group_norm's fresh output
         scale, shift = (t.to(a.dtype).view(-1, 1, 1) for t in self.proxy_affine())
-        return a * scale + shift  # Eq. 4
+        return torch.addcmul(shift, a, scale)  # Eq. 4: a * scale + shift
 
     def extra_repr(self) -> str:
         return f"{self.channels}, groups={self.groups}, eps={self.eps}, proxy_eps={self.proxy_eps}"

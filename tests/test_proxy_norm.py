@@ -16,7 +16,7 @@ from scipy import integrate, special
 import peffnet
 from conftest import randomize
 from peffnet import create_model, fold_proxy_norm, fuse_proxy_norm, proxy_norm_moments
-from peffnet.fusion.fold import FoldedNormAct2d, FoldedSqueezeExcite
+from peffnet.fusion.fold import CenteredConv2d, FoldedNormAct2d, FoldedSqueezeExcite
 from peffnet.layers.blocks import ConvNormAct, SqueezeExcite
 from peffnet.layers.norm_act import ScaledGroupNorm
 from peffnet.layers.proxy_norm import ProxyNormAct2d
@@ -285,8 +285,9 @@ def test_fold_is_exact_and_removes_every_moment(name: str, norm: str, monkeypatc
     assert all(isinstance(b.se, FoldedSqueezeExcite) for b in blocks)
     assert folded.head.norm.shift is None and folded.head.norm.scale is None  # into the classifier
     assert all(b.spatial.norm.shift is None for b in blocks)  # into SE reduce, project and the gate
-    assert all(b.expand.norm.shift is not None and b.expand.norm.scale is None  # k x k: the shift stays
-               for b in blocks if isinstance(b.expand, ConvNormAct))
+    assert all(b.expand.norm.shift is None for b in blocks if isinstance(b.expand, ConvNormAct))
+    assert folded.stem.norm.shift is None
+    assert all(isinstance(b.spatial.conv, CenteredConv2d) for b in blocks)  # - E into the k x k conv
     monkeypatch.setattr(ProxyNormAct2d, "proxy_affine", lambda self: pytest.fail("moments computed"))
     with torch.no_grad():
         out, out32 = folded(x), folded32(x.float())
@@ -295,6 +296,29 @@ def test_fold_is_exact_and_removes_every_moment(name: str, norm: str, monkeypatc
     torch.testing.assert_close(folded(x), out)  # with gradients on, nothing is applied in place
     with torch.no_grad():  # nothing in the folded model depends on the input size
         assert ((folded(small) - ref_small).abs().max() / ref_small.abs().max()).item() < 1e-10
+
+
+@pytest.mark.parametrize(("size", "kernel", "stride", "groups"), [
+    ((9, 13), 3, 1, 2), ((14, 14), 5, 2, 4), ((15, 8), 5, 1, 8), ((20, 20), 3, 2, 1), ((2, 3), 5, 1, 2)])
+@pytest.mark.parametrize("border", [True, False])
+def test_centered_conv_is_the_conv_of_the_centred_input(size: tuple[int, int], kernel: int, stride: int,
+                                                        groups: int, border: bool) -> None:
+    # conv(x - E) with zero padding: bias plus border correction (or the subtraction), both exact
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, kernel, stride, kernel // 2, groups=groups, bias=False).double()
+    mean = torch.randn(8, dtype=torch.float64)
+    centered = CenteredConv2d(conv, mean)
+    centered.MIN_POSITIONS_PER_BORDER = 0 if border else 10**9
+    x = torch.randn(3, 8, *size, dtype=torch.float64)
+    ref = conv(x - mean.view(-1, 1, 1))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        torch.testing.assert_close(centered(xl), ref, rtol=1e-12, atol=1e-12)  # with gradients: x untouched
+        assert torch.equal(xl, x)
+        with torch.no_grad():
+            torch.testing.assert_close(centered(xl.clone()), ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="zero-padded conv without bias"):
+        CenteredConv2d(torch.nn.Conv2d(8, 8, 3, padding=1), mean)
 
 
 def test_model_made_under_inference_mode_runs_unfolded_and_folded() -> None:

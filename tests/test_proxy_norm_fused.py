@@ -92,6 +92,21 @@ def test_fused_model_shares_parameters_and_state_dict_keys() -> None:
     assert fuse_proxy_norm(model) is model and list(model.state_dict()) == keys  # idempotent
 
 
+def test_deep_copy_of_a_fused_model_has_its_own_table() -> None:
+    # e.g. the weight average of training: the copy's blocks, stem hook and table refer to the copy's layers
+    plain = plain_model()
+    fused = fuse_proxy_norm(copy.deepcopy(plain))
+    twin = copy.deepcopy(fused)
+    table = twin.stem.table
+    assert table is not fused.stem.table and all(b.table is table for stage in twin.stages for b in stage)
+    layers = set(twin.modules())
+    assert all(layer in layers for layer in table.layers)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    weights = torch.randn(2, 10, dtype=torch.float64)
+    (ref, ref_grads), (out, grads) = (outputs_and_grads(m, [x], weights) for m in (plain, twin))
+    assert rel(out[0], ref[0]) < 1e-10 and all(rel(g, ref_grads[n]) < 1e-10 for n, g in grads.items())
+
+
 def test_state_dict_of_either_form_loads_into_the_other() -> None:
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     source = plain_model().eval()

@@ -1,4 +1,4 @@
-"""Fine-tuning (issue 5, paper Section 3.4): which parts train, frozen parts in eval mode."""
+"""Fine-tuning (paper Section 3.4): which parts train, frozen parts in eval mode."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The G-EfficientNet family: names, overrides, Table 2, and ecosystem compatibility (issue 2)."""
+"""The G-EfficientNet family: names, overrides, Table 2 (paper Section 3.1), and ecosystem compatibility."""
 
 from __future__ import annotations
 

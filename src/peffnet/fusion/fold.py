@@ -46,19 +46,17 @@ from peffnet.layers.proxy_norm import ProxyNormAct2d
 
 
 class FoldedNormAct2d(nn.Module):
-    """Inference form of a proxy-normalized swish: ``group_norm`` (own gamma/beta), swish, then
-    ``x * scale + shift`` with whatever part of Eq. 4's affine was not folded into the next layer."""
+    """Inference form of a proxy-normalized swish: ``group_norm`` (own gamma/beta) and swish, then Eq. 4's
+    constant ``affine`` ``x * scale + shift`` where it could not be folded into the next layer (else nothing)."""
 
-    def __init__(self, pn: ProxyNormAct2d, scale: torch.Tensor | None, shift: torch.Tensor | None) -> None:
+    def __init__(self, pn: ProxyNormAct2d, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.groups, self.eps = pn.groups, pn.eps
         self.weight = nn.Parameter(pn.weight.detach().clone(), requires_grad=False)
         self.bias = nn.Parameter(pn.bias.detach().clone(), requires_grad=False)
-        if shift is None and scale is not None:
-            shift = torch.zeros_like(scale)
-        dtype = pn.weight.dtype
-        self.register_buffer("scale", None if scale is None else scale.to(dtype))
-        self.register_buffer("shift", None if shift is None else shift.to(dtype))
+        scale, shift = affine if affine is not None else (None, None)
+        self.register_buffer("scale", None if scale is None else scale.to(pn.weight.dtype))
+        self.register_buffer("shift", None if shift is None else shift.to(pn.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.silu(F.group_norm(x, self.groups, self.weight, self.bias, self.eps), inplace=True)
@@ -205,9 +203,9 @@ def _fold_into_next(norm_act: ProxyNormAct2d, consumer: nn.Module) -> tuple[Fold
     if _is_pointwise(consumer) or isinstance(consumer, nn.Linear):
         _shift_inputs(consumer, shift)
         _scale_inputs(consumer, scale)
-        return FoldedNormAct2d(norm_act, None, None), consumer
+        return FoldedNormAct2d(norm_act), consumer
     _scale_inputs(consumer, scale)  # k x k, zero padded: the shift becomes a CenteredConv2d
-    return FoldedNormAct2d(norm_act, None, None), CenteredConv2d(consumer, mean)
+    return FoldedNormAct2d(norm_act), CenteredConv2d(consumer, mean)
 
 
 def _has_pn(layer: nn.Module) -> bool:
@@ -225,7 +223,7 @@ def _fold_block(block: MBConv) -> None:
         _scale_inputs(block.se.reduce, scale)
         _scale_inputs(block.project.conv, scale)
         block.se = FoldedSqueezeExcite(block.se, mean)
-        block.spatial.norm = FoldedNormAct2d(pn, None, None)
+        block.spatial.norm = FoldedNormAct2d(pn)
 
 
 def fold_proxy_norm(model: nn.Module) -> nn.Module:
@@ -264,5 +262,5 @@ def fold_proxy_norm(model: nn.Module) -> nn.Module:
         if name and isinstance(module, ProxyNormAct2d):
             scale, shift, _ = _affine(module)
             parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent), leaf, FoldedNormAct2d(module, scale, shift))
+            setattr(model.get_submodule(parent), leaf, FoldedNormAct2d(module, (scale, shift)))
     return model

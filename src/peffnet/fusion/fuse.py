@@ -39,6 +39,7 @@ from peffnet.fusion.ops import ChannelAffine, ChannelShift, channel_affine_, cha
 from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
 from peffnet.layers.proxy_moments import proxy_affine
 from peffnet.layers.proxy_norm import ProxyNormAct2d
+from peffnet.models.efficientnet import EfficientNet
 
 __all__ = ["FusedConvNormAct", "FusedMBConv", "ProxyAffineTable", "fuse_proxy_norm"]
 
@@ -173,8 +174,6 @@ def fuse_proxy_norm(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: ``model`` has proxy norm but is not a peffnet EfficientNet.
     """
-    from peffnet.models.efficientnet import EfficientNet
-
     layers = [m for m in model.modules() if isinstance(m, ProxyNormAct2d)]
     if not layers or any(isinstance(m, (FusedConvNormAct, FusedMBConv)) for m in model.modules()):
         return model

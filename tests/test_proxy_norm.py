@@ -317,6 +317,10 @@ def test_centered_conv_is_the_conv_of_the_centred_input(size: tuple[int, int], k
         assert torch.equal(xl, x)
         with torch.no_grad():
             torch.testing.assert_close(centered(xl.clone()), ref, rtol=1e-12, atol=1e-12)
+    other = CenteredConv2d(torch.nn.Conv2d(8, 16, kernel, stride, kernel // 2, groups=groups, bias=False).double(),
+                           torch.randn(8, dtype=torch.float64))
+    centered.load_state_dict(other.state_dict())  # the cached border correction follows the new weights
+    torch.testing.assert_close(centered(x), other(x), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="zero-padded conv without bias"):
         CenteredConv2d(torch.nn.Conv2d(8, 8, 3, padding=1), mean)
 

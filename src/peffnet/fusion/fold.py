@@ -97,7 +97,7 @@ class CenteredConv2d(nn.Conv2d):
     ``W[o] E`` over all taps, is the conv's *bias* (free inside the conv kernel), and ``D = c - conv_pad0(E 1)``
     is zero except at outputs whose receptive field reaches into the padding (the taps that see a padded zero
     where ``x - E`` would have had ``-E``). ``D`` depends on the input size only; its border strips are cached
-    per size and added in place. Exact up to float rounding.
+    per size (dropped by ``load_state_dict``) and added in place. Exact up to float rounding.
 
     The strips are cheap rows but, in NCHW, costly columns (one cache line per position), so the correction
     wins only where the input is large next to the output's border: at least :attr:`MIN_POSITIONS_PER_BORDER`
@@ -151,6 +151,10 @@ class CenteredConv2d(nn.Conv2d):
                                             ((inner, slice(cols - right, cols)), right)) if n]
             self._strips[key] = strips
         return self._strips[key]
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._strips.clear()  # new weights, new border correction
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         exporting = torch.compiler.is_compiling() or torch.jit.is_tracing()

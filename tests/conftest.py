@@ -42,6 +42,17 @@ def meta_model(name: str, **overrides: object) -> peffnet.EfficientNet:
         return build(preset(name, **overrides))
 
 
+def randomize(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Move every 1-D parameter (norm/PN affine, biases) away from its initial value, so that every proxy
+    moment (Eq. 4) matters; returns ``module``."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.ndim == 1:
+                p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return module
+
+
 def checkpointed_grads_match(model: torch.nn.Module, x: torch.Tensor, **tolerance: float) -> None:
     """Parameter gradients of ``model(x).sum()`` with grad checkpointing equal those without it."""
     model(x).sum().backward()

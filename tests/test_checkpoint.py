@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,26 @@ def test_mismatched_weights() -> None:
         load_weights(other, state["model"])
     with pytest.raises(ConfigError, match="1 missing"):
         load_weights(model, {k: v for k, v in state["model"].items() if k != "classifier.bias"})
+
+
+@pytest.mark.parametrize("norm", ["bn", "lnpn"])
+def test_a_v1_checkpoint_loads_with_todays_keys(tmp_path: Path, norm: str) -> None:
+    """Before the conv and norm of ConvNormAct had names, their keys were indices (``stem.0.weight``)."""
+    from peffnet.checkpoint import V1
+
+    torch.manual_seed(0)
+    model = build(preset("g16_efficientnet_b0", norm=norm, num_classes=10))
+    old = {re.sub(r"(stem|expand|spatial|project|head)\.conv\.", r"\1.0.", k): v for k, v in model.state_dict().items()}
+    old = {re.sub(r"(stem|expand|spatial|project|head)\.norm\.", r"\1.1.", k): v for k, v in old.items()}
+    assert "stem.0.weight" in old and "stages.1.0.spatial.1.weight" in old and "stages.0.0.se.reduce.weight" in old
+    state = {"format": V1, "model_config": dataclasses.asdict(model.cfg), "model": old, "averaged": old,
+             "epoch": 1, "step": 1, "train_resolution": 32, "num_classes": 10}
+    save_checkpoint(tmp_path / "v1.pt", state)
+    rebuilt, loaded = model_from_checkpoint(tmp_path / "v1.pt")
+    assert loaded["format"] == FORMAT and list(loaded["model"]) == list(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model.eval()(x))
+    save_checkpoint(tmp_path / "v0.pt", {**state, "format": "peffnet-checkpoint-v0"})
+    with pytest.raises(ConfigError, match="not a peffnet checkpoint .format 'peffnet-checkpoint-v0'; this peffnet"):
+        load_checkpoint(tmp_path / "v0.pt")

@@ -35,7 +35,7 @@ def test_parts_start_at_a_downsampling_layer(stages: int, first: int) -> None:
     model = tiny()
     indices = finetuned_stage_indices(stages)
     assert indices == list(range(first, 7))
-    strides = [s[0].spatial[0].stride[0] for s in model.stages]
+    strides = [s[0].spatial.conv.stride[0] for s in model.stages]
     assert strides[first] == 2
     assert sum(st == 2 for st in strides[first:]) == stages - 1  # exactly stages-1 downsampling layers
 
@@ -54,16 +54,16 @@ def test_frozen_parts_stay_in_eval_mode_and_keep_statistics() -> None:
     model = tiny("bn")
     freeze_for_finetune(model, 2)
     model.train()
-    assert not model.stem.training and not model.stages[4].training and not model.stages[0][0].spatial[1].training
-    assert model.stages[5].training and model.head.training and model.head[1].training
-    frozen_bn, trained_bn = model.stages[4][0].spatial[1], model.head[1]
+    assert not model.stem.training and not model.stages[4].training and not model.stages[0][0].spatial.norm.training
+    assert model.stages[5].training and model.head.training and model.head.norm.training
+    frozen_bn, trained_bn = model.stages[4][0].spatial.norm, model.head.norm
     frozen_before, trained_before = frozen_bn.running_mean.clone(), trained_bn.running_mean.clone()
     loss = model(torch.randn(4, 3, 32, 32)).logsumexp(1).mean()
     loss.backward()
     assert torch.equal(frozen_bn.running_mean, frozen_before)  # eval mode: statistics untouched
     assert not torch.equal(trained_bn.running_mean, trained_before)
-    assert model.stem[0].weight.grad is None and model.stages[4][0].spatial[0].weight.grad is None
-    assert model.stages[5][0].spatial[0].weight.grad is not None and model.classifier.weight.grad is not None
+    assert model.stem.conv.weight.grad is None and model.stages[4][0].spatial.conv.weight.grad is None
+    assert model.stages[5][0].spatial.conv.weight.grad is not None and model.classifier.weight.grad is not None
     model.eval()
     assert not model.head.training and not model.stem.training
 

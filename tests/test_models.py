@@ -1,4 +1,4 @@
-"""The G-EfficientNet family: names, overrides, Table 2, and ecosystem compatibility."""
+"""The G-EfficientNet family: names, overrides, Table 2 (paper Section 3.1), and ecosystem compatibility."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_table2_params_and_macs(size: str, g: int, e: int, params_m: float, macs
 
 @pytest.mark.parametrize("norm", ["bn", "ln", "lnpn", "gnpn"])
 def test_macs_do_not_depend_on_the_normalization(norm: str) -> None:
-    # the fused PN path scales the spatial conv's weights: the conv must still be counted (forward hooks)
+    # every conv is a module call (forward hooks count it), whatever the normalization
     gn = profile_model(meta_model("g16_efficientnet_b0", norm="gn"), 224)
     prof = profile_model(meta_model("g16_efficientnet_b0", norm=norm), 224)
     assert prof.macs == gn.macs and [layer.name for layer in prof.layers] == [layer.name for layer in gn.layers]
@@ -52,7 +52,7 @@ def test_presets_use_paper_group_size_and_expansion() -> None:
 
 
 def _spatial_convs(model: nn.Module) -> list[nn.Conv2d]:
-    return [m[0] for name, m in model.named_modules() if name.endswith(".spatial")]
+    return [m.conv for name, m in model.named_modules() if name.endswith(".spatial")]
 
 
 def test_group_size_rounds_to_a_divisor_of_the_channels() -> None:
@@ -90,7 +90,7 @@ def test_forward_shapes_and_overrides() -> None:
     out = model(torch.randn(2, 1, 64, 64))
     assert out.shape == (2, 10)
     assert model.dropout.p == 0.1
-    assert model.stem[0].in_channels == 1
+    assert model.stem.conv.in_channels == 1
     drop_paths = [m.drop_path for m in model.modules() if hasattr(m, "drop_path")]
     rates = [getattr(dp, "drop_prob", 0.0) for dp in drop_paths]
     assert max(rates) <= 0.1 and max(rates) > 0.05  # linear ramp up to drop_path_rate
@@ -99,7 +99,7 @@ def test_forward_shapes_and_overrides() -> None:
 @pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
 def test_norm_choices_build_the_right_layers(norm: str) -> None:
     model = peffnet.create_model("efficientnet_b0", norm=norm, num_classes=3)
-    layer = model.stem[1]
+    layer = model.stem.norm
     if norm == "bn":
         assert isinstance(layer, nn.BatchNorm2d)
     else:
@@ -129,17 +129,36 @@ def test_unknown_model_name() -> None:
         peffnet.create_model("efficientnet_b9")
 
 
-@pytest.mark.parametrize("norm", ["bn", "gn", "lnpn"])
+@pytest.mark.parametrize("norm", ["bn", "gn", "lnpn", "lnpn fused"])
 def test_eval_without_gradients_matches_eval_with_them(norm: str) -> None:
-    # without gradients the squeeze-excite gates its input in place; with them it must not
+    # the fused form gates its fresh activations in place without gradients; with them it must not
     torch.manual_seed(0)
-    model = peffnet.create_model("g16_efficientnet_b0", norm=norm, num_classes=10).eval()
+    model = peffnet.create_model("g16_efficientnet_b0", norm=norm.split()[0], num_classes=10).eval()
+    model = peffnet.fuse_proxy_norm(model) if norm.endswith("fused") else model
     x = torch.randn(2, 3, 64, 64)
     with_grad = model(x)
     with torch.inference_mode():
         torch.testing.assert_close(model(x), with_grad.detach())
     with_grad.sum().backward()  # nothing the backward needs was overwritten
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln", "lnpn", "gnpn"])
+def test_plain_modules_do_not_mutate_their_input(norm: str) -> None:
+    # hooks and feature extraction may hold a module's input: no module of the plain model writes into it
+    torch.manual_seed(0)
+    model = peffnet.create_model("g16_efficientnet_b0", norm=norm, num_classes=10, drop_path_rate=0.5)
+    seen: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    for name, module in model.named_modules():
+        module.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, args[0], args[0].clone())))
+    for train, grad in ((True, True), (False, True), (False, False)):
+        seen.clear()
+        with torch.set_grad_enabled(grad):
+            model.train(train)(torch.randn(2, 3, 32, 32))
+        layers = {name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) or name.endswith("norm")}
+        assert layers <= {name for name, _, _ in seen}  # every conv and norm layer was checked
+        for name, x, before in seen:
+            assert torch.equal(x, before), (name, train, grad)
 
 
 def test_channels_last_matches_contiguous() -> None:

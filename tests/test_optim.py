@@ -31,9 +31,9 @@ def test_decay_on_kernels_and_proxy_params_only(norm: str) -> None:
         expected = kernel or leaf in ("proxy_weight", "proxy_bias")
         assert (name in decay) == expected, name
     if norm.endswith("pn"):
-        assert {"stem.1.proxy_weight", "stem.1.proxy_bias"} <= decay
-        assert {"stem.1.weight", "stem.1.bias", "stages.0.0.project.1.weight"} <= no_decay
-    assert {"classifier.weight", "stem.0.weight", "stages.1.0.se.reduce.weight"} <= decay
+        assert {"stem.norm.proxy_weight", "stem.norm.proxy_bias"} <= decay
+        assert {"stem.norm.weight", "stem.norm.bias", "stages.0.0.project.norm.weight"} <= no_decay
+    assert {"classifier.weight", "stem.conv.weight", "stages.1.0.se.reduce.weight"} <= decay
     assert {"classifier.bias", "stages.1.0.se.reduce.bias"} <= no_decay
 
 

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from scipy import integrate, special
 
 import peffnet
-from peffnet import create_model, fold_proxy_norm, proxy_norm_moments
-from peffnet.fusion.fold import FoldedNormAct2d, FoldedSqueezeExcite
+from conftest import randomize
+from peffnet import create_model, fold_proxy_norm, fuse_proxy_norm, proxy_norm_moments
+from peffnet.fusion.fold import CenteredConv2d, FoldedNormAct2d, FoldedSqueezeExcite
 from peffnet.layers.blocks import ConvNormAct, SqueezeExcite
+from peffnet.layers.norm_act import ScaledGroupNorm
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,15 +90,6 @@ def test_moments_broadcast_and_bad_activation() -> None:
         proxy_norm_moments("tanh", gamma, gamma, gamma, gamma)
 
 
-def randomize(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> None:
-    """Move every 1-D parameter (norm/PN affine, biases) away from its initial value."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.ndim == 1:
-                p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-
-
 def eq4(x: torch.Tensor, layer: ProxyNormAct2d, params: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """Eq. 3-4 written out with plain autograd ops: LN/GN without affine, gamma/beta, swish, proxy moments."""
     gamma, beta, gamma_t, beta_t = params or (layer.weight, layer.bias, layer.proxy_weight, layer.proxy_bias)
@@ -131,12 +124,21 @@ def test_layer_is_eq4_with_the_documented_parameters(groups: int) -> None:
         torch.testing.assert_close(g_lib, g_ref)
 
 
-def test_projection_norm_has_scale_no_shift_no_pn() -> None:
-    layer = ProxyNormAct2d(8, groups=1, act=False)
+@pytest.mark.parametrize("groups", [1, 4])
+def test_projection_norm_has_scale_no_shift_no_pn(groups: int) -> None:
+    layer = ScaledGroupNorm(8, groups=groups)
     assert [n for n, _ in layer.named_parameters()] == ["weight"]
     randomize(layer)
     x = torch.randn(2, 8, 4, 4)
-    torch.testing.assert_close(layer(x), F.group_norm(x, 1, eps=1e-3) * layer.weight.view(-1, 1, 1))
+    torch.testing.assert_close(layer(x), F.group_norm(x, groups, eps=1e-3) * layer.weight.view(-1, 1, 1))
+
+
+def test_layer_keeps_bfloat16_activations_in_bfloat16() -> None:
+    layer = randomize(ProxyNormAct2d(8)).to(torch.bfloat16)
+    x = torch.randn(2, 8, 4, 4)
+    out = layer(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and layer.proxy_affine()[0].dtype == torch.float32  # moments in float32
+    torch.testing.assert_close(out.float(), layer.float()(x), rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize("norm", ["lnpn", "gnpn"])
@@ -147,11 +149,11 @@ def test_placement_in_the_network(norm: str) -> None:
     blocks = [b for stage in model.stages for b in stage]
     with_pn = [model.stem, model.head, *(b.spatial for b in blocks), *(b.expand for b in blocks
                                                                       if isinstance(b.expand, ConvNormAct))]
-    assert all(isinstance(m[1], ProxyNormAct2d) and m[1].act and m[1].groups == groups for m in with_pn)
-    assert all(isinstance(b.project[1], ProxyNormAct2d) and not b.project[1].act for b in blocks)
+    assert all(isinstance(m.norm, ProxyNormAct2d) and m.norm.groups == groups for m in with_pn)
+    assert all(type(b.project.norm) is ScaledGroupNorm and b.project.norm.groups == groups for b in blocks)
     assert all(type(b.se) is SqueezeExcite and not any(isinstance(m, ProxyNormAct2d) for m in b.se.modules())
                for b in blocks)
-    pn = [m for m in model.modules() if isinstance(m, ProxyNormAct2d) and m.act]
+    pn = [m for m in model.modules() if isinstance(m, ProxyNormAct2d)]
     assert len(pn) == len(with_pn) == 33
 
 
@@ -164,28 +166,6 @@ def test_every_preset_builds_with_pn() -> None:
         model = create_model("g16_efficientnet_b7", norm="gnpn", num_classes=10)
         assert model(torch.empty(2, 3, 64, 64)).shape == (2, 10)
         assert model.eval()(torch.empty(1, 3, 64, 64)).shape == (1, 10)
-
-
-def test_moments_cost_o_channels_whatever_the_batch_and_resolution(monkeypatch) -> None:
-    """One moment computation per training forward, over the channels of all PN layers at once (batched by
-    ``prepare_proxy_norm``); one per layer where a layer computes its own (grad checkpointing)."""
-    from peffnet.layers import proxy_moments
-
-    sizes: list[int] = []
-    original = proxy_moments._moments
-    monkeypatch.setattr(proxy_moments, "_moments", lambda act, mu, sigma, nodes: (
-        sizes.append(mu.numel()), original(act, mu, sigma, nodes))[1])
-    model = create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10)
-    channels = [m.channels for m in model.modules() if isinstance(m, ProxyNormAct2d) and m.act]
-    for batch, res in ((1, 32), (4, 64)):
-        sizes.clear()
-        model(torch.randn(batch, 3, res, res)).sum().backward()
-        assert sizes == [sum(channels)] == [13248]
-    sizes.clear()
-    model.set_grad_checkpointing(True)
-    with torch.no_grad():
-        model(torch.randn(2, 3, 32, 32))
-    assert sorted(sizes) == sorted(channels)
 
 
 def test_eval_cache_computed_once_and_refreshed_on_change() -> None:
@@ -209,8 +189,9 @@ def test_eval_cache_computed_once_and_refreshed_on_change() -> None:
         assert layer.proxy_affine()[0].dtype == torch.float64
     # training mode never caches, and gradients reach the PN parameters
     layer.float().train()
-    layer(x.clone()).sum().backward()
-    assert layer.proxy_weight.grad is not None and layer._cache is None
+    assert layer.proxy_affine()[0] is not layer.proxy_affine()[0]
+    layer(x).sum().backward()
+    assert layer.proxy_weight.grad is not None
     # eval with gradients wanted (e.g. a frozen-but-trainable part): no stale, gradient-less cache
     layer.eval().zero_grad()
     (layer(x.clone()) * torch.randn(2, 6, 3, 3)).sum().backward()
@@ -229,24 +210,26 @@ def test_cache_in_inference_mode_does_not_leak_into_autograd() -> None:
     assert xg.grad is not None
 
 
-def test_channels_last_matches() -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_channels_last_matches(fused: bool) -> None:
     torch.manual_seed(0)
     model = create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10, drop_rate=0, drop_path_rate=0)
     randomize(model)
     x = torch.randn(2, 3, 64, 64)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     ref = model(x)
     ref.sum().backward()
-    grad = model.stem[1].proxy_weight.grad.clone()
-    model.zero_grad()
-    model_cl = model.to(memory_format=torch.channels_last)
-    out = model_cl(x.contiguous(memory_format=torch.channels_last))
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    model_cl.zero_grad()
+    out = (fuse_proxy_norm(model_cl) if fused else model_cl)(x_cl)
     out.sum().backward()
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(model.stem[1].proxy_weight.grad, grad, rtol=1e-3, atol=1e-4)
-    folded = fold_proxy_norm(copy.deepcopy(model_cl).eval())
-    with torch.no_grad():
-        torch.testing.assert_close(folded(x.contiguous(memory_format=torch.channels_last)), model_cl.eval()(x),
-                                   rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model_cl.stem.norm.proxy_weight.grad, model.stem.norm.proxy_weight.grad,
+                               rtol=1e-3, atol=1e-4)
+    if not fused:
+        folded = fold_proxy_norm(copy.deepcopy(model_cl).eval())
+        with torch.no_grad():
+            torch.testing.assert_close(folded(x_cl), model.eval()(x), rtol=1e-4, atol=1e-4)
 
 
 def test_b0_traces_without_graph_breaks() -> None:
@@ -267,7 +250,7 @@ def test_torch_compile_matches_eager() -> None:
     """A small conv + LN-PN + GN-scale stack (a whole B0 compiles too, but takes minutes on 2 cores)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), ProxyNormAct2d(8), torch.nn.Conv2d(8, 8, 1),
-                              ProxyNormAct2d(8, groups=4, act=False))
+                              ScaledGroupNorm(8, groups=4))
     randomize(net)
     x = torch.randn(2, 3, 8, 8)
     compiled = torch.compile(net)
@@ -297,13 +280,14 @@ def test_fold_is_exact_and_removes_every_moment(name: str, norm: str, monkeypatc
         ref32 = copy.deepcopy(model).float()(x.float())
     folded = fold_proxy_norm(copy.deepcopy(model))
     folded32 = fold_proxy_norm(copy.deepcopy(model).float())
-    assert not any(isinstance(m, ProxyNormAct2d) and m.act for m in folded.modules())
+    assert not any(isinstance(m, ProxyNormAct2d) for m in folded.modules())
     blocks = [b for stage in folded.stages for b in stage]
     assert all(isinstance(b.se, FoldedSqueezeExcite) for b in blocks)
-    assert folded.head[1].shift is None and folded.head[1].scale is None  # into the classifier
-    assert all(b.spatial[1].shift is None for b in blocks)  # into SE reduce, project and the gate
-    assert all(b.expand[1].shift is not None and b.expand[1].scale is None  # k x k: the shift stays
-               for b in blocks if isinstance(b.expand, ConvNormAct))
+    assert folded.head.norm.shift is None and folded.head.norm.scale is None  # into the classifier
+    assert all(b.spatial.norm.shift is None for b in blocks)  # into SE reduce, project and the gate
+    assert all(b.expand.norm.shift is None for b in blocks if isinstance(b.expand, ConvNormAct))
+    assert folded.stem.norm.shift is None
+    assert all(isinstance(b.spatial.conv, CenteredConv2d) for b in blocks)  # - E into the k x k conv
     monkeypatch.setattr(ProxyNormAct2d, "proxy_affine", lambda self: pytest.fail("moments computed"))
     with torch.no_grad():
         out, out32 = folded(x), folded32(x.float())
@@ -312,6 +296,33 @@ def test_fold_is_exact_and_removes_every_moment(name: str, norm: str, monkeypatc
     torch.testing.assert_close(folded(x), out)  # with gradients on, nothing is applied in place
     with torch.no_grad():  # nothing in the folded model depends on the input size
         assert ((folded(small) - ref_small).abs().max() / ref_small.abs().max()).item() < 1e-10
+
+
+@pytest.mark.parametrize(("size", "kernel", "stride", "groups"), [
+    ((9, 13), 3, 1, 2), ((14, 14), 5, 2, 4), ((15, 8), 5, 1, 8), ((20, 20), 3, 2, 1), ((2, 3), 5, 1, 2)])
+@pytest.mark.parametrize("border", [True, False])
+def test_centered_conv_is_the_conv_of_the_centred_input(size: tuple[int, int], kernel: int, stride: int,
+                                                        groups: int, border: bool) -> None:
+    # conv(x - E) with zero padding: bias plus border correction (or the subtraction), both exact
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, kernel, stride, kernel // 2, groups=groups, bias=False).double()
+    mean = torch.randn(8, dtype=torch.float64)
+    centered = CenteredConv2d(conv, mean)
+    centered.MIN_POSITIONS_PER_BORDER = 0 if border else 10**9
+    x = torch.randn(3, 8, *size, dtype=torch.float64)
+    ref = conv(x - mean.view(-1, 1, 1))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        torch.testing.assert_close(centered(xl), ref, rtol=1e-12, atol=1e-12)  # with gradients: x untouched
+        assert torch.equal(xl, x)
+        with torch.no_grad():
+            torch.testing.assert_close(centered(xl.clone()), ref, rtol=1e-12, atol=1e-12)
+    other = CenteredConv2d(torch.nn.Conv2d(8, 16, kernel, stride, kernel // 2, groups=groups, bias=False).double(),
+                           torch.randn(8, dtype=torch.float64))
+    centered.load_state_dict(other.state_dict())  # the cached border correction follows the new weights
+    torch.testing.assert_close(centered(x), other(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="zero-padded conv without bias"):
+        CenteredConv2d(torch.nn.Conv2d(8, 8, 3, padding=1), mean)
 
 
 def test_model_made_under_inference_mode_runs_unfolded_and_folded() -> None:
@@ -327,11 +338,11 @@ def test_model_made_under_inference_mode_runs_unfolded_and_folded() -> None:
         ref = make()(x)
     with torch.inference_mode():
         model = make()
-        assert model.stem[1].weight.is_inference()
+        assert model.stem.norm.weight.is_inference()
         for net in (model, model, fold_proxy_norm(copy.deepcopy(model))):  # folded: float32 rounding
             assert ((net(x) - ref).abs().max() / ref.abs().max()).item() < 1e-5
         with torch.no_grad():
-            model.stem[1].proxy_bias.add_(1.0)  # an in-place edit no version counter records
+            model.stem.norm.proxy_bias.add_(1.0)  # an in-place edit no version counter records
         assert (model(x) - ref).abs().max() > 1e-3
 
 

@@ -1,115 +1,183 @@
-"""The fused training path of proxy normalization (paper Section 3.2, Eq. 4; docs/proxy_norm.md) equals the
-plain per-layer computation: expansion PN scale folded into the spatial conv, spatial PN applied by the SE
-gate, all moments of a forward in one batched call."""
+"""The fused training form of proxy norm (paper Section 3.2, Eq. 4; ``peffnet.fuse_proxy_norm``) computes what the
+plain model computes: outputs and every gradient, in training and eval, with gradient checkpointing and
+micro-batching; it shares the plain model's Parameters and state_dict keys."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import checkpointed_grads_match
-from peffnet import create_model
-from peffnet.layers.blocks import SqueezeExcite
-from peffnet.layers.proxy_norm import ProxyNormAct2d, prepare_proxy_norm, scale_inputs
+from conftest import randomize
+from peffnet import create_model, fold_proxy_norm, fuse_proxy_norm
+from peffnet.fusion.fuse import FusedConvNormAct, FusedMBConv, ProxyAffineTable
+from peffnet.layers import proxy_moments
+from peffnet.layers.blocks import MBConv
+from peffnet.layers.proxy_norm import ProxyNormAct2d
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def randomized(norm: str) -> torch.nn.Module:
+def plain_model(norm: str = "lnpn") -> torch.nn.Module:
     torch.manual_seed(0)
-    model = create_model("g16_efficientnet_b0", norm=norm, num_classes=10, drop_rate=0, drop_path_rate=0).double()
-    with torch.no_grad():  # PN parameters off their initial values, so that every moment matters
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.3 * torch.randn_like(p))
-    return model
+    model = create_model("g16_efficientnet_b0", norm=norm, num_classes=10, drop_rate=0, drop_path_rate=0)
+    return randomize(model.double())
 
 
-def unfused(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The network with every layer as a plain module call: each PN layer computes its own moments and applies
-    Eq. 4 as its own pass, the SE gates the normalized activation."""
-    x = model.stem(x)
-    for stage in model.stages:
-        for block in stage:
-            h = block.project(block.se(block.spatial(block.expand(x))))
-            x = x + h if block.has_residual else h
-    return model.classifier(model.pool(model.head(x)).flatten(1))
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
 
 
+def outputs_and_grads(model: torch.nn.Module, xs: list[torch.Tensor], weights: torch.Tensor) -> tuple:
+    """Logits of every input, then one backward of their weighted sum (several forwards, one backward)."""
+    model.zero_grad()
+    outs = [model(x) for x in xs]
+    sum((out * weights).sum() for out in outs).backward()
+    return [out.detach() for out in outs], {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("norm", ["lnpn", "gnpn"])
-def test_fused_forward_and_gradients_equal_the_unfused_network(norm: str) -> None:
-    model = randomized(norm)
-    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
-    weights = torch.randn(3, 10, dtype=torch.float64)
-    grads = []
-    for forward in (unfused, lambda m, x: m(x)):
-        model.zero_grad()
-        out = forward(model, x)
-        (out * weights).sum().backward()
-        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
-    (ref, ref_grads), (out, out_grads) = grads
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-    pn_params = {id(p) for m in model.modules() if isinstance(m, ProxyNormAct2d) and m.act for p in m.parameters()}
-    for p, g, g_ref in zip(model.parameters(), out_grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10)
-        if id(p) in pn_params:  # gamma, beta, gamma~, beta~ all get gradients
-            assert g.abs().sum() > 0
-    with torch.no_grad():  # eval (cached moments) takes the same fused path
-        torch.testing.assert_close(model.eval()(x), unfused(model, x), rtol=1e-10, atol=1e-12)
+def test_fused_outputs_and_gradients_equal_the_plain_model(norm: str, mode: str, checkpointing: bool) -> None:
+    plain = plain_model(norm)
+    fused = fuse_proxy_norm(copy.deepcopy(plain))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64, generator=gen)
+    weights = torch.randn(3, 10, dtype=torch.float64, generator=gen)
+    results = []
+    for model in (plain, fused):
+        model.train(mode == "train").set_grad_checkpointing(checkpointing)
+        results.append(outputs_and_grads(model, [x], weights))
+    (ref, ref_grads), (out, grads) = results
+    assert rel(out[0], ref[0]) < 1e-10
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        assert rel(g, ref_grads[name]) < 1e-10, name
+        assert g.abs().sum() > 0, name  # every parameter, gamma~ and beta~ included, gets a gradient
+    if mode == "eval":  # without gradients: the layers' eval caches, and the fused in-place gating
+        with torch.no_grad():
+            assert rel(fused(x), plain(x)) < 1e-10
+        with torch.inference_mode():
+            assert rel(fused(x), ref[0]) < 1e-10
 
 
-def test_grad_checkpointing_computes_moments_per_layer_with_the_same_gradients() -> None:
-    model = randomized("lnpn")
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_micro_batches_two_forwards_then_one_backward(checkpointing: bool) -> None:
+    # each forward has its own graph of the moments; recomputed blocks of the first forward are exact too
+    plain = plain_model()
+    fused = fuse_proxy_norm(copy.deepcopy(plain))
+    gen = torch.Generator().manual_seed(2)
+    xs = [torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=gen) for _ in range(2)]
+    weights = torch.randn(2, 10, dtype=torch.float64, generator=gen)
+    (ref, ref_grads), (out, grads) = (outputs_and_grads(m.set_grad_checkpointing(checkpointing) or m, xs, weights)
+                                      for m in (plain, fused))
+    for a, b in zip(out, ref, strict=True):
+        assert rel(a, b) < 1e-10
+    for name, g in grads.items():
+        assert rel(g, ref_grads[name]) < 1e-10, name
+
+
+def test_fused_model_shares_parameters_and_state_dict_keys() -> None:
+    model = plain_model()
+    params = dict(model.named_parameters())
+    keys = list(model.state_dict())
+    assert fuse_proxy_norm(model) is model
+    assert isinstance(model.stem, FusedConvNormAct) and isinstance(model.head, FusedConvNormAct)
+    assert all(isinstance(b, FusedMBConv) for stage in model.stages for b in stage)
+    assert list(model.state_dict()) == keys
+    fused_params = dict(model.named_parameters())
+    assert fused_params.keys() == params.keys() and all(fused_params[n] is p for n, p in params.items())
+    assert fuse_proxy_norm(model) is model and list(model.state_dict()) == keys  # idempotent
+
+
+def test_deep_copy_of_a_fused_model_has_its_own_table() -> None:
+    # e.g. the weight average of training: the copy's blocks, stem hook and table refer to the copy's layers
+    plain = plain_model()
+    fused = fuse_proxy_norm(copy.deepcopy(plain))
+    twin = copy.deepcopy(fused)
+    table = twin.stem.table
+    assert table is not fused.stem.table and all(b.table is table for stage in twin.stages for b in stage)
+    layers = set(twin.modules())
+    assert all(layer in layers for layer in table.layers)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    checkpointed_grads_match(model, x, rtol=1e-8, atol=1e-10)  # float64 summation order
+    weights = torch.randn(2, 10, dtype=torch.float64)
+    (ref, ref_grads), (out, grads) = (outputs_and_grads(m, [x], weights) for m in (plain, twin))
+    assert rel(out[0], ref[0]) < 1e-10 and all(rel(g, ref_grads[n]) < 1e-10 for n, g in grads.items())
 
 
-def test_prepared_moments_are_used_once_and_only_for_current_parameters() -> None:
-    model = randomized("lnpn")
-    layer = model.stem[1]
-    prepare_proxy_norm(model)
-    prepared = layer._pending[1]
-    assert layer.proxy_affine()[0] is prepared and layer._pending is None  # taken once
-    assert layer.proxy_affine()[0] is not prepared  # then computed by the layer
-    prepare_proxy_norm(model)
+def test_state_dict_of_either_form_loads_into_the_other() -> None:
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    source = plain_model().eval()
     with torch.no_grad():
-        layer.proxy_bias.add_(0.5)  # e.g. an optimizer step after the batched call: stale, not used
-    fresh = layer.proxy_affine()[1]
-    torch.testing.assert_close(fresh, ProxyNormAct2d.proxy_affine(layer)[1])
-    assert not torch.equal(fresh, prepared)
-    model.eval()
-    with torch.no_grad():  # eval without gradients: nothing prepared, the layers' caches serve
-        prepare_proxy_norm(model)
-    assert all(m._pending is None for m in model.modules() if isinstance(m, ProxyNormAct2d))
-
-
-def test_squeeze_excite_with_input_affine_and_scaled_conv_weights() -> None:
-    torch.manual_seed(0)
-    se = SqueezeExcite(8, 2).double()
-    x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
-    scale, shift = torch.rand(8, dtype=torch.float64) + 0.5, torch.randn(8, dtype=torch.float64)
-    z = x * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)
-    torch.testing.assert_close(se(x, scale, shift), se(z))
-    conv = torch.nn.Conv2d(8, 4, 3, stride=2, padding=1, groups=2, bias=False).double()  # zero padded, grouped
-    torch.testing.assert_close(F.conv2d(x, scale_inputs(conv.weight, scale, 2), None, 2, 1, 1, 2),
-                               conv(x * scale.view(-1, 1, 1)))
-
-
-def test_centered_activation_in_bfloat16_sums_the_mean_gradient_in_float32() -> None:
-    # a - E in place, for bfloat16 activations with the float32 moments: E's gradient is summed in float32
-    torch.manual_seed(0)
-    layer = ProxyNormAct2d(8)
+        ref = source(x)
+    fused = fuse_proxy_norm(create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10).double()).eval()
+    fused.load_state_dict(source.state_dict())
+    plain = create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10).double().eval()
+    plain.load_state_dict(fused.state_dict())
     with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    x = torch.randn(4, 8, 16, 16)
-    grads = []
-    for dtype in (torch.float32, torch.bfloat16):
-        layer.zero_grad()
-        h, scale = layer.activate_centered(x.to(dtype))
-        assert h.dtype == dtype and scale.dtype == torch.float32
-        (h.float() * scale.view(-1, 1, 1)).square().mean().backward()
-        grads.append([p.grad.clone() for p in layer.parameters()])
-    for g32, g16 in zip(*grads, strict=True):
-        torch.testing.assert_close(g16, g32, rtol=0.05, atol=0.02)
+        assert rel(fused(x), ref) < 1e-10 and torch.equal(plain(x), ref)
+
+
+def test_moments_of_a_forward_are_one_batched_call(monkeypatch) -> None:
+    """O(channels), whatever the batch and resolution (Section 3.2): the fused form computes the moments of all
+    33 PN layers of a training forward in one call, not again when checkpointed blocks are recomputed, and
+    not at all in eval without gradients once cached. The plain model computes them per layer."""
+    sizes: list[int] = []
+    original = proxy_moments._moments
+    monkeypatch.setattr(proxy_moments, "_moments", lambda act, mu, sigma, nodes: (
+        sizes.append(mu.numel()), original(act, mu, sigma, nodes))[1])
+    plain = create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10)
+    channels = [m.channels for m in plain.modules() if isinstance(m, ProxyNormAct2d)]
+    assert len(channels) == 33 and sum(channels) == 13248
+    plain(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert sizes == channels
+    fused = fuse_proxy_norm(plain)
+    for checkpointing, (batch, res) in ((False, (1, 32)), (False, (4, 64)), (True, (2, 32))):
+        sizes.clear()
+        fused.set_grad_checkpointing(checkpointing)
+        fused(torch.randn(batch, 3, res, res)).sum().backward()
+        assert sizes == [13248]
+    fused.eval()
+    with torch.no_grad():
+        fused(torch.randn(1, 3, 32, 32))
+        sizes.clear()
+        fused(torch.randn(1, 3, 32, 32))
+    assert sizes == []
+
+
+def test_fuse_leaves_other_models_alone_and_fold_refuses_a_fused_model() -> None:
+    gn = create_model("g16_efficientnet_b0", norm="gn", num_classes=10)
+    modules = list(gn.modules())
+    assert fuse_proxy_norm(gn) is gn and list(gn.modules()) == modules
+    with pytest.raises(ValueError, match="rewrites peffnet EfficientNets, not Sequential"):
+        fuse_proxy_norm(torch.nn.Sequential(ProxyNormAct2d(4)))
+    fused = fuse_proxy_norm(create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10)).eval()
+    with pytest.raises(ValueError, match="folds the plain model, not a fused one") as info:
+        fold_proxy_norm(fused)
+    assert "\n" not in str(info.value)
+
+
+def test_fused_block_under_bfloat16_autocast_keeps_float32_gradient_accuracy() -> None:
+    # a - E with bfloat16 activations and float32 moments: E's gradient is summed in float32, so the PN
+    # parameters' gradients are as close to float32's as the plain block's are
+    torch.manual_seed(0)
+    block = randomize(MBConv(16, 24, 3, 1, 4, 16, 4, "lnpn"))  # no residual: the output stays bfloat16
+    plain = copy.deepcopy(block)
+    table = ProxyAffineTable([m for m in block.modules() if isinstance(m, ProxyNormAct2d)])
+    fused = FusedMBConv(block, table)
+    x = torch.randn(8, 16, 32, 32)
+    errors = {}
+    for name, net in (("plain", plain), ("fused", fused)):
+        grads = []
+        for bf16 in (False, True):
+            net.zero_grad()
+            table.refresh()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = net(x)
+            assert out.dtype == (torch.bfloat16 if bf16 else torch.float32)
+            out.float().square().mean().backward()
+            grads.append({n: p.grad.clone() for n, p in net.named_parameters() if "norm" in n})
+        errors[name] = max(((grads[1][n] - g).norm() / g.norm()).item() for n, g in grads[0].items())
+    assert errors["fused"] < 0.05 and errors["plain"] < 0.05, errors

@@ -1,6 +1,6 @@
 """Checkpoints: atomic writes, validated reads, and models rebuilt from them (the format: docs/formats.md).
 
-A checkpoint is one ``torch.save`` dict with ``"format": "peffnet-checkpoint-v1"``, the model's
+A checkpoint is one ``torch.save`` dict with ``"format": "peffnet-checkpoint-v2"``, the model's
 :class:`~peffnet.models.config.ModelConfig` as a dict, the live weights (``"model"``) and the final
 weights (``"averaged"``: the exponential average of the per-epoch weights, paper Section 3.4), the
 optimizer, scheduler and loss-scaler states, the position (``"epoch"``, ``"step"``) and the resolved run
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,17 @@ import torch
 from peffnet.errors import ConfigError
 from peffnet.models import EfficientNet, ModelConfig, build
 
-FORMAT = "peffnet-checkpoint-v1"
+FORMAT = "peffnet-checkpoint-v2"
+V1 = "peffnet-checkpoint-v1"
+"""Checkpoints before the conv/norm children had names: ``stem.0.weight`` is now ``stem.conv.weight``."""
+_V1_KEY = re.compile(r"(^|\.)(stem|expand|spatial|project|head)\.([01])\.")
+
+
+def v1_to_v2(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A v1 ``state_dict`` with today's keys: the index right after ``stem``, ``expand``, ``spatial``,
+    ``project`` or ``head`` becomes ``conv`` (0) or ``norm`` (1); nothing else changed."""
+    return {_V1_KEY.sub(lambda m: f"{m[1]}{m[2]}.{'conv' if m[3] == '0' else 'norm'}.", k): v
+            for k, v in weights.items()}
 REQUIRED_KEYS = ("format", "model_config", "model", "averaged", "epoch", "step", "train_resolution", "num_classes")
 
 
@@ -62,8 +73,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as err:  # pickle, zip and I/O errors all mean the same to the user
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot read checkpoint {path}: {reason[:200]}") from None
+    if isinstance(state, dict) and state.get("format") == V1:
+        state = {**state, "format": FORMAT, **{k: v1_to_v2(state[k]) for k in ("model", "averaged") if k in state}}
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ConfigError(f"cannot read checkpoint {path}: not a peffnet checkpoint (no format {FORMAT!r})")
+        found = state.get("format") if isinstance(state, dict) else None
+        raise ConfigError(f"cannot read checkpoint {path}: not a peffnet checkpoint (format {found!r}; this peffnet "
+                          f"reads {FORMAT!r} and {V1!r})")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ConfigError(f"cannot read checkpoint {path}: missing {', '.join(missing)}")

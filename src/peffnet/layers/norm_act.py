@@ -41,18 +41,43 @@ class GroupNormAct(nn.GroupNorm):
         return F.silu(x, inplace=True) if self.act else x  # in place: x is GN's fresh output
 
 
+class ScaledGroupNorm(nn.Module):
+    """GroupNorm (LN when ``groups == 1``) with a per-channel scale (``weight``) and no shift, no activation.
+
+    The normalization after the projection conv of the PN models (the projection has no activation, so
+    there is nothing for Eq. 4 to proxy), as in the authors' reference (REFERENCE.md, "Placement"): a
+    per-channel shift there would add a constant offset to the residual stream.
+    """
+
+    def __init__(self, channels: int, groups: int = 1, eps: float = NORM_EPS) -> None:
+        super().__init__()
+        if channels % groups:
+            raise ValueError(f"{channels} channels cannot be split into {groups} normalization groups")
+        self.channels, self.groups, self.eps = channels, groups, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, self.groups, self.weight, None, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, groups={self.groups}, eps={self.eps}"
+
+
 def norm_act(norm: str, channels: int, act: bool = True) -> nn.Module:
     """The normalization (+ swish when ``act``) layer that follows a convolution.
 
-    For the PN variants, ``act=False`` (after the projection conv) gives the normalization with a
-    per-channel scale and no shift and no PN, as in the authors' reference (REFERENCE.md).
+    For the PN variants, ``act=True`` gives :class:`~peffnet.layers.proxy_norm.ProxyNormAct2d` (Eq. 3-4) and
+    ``act=False`` (after the projection conv) the :class:`ScaledGroupNorm`.
     """
     if norm == "bn":
         return BatchNormAct2d(channels, act)
     if norm in ("gn", "ln"):
         return GroupNormAct(channels, GN_GROUPS if norm == "gn" else 1, act)
     if norm in ("lnpn", "gnpn"):
-        from peffnet.layers.proxy_norm import ProxyNormAct2d
+        groups = 1 if norm == "lnpn" else GN_GROUPS
+        if not act:
+            return ScaledGroupNorm(channels, groups)
+        from peffnet.layers.proxy_norm import ProxyNormAct2d  # it imports NORM_EPS from here
 
-        return ProxyNormAct2d(channels, groups=1 if norm == "lnpn" else GN_GROUPS, act=act)
+        return ProxyNormAct2d(channels, groups)
     raise ValueError(f"unknown norm {norm!r}")

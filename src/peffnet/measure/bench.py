@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peffnet.errors import ConfigError
+from peffnet.fusion import fuse_proxy_norm, training_form
 from peffnet.measure.device import DevicePeaks, environment, measure_device, resolve_device
 from peffnet.measure.subjects import BenchSpec, build_model
 from peffnet.measure.timing import GIB, alternate, max_batch, memory_cap, nbytes, peak_transient_bytes, synchronize
@@ -87,6 +88,9 @@ class Subject:
         self.macs = model_macs(model, self.resolution)
         self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=self.memory_format)
+        if not spec.fold_pn and training_form(self.model, device, spec.compile) == "fused":
+            fuse_proxy_norm(self.model)  # measured in the form `peffnet train` trains here
+            self.desc += " fused"
         self.fn: nn.Module = torch.compile(self.model, dynamic=False) if spec.compile else self.model  # type: ignore[assignment]
         self.optimizer = torch.optim.RMSprop(self.model.parameters(), lr=1e-5, alpha=0.9, eps=1e-3, momentum=0.9)
         self.amp_dtype = _amp_dtype(opts, device)

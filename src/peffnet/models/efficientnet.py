@@ -9,7 +9,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from peffnet.layers.blocks import ConvNormAct, MBConv
-from peffnet.layers.proxy_norm import prepare_proxy_norm
 from peffnet.models.config import (
     B0_STAGES,
     HEAD_CHANNELS,
@@ -80,8 +79,6 @@ class EfficientNet(nn.Module):
         self.grad_checkpointing = enable
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.grad_checkpointing:
-            prepare_proxy_norm(self)  # proxy-norm moments (Eq. 4) of all layers in one call, where computed
         x = self.stem(x)
         for stage in self.stages:
             for block in stage:

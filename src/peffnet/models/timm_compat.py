@@ -46,7 +46,7 @@ def register() -> list[str]:
         default_cfgs[PREFIX + name] = {
             "url": "", "num_classes": 1000, "input_size": (3, res, res), "pool_size": (res // 32, res // 32),
             "crop_pct": 224 / 256, "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
-            "std": (0.229, 0.224, 0.225), "first_conv": "stem.0", "classifier": "classifier",
+            "std": (0.229, 0.224, 0.225), "first_conv": "stem.conv", "classifier": "classifier",
         }
         fn = _entrypoint(name)
         globals()[fn.__name__] = fn

@@ -43,12 +43,12 @@ def fold_for_inference(model: nn.Module) -> int:
     """Fold every proxy-normalized activation into constants (in place); returns how many were folded."""
     from peffnet.layers.proxy_norm import ProxyNormAct2d
 
-    count = sum(isinstance(m, ProxyNormAct2d) and m.act for m in model.modules())
+    count = sum(isinstance(m, ProxyNormAct2d) for m in model.modules())
     if count:
         from peffnet.fusion import fold_proxy_norm
 
         fold_proxy_norm(model)
-        left = [n for n, m in model.named_modules() if isinstance(m, ProxyNormAct2d) and m.act]
+        left = [n for n, m in model.named_modules() if isinstance(m, ProxyNormAct2d)]
         if left:
             raise RuntimeError(f"proxy norm left unfolded in {len(left)} layers, e.g. {left[0]}")
     return count

@@ -8,7 +8,7 @@ which does not count the time the process waited for a core another process held
 configuration is timed in every memory layout (NCHW, channels_last) and precision (fp32, bf16 autocast)
 when tuning, and runs with the fastest: on a CPU bf16 can speed up a grouped G16 model and slow down a
 depthwise G1 one, so one shared setting would bias the comparison. Steps are those training runs take:
-the model in the form ``peffnet train`` picks on the device (:func:`peffnet.training.train.model_form`),
+the model in the form ``peffnet train`` picks on the device (:func:`peffnet.fusion.training_form`),
 the paper's optimizer (fine-tuning: SGD over the unfrozen parts), random inputs of the run's batch and
 resolution; inference is the served form (proxy norm folded).
 """
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from peffnet.fusion import fold_proxy_norm
+from peffnet.fusion import fold_proxy_norm, training_form
 from peffnet.measure.device import device_name
 from peffnet.measure.timing import alternate, steady_clock
 from peffnet.models import EfficientNet, create_model
@@ -31,7 +31,7 @@ from peffnet.study.config import Cell, StudyConfig
 from peffnet.training import distributed
 from peffnet.training.finetune import freeze_for_finetune
 from peffnet.training.optim import param_groups, rmsprop_tf
-from peffnet.training.train import model_form, prepare
+from peffnet.training.train import prepare
 
 STAGES = ("train", "finetune", "infer")
 FINETUNE_STAGES = 2  # parts fine-tuned in the half regime (paper Section 3.4: the last two blocks)
@@ -78,7 +78,7 @@ def _steps(cfg: StudyConfig, cell: Cell, stage: str, resolution: int, channels_l
             optimizer = torch.optim.SGD(param_groups(model, 1e-5), lr=1e-3, momentum=0.0)
         else:
             optimizer = rmsprop_tf(model, lr=1e-4, decay=0.99)
-        net = prepare(model, model_form(model, device, compile=False), ctx, compile=False)
+        net = prepare(model, training_form(model, device, compile=False), ctx, compile=False)
 
     def make(amp: str) -> Callable[[], None]:
         cast = (torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext())

@@ -34,6 +34,7 @@ from torch import nn
 from peffnet.checkpoint import model_from_checkpoint
 from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
+from peffnet.fusion import training_form
 from peffnet.models import EfficientNet, ModelConfig, preset
 from peffnet.models.config import B0_STAGES
 from peffnet.resolution import RESOLUTION, mod32_ok
@@ -44,7 +45,7 @@ from peffnet.training.evaluate import check_data, checkpoint_file
 from peffnet.training.loop import Job, StepSettings, TrainState
 from peffnet.training.optim import param_groups
 from peffnet.training.run import existing_checkpoint, run
-from peffnet.training.train import model_form, prepare
+from peffnet.training.train import prepare
 
 DEPTH = Check(lambda v: v in (1, 2, 3), "1, 2 or 3 (head / + last downsampling stage / + one more)")
 
@@ -206,7 +207,7 @@ def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
     model = model.to(ctx.device)
     if c.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    form = model_form(model, ctx.device, compile=False)
+    form = training_form(model, ctx.device, compile=False)
     net = prepare(model, form, ctx, compile=False)
     optimizer = torch.optim.SGD(param_groups(model, c.weight_decay), lr=c.lr, momentum=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=len(train_loader) * c.epochs)

@@ -16,21 +16,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
-from peffnet.fusion import fuse_proxy_norm
+from peffnet.fusion import fuse_proxy_norm, training_form
 from peffnet.models import EfficientNet, build, preset
 from peffnet.training import distributed
 from peffnet.training.config import Resolved, TrainConfig, resolve, resolve_resolution
 from peffnet.training.loop import Job, StepSettings, TrainState
 from peffnet.training.optim import EpochAverage, recipe_scheduler, rmsprop_tf
 from peffnet.training.run import existing_checkpoint, run
-
-
-def model_form(model: EfficientNet, device: torch.device, compile: bool) -> str:
-    """Which form trains fastest here: ``fused`` (:func:`peffnet.fuse_proxy_norm`) in CPU eager mode for the
-    proxy-norm models; ``plain`` on CUDA and under ``torch.compile``, where the compiler fuses the plain
-    model's elementwise work itself, and for models without proxy norm."""
-    has_pn = model.cfg.norm in ("lnpn", "gnpn")
-    return "fused" if has_pn and device.type == "cpu" and not compile else "plain"
 
 
 def prepare(model: EfficientNet, form: str, ctx: distributed.Context, compile: bool) -> nn.Module:
@@ -74,7 +66,7 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
     if c.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.set_grad_checkpointing(c.recompute)
-    form = model_form(model, ctx.device, c.compile)
+    form = training_form(model, ctx.device, c.compile)
     net = prepare(model, form, ctx, c.compile)
     optimizer = rmsprop_tf(model, c.lr, c.rmsprop_decay, c.momentum, c.eps, c.weight_decay)
     s = run_cfg.time_scale

@@ -85,3 +85,16 @@ def test_bad_input_fails_before_training(tmp_path: Path, extra: list[str], messa
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_only_rank_0_writes(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun every rank runs the recipe's evaluations; only rank 0 writes their records."""
+    from peffnet.training import recipe as recipe_module
+
+    before = (recipe / "train" / "eval.json").stat().st_mtime_ns
+    monkeypatch.setattr(recipe_module.distributed, "rank", lambda: 1)
+    cfg = RecipeConfig(out=str(recipe), data="synthetic", model="efficientnet_b0", norm="gn", test_subset=8,
+                       progress=False)
+    record = recipe_module._evaluate(cfg, recipe / "train", [32])
+    assert record["results"][0]["resolution"] == 32
+    assert (recipe / "train" / "eval.json").stat().st_mtime_ns == before

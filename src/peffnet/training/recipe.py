@@ -29,6 +29,7 @@ from peffnet.errors import ConfigError
 from peffnet.models import preset
 from peffnet.resolution import RESOLUTION, half_resolution, mod32_ok, test_resolutions
 from peffnet.settings import BOOL, FLOAT, INT, INTS, NON_NEGATIVE, POSITIVE, Settings, setting
+from peffnet.training import distributed
 from peffnet.training.config import AMP_MODES, DEVICES, TrainConfig
 from peffnet.training.evaluate import evaluate_checkpoint
 from peffnet.training.finetune import DEPTH, FinetuneConfig, finetune
@@ -148,7 +149,8 @@ def _evaluate(cfg: RecipeConfig, run_dir: Path, resolutions: list[int]) -> dict[
     record = evaluate_checkpoint(run_dir, cfg.data, resolutions, data_dir=cfg.data_dir, val_subset=cfg.test_subset,
                                  device=cfg.device, amp=cfg.amp, progress=cfg.progress)
     record["wall_time_s"] = time.perf_counter() - start
-    (run_dir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+    if distributed.rank() == 0:  # under torchrun every rank evaluates its shard; one writes
+        (run_dir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -187,8 +189,9 @@ def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
         "recipe_wall_time_s": time.perf_counter() - t0,
         "device": stages["train"]["device"], "torch": torch.__version__,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(format_summary(summary))
+    if distributed.rank() == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / "summary.md").write_text(format_summary(summary))
     return summary
 
 

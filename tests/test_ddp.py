@@ -39,3 +39,24 @@ def test_two_processes_equal_one(tmp_path: Path) -> None:
     assert (s2["world_size"], s2["micro_batch_size"], s2["steps"]) == (2, 4, s1["steps"])
     assert (s2["top1"], s2["top5"]) == (s1["top1"], s1["top5"])
     assert s2["config_hash"] == s1["config_hash"]  # micro-batch size is an execution detail
+
+
+def test_no_sync_reaches_a_compiled_ddp_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Micro-batches before the last skip DDP's all-reduce, also when torch.compile wraps the DDP module."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from peffnet.training.loop import _no_sync
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(torch.nn.Linear(2, 2))
+        for net in (ddp, torch.compile(ddp)):  # compiling is lazy: nothing is compiled here
+            with _no_sync(net):
+                assert not ddp.require_backward_grad_sync
+            assert ddp.require_backward_grad_sync
+    finally:
+        dist.destroy_process_group()

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import peffnet
-from conftest import checkpointed_grads_match, meta_model
+from conftest import checkpointed_grads_match, meta_model, randomize
+from peffnet.layers.norm_act import BatchNormAct2d
 from peffnet.models.config import nearest_group_size
 from peffnet.models.profile import profile_model
 
@@ -105,6 +106,24 @@ def test_norm_choices_build_the_right_layers(norm: str) -> None:
     else:
         assert isinstance(layer, nn.GroupNorm) and layer.num_groups == (4 if norm == "gn" else 1)
         assert layer.eps == 1e-3
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_act_is_torch_batchnorm(train: bool) -> None:
+    """The BN layer, written with ``F.batch_norm`` so that FX and TorchScript take it, is ``nn.BatchNorm2d``
+    (running statistics and batch count included) followed by swish."""
+    torch.manual_seed(0)
+    ours, ref = BatchNormAct2d(6), torch.nn.BatchNorm2d(6, eps=1e-3)
+    randomize(ours)
+    ref.load_state_dict(ours.state_dict())
+    for momentum in (0.1, None):
+        ours.momentum = ref.momentum = momentum
+        for _ in range(2):
+            x = torch.randn(4, 6, 3, 3)
+            torch.testing.assert_close(ours.train(train)(x.clone()), torch.nn.functional.silu(ref.train(train)(x)))
+        for key, value in ref.state_dict().items():
+            torch.testing.assert_close(ours.state_dict()[key], value)
+
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

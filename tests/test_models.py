@@ -132,7 +132,9 @@ def test_batchnorm_act_is_torch_batchnorm(train: bool) -> None:
     ({"expansion": -1}, "expansion must be a positive integer, got -1"),
     ({"norm": "xx"}, "unknown norm 'xx'"),
     ({"resolution": 16}, "resolution must be at least 32"),
-    ({"num_classes": 0}, "num_classes must be a positive integer"),
+    ({"num_classes": -1}, "num_classes must be an integer >= 0, got -1"),
+    ({"global_pool": "mean"}, "unknown global_pool 'mean'"),
+    ({"global_pool": ""}, "global_pool='' (no pooling) needs num_classes=0"),
     ({"drop_rate": 1.5}, "drop_rate must be a number in [0, 1)"),
     ({"colour": 1}, "unknown model override(s) colour"),
 ])
@@ -178,6 +180,17 @@ def test_plain_modules_do_not_mutate_their_input(norm: str) -> None:
         assert layers <= {name for name, _, _ in seen}  # every conv and norm layer was checked
         for name, x, before in seen:
             assert torch.equal(x, before), (name, train, grad)
+
+
+def test_pretrained_cfg_describes_the_model() -> None:
+    timm = pytest.importorskip("timm")
+    model = meta_model("g4_efficientnet_b2", in_chans=1, num_classes=10)
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (1, 260, 260) and cfg["num_classes"] == 10 and cfg["pool_size"] == (9, 9)
+    assert len(cfg["mean"]) == len(cfg["std"]) == 1 and "url" not in cfg
+    data = timm.data.resolve_data_config({}, model=model)
+    assert data["input_size"] == (1, 260, 260) and data["interpolation"] == "bilinear" and data["crop_pct"] == 0.875
+    assert meta_model("efficientnet_b0").pretrained_cfg["mean"] == (0.485, 0.456, 0.406)
 
 
 def test_channels_last_matches_contiguous() -> None:

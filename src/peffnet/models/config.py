@@ -13,10 +13,14 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
 from peffnet.errors import ConfigError
-from peffnet.settings import FLOAT, FRACTION, INT, POSITIVE, Check, Settings, require, setting
+from peffnet.settings import FLOAT, FRACTION, INT, NON_NEGATIVE, POSITIVE, Check, Settings, require, setting
 
 NORMS = ("bn", "gn", "ln", "lnpn", "gnpn")
+GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax", "")
+"""timm's global pooling types a model accepts (``''``: no pooling, for ``num_classes=0`` only)."""
 MIN_RESOLUTION = 32
 """Smallest input that survives the five stride-2 layers with at least one pixel."""
 RESOLUTION = Check(lambda v: v >= MIN_RESOLUTION, f"at least {MIN_RESOLUTION} (five stride-2 layers)")
@@ -89,17 +93,24 @@ class ModelConfig:
     group_size: int = 1
     expansion: int = 6
     norm: str = "bn"
-    num_classes: int = 1000
+    num_classes: int = 1000  # 0: no classifier, the model returns its pooled features
     in_chans: int = 3
     drop_rate: float = 0.2
     drop_path_rate: float = 0.2  # stochastic depth; survival 0.8 at the last block (REFERENCE.md)
+    global_pool: str = "avg"
 
     def __post_init__(self) -> None:
-        for field in ("group_size", "expansion", "num_classes", "in_chans"):
+        for field in ("group_size", "expansion", "in_chans"):
             require(field, getattr(self, field), INT, POSITIVE)
+        require("num_classes", self.num_classes, INT, NON_NEGATIVE)
         require("resolution", self.resolution, INT, RESOLUTION)
         if self.norm not in NORMS:
             raise ConfigError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ConfigError(f"unknown global_pool {self.global_pool!r}; choose one of "
+                              f"{', '.join(map(repr, GLOBAL_POOLS))}")
+        if not self.global_pool and self.num_classes:
+            raise ConfigError("global_pool='' (no pooling) needs num_classes=0: a classifier takes pooled features")
         for field in ("drop_rate", "drop_path_rate"):
             require(field, getattr(self, field), FLOAT, FRACTION)
 
@@ -145,12 +156,27 @@ def preset(name: str, **overrides: object) -> ModelConfig:
     else:
         raise ConfigError(f"unknown model {name!r}; run `peffnet models` for the list")
     allowed = {"group_size", "expansion", "norm", "num_classes", "in_chans", "drop_rate",
-               "drop_path_rate", "resolution"}
+               "drop_path_rate", "resolution", "global_pool"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ConfigError(f"unknown model override(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
     clean = {k: v for k, v in overrides.items() if v is not None}
     return replace(base, **clean)  # type: ignore[arg-type]
+
+
+def data_config(cfg: ModelConfig) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` of a configuration, without weights (no ``url``): the native input size (and
+    the smallest one, :data:`MIN_RESOLUTION`), the preprocessing ``peffnet eval`` gives image folders (resize
+    the short side to ``r * 256 / 224``, bilinear, centre-crop ``r``, ImageNet mean and std), the pooled map
+    size, the first conv and the classifier. For ``in_chans`` other than 3 the mean and std are ImageNet's
+    averaged over its three channels, one value per channel."""
+    res, side, chans = cfg.resolution, math.ceil(cfg.resolution / 32), cfg.in_chans
+    mean, std = ((IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if chans == 3 else
+                 ((sum(IMAGENET_DEFAULT_MEAN) / 3,) * chans, (sum(IMAGENET_DEFAULT_STD) / 3,) * chans))
+    return {"num_classes": cfg.num_classes, "input_size": (chans, res, res),
+            "min_input_size": (chans, MIN_RESOLUTION, MIN_RESOLUTION), "pool_size": (side, side), "crop_pct": 224 / 256,
+            "crop_mode": "center", "interpolation": "bilinear", "mean": mean, "std": std, "first_conv": "stem.conv",
+            "classifier": "classifier", "paper_name": "Making EfficientNet More Efficient", "license": "apache-2.0"}
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

@@ -125,7 +125,8 @@ def profile_model(model: nn.Module, resolution: int, batch_size: int = 1, in_cha
     for name, mod in meta.named_modules():
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             handles.append(mod.register_forward_hook(on_layer(name)))
-        if name and (not list(mod.children()) or isinstance(mod, SqueezeExcite)) and not _inside_se(meta, name):
+        if (name and (not list(mod.children()) or isinstance(mod, SqueezeExcite)) and not _inside_se(meta, name)
+                and not isinstance(mod, nn.Flatten)):  # a view of the pooled features, no memory of its own
             handles.append(mod.register_forward_hook(on_output(name)))
     try:
         was_training = meta.training

@@ -224,14 +224,25 @@ def test_grad_checkpointing_gives_same_gradients() -> None:
 
 
 def test_timm_registry_builds_our_models() -> None:
+    # the whole contract: tests/test_timm_contract.py
     timm = pytest.importorskip("timm")
     names = timm.list_models("peffnet_*")
-    assert len(names) == 24 and "peffnet_g16_efficientnet_b0" in names
-    assert "efficientnet_b0" in timm.list_models("efficientnet_b0")  # timm's own name is untouched
+    assert len(names) == 144 and {"peffnet_g16_efficientnet_b0", "peffnet_g16_efficientnet_b0_lnpn"} <= set(names)
     model = timm.create_model("peffnet_g16_efficientnet_b0", num_classes=7, norm="gn", drop_path_rate=0.0)
     assert isinstance(model, peffnet.EfficientNet)
     assert model.cfg.norm == "gn" and model.num_classes == 7
+    assert timm.create_model("peffnet_g16_efficientnet_b0_lnpn").cfg.norm == "lnpn"
     data_cfg = timm.data.resolve_data_config({}, model=model)
     assert data_cfg["input_size"] == (3, 224, 224)
-    with pytest.raises(ValueError, match="no pretrained weights"):
-        timm.create_model("peffnet_efficientnet_b0", pretrained=True)
+
+
+def test_names_with_a_norm_suffix() -> None:
+    assert peffnet.list_models() == [n for n in peffnet.list_models(with_norms=True) if n.rpartition("_")[2] not in
+                                     ("bn", "gn", "ln", "lnpn", "gnpn")]
+    assert meta_model("g16_efficientnet_b0_lnpn").cfg.norm == "lnpn"
+    assert meta_model("g16_efficientnet_b0_lnpn", norm="lnpn").cfg.name == "g16_efficientnet_b0_lnpn"
+    assert meta_model("g16_efficientnet_b0").cfg.norm == "bn"  # the documented default
+    with pytest.raises(ValueError, match="is the lnpn model; norm='gn' contradicts it"):
+        peffnet.create_model("g16_efficientnet_b0_lnpn", norm="gn")
+    with pytest.raises(ValueError, match="unknown model 'g16_efficientnet_b0_xn'"):
+        peffnet.create_model("g16_efficientnet_b0_xn")

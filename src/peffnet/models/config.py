@@ -19,6 +19,8 @@ from peffnet.errors import ConfigError
 from peffnet.settings import FLOAT, FRACTION, INT, NON_NEGATIVE, POSITIVE, Check, Settings, require, setting
 
 NORMS = ("bn", "gn", "ln", "lnpn", "gnpn")
+DEFAULT_NORM = "bn"
+"""The norm of a preset name without a norm suffix (``g16_efficientnet_b0`` is ``g16_efficientnet_b0_bn``)."""
 GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax", "")
 """timm's global pooling types a model accepts (``''``: no pooling, for ``num_classes=0`` only)."""
 MIN_RESOLUTION = 32
@@ -92,7 +94,7 @@ class ModelConfig:
     resolution: int
     group_size: int = 1
     expansion: int = 6
-    norm: str = "bn"
+    norm: str = DEFAULT_NORM
     num_classes: int = 1000  # 0: no classifier, the model returns its pooled features
     in_chans: int = 3
     drop_rate: float = 0.2
@@ -123,34 +125,49 @@ class ModelOverrides(Settings):
     group_size: int | None = setting(None, "group size G of the spatial convs (default: the preset's)", INT, POSITIVE,
                                      group="model")
     expansion: int | None = setting(None, "expansion ratio E (default: the preset's)", INT, POSITIVE, group="model")
-    norm: str | None = setting(None, f"normalization: {', '.join(NORMS)} (default: bn)", group="model")
+    norm: str | None = setting(None, f"normalization: {', '.join(NORMS)} (default: the name's suffix, else "
+                                     f"{DEFAULT_NORM})", group="model")
 
     def overrides(self) -> dict[str, Any]:
         """The overrides that were set, for :func:`preset`."""
         return {k: getattr(self, k) for k in ("group_size", "expansion", "norm") if getattr(self, k) is not None}
 
 
-def model_names() -> list[str]:
-    """All preset names, e.g. ``efficientnet_b0``, ``g4_efficientnet_b3``, ``g16_efficientnet_b7``."""
-    return [f"{prefix}efficientnet_{size}" for prefix in PRESETS for size in SIZES]
+def model_names(with_norms: bool = False) -> list[str]:
+    """All preset names, e.g. ``efficientnet_b0``, ``g4_efficientnet_b3``, ``g16_efficientnet_b7``; with
+    ``with_norms``, each followed by its names with a norm suffix (``g16_efficientnet_b0_lnpn``)."""
+    names = [f"{prefix}efficientnet_{size}" for prefix in PRESETS for size in SIZES]
+    return [n for name in names for n in [name, *(f"{name}_{norm}" for norm in NORMS)]] if with_norms else names
+
+
+def split_norm(name: str) -> tuple[str, str | None]:
+    """``("g16_efficientnet_b0", "lnpn")`` for ``g16_efficientnet_b0_lnpn``; a name without a norm suffix
+    comes back with ``None``."""
+    base, _, suffix = name.rpartition("_")
+    return (base, suffix) if base and suffix in NORMS else (name, None)
 
 
 def preset(name: str, **overrides: object) -> ModelConfig:
-    """The configuration of a preset name with user overrides applied.
+    """The configuration of a preset name (optionally with a norm suffix: ``g16_efficientnet_b0_lnpn``) with
+    user overrides applied. Without a suffix or a ``norm`` override the norm is :data:`DEFAULT_NORM`.
 
     Raises:
-        ConfigError: unknown name, unknown override, or an invalid value.
+        ConfigError: unknown name, unknown override, an invalid value, or a ``norm`` that contradicts the name.
     """
+    bare, name_norm = split_norm(name)
+    if name_norm is not None and overrides.get("norm") not in (None, name_norm):
+        raise ConfigError(f"{name} is the {name_norm} model; norm={overrides['norm']!r} contradicts it (use "
+                          f"{bare}_{overrides['norm']})")
     for prefix, (group_size, expansion) in PRESETS.items():
-        stem = name.removeprefix(prefix) if prefix else name
-        if (prefix == "" or name.startswith(prefix)) and stem.startswith("efficientnet_"):
+        stem = bare.removeprefix(prefix) if prefix else bare
+        if (prefix == "" or bare.startswith(prefix)) and stem.startswith("efficientnet_"):
             size_key = stem.removeprefix("efficientnet_")
             if size_key in SIZES:
                 size = SIZES[size_key]
                 base = ModelConfig(
                     name=name, size=size_key, width=size.width, depth=size.depth,
                     resolution=size.resolution, group_size=group_size, expansion=expansion,
-                    drop_rate=size.drop_rate,
+                    norm=name_norm or DEFAULT_NORM, drop_rate=size.drop_rate,
                 )
                 break
     else:

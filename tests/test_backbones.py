@@ -177,3 +177,6 @@ def test_forward_intermediates_refuses_what_it_cannot_do() -> None:
     kept = model.prune_intermediate_layers(indices=(0, 2))
     assert kept == [0, 2] and len(model.stages) == 3 and isinstance(model.head, nn.Identity)
     assert model(x).shape == (1, 40, 4, 4)  # no head, pooling or classifier left: the stride-8 map
+    assert [m.shape[1] for m in model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)] == [16, 40]
+    with pytest.raises(ValueError, match=r"feature level\(s\) after stage 3 were pruned"):
+        model.forward_intermediates(x)

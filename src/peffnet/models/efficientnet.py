@@ -178,13 +178,17 @@ class EfficientNet(nn.Module):
         ``output_fmt`` other than NCHW.
 
         Raises:
-            ValueError: ``norm=True``, another ``output_fmt``, or an index out of range.
+            ValueError: ``norm=True``, another ``output_fmt``, an index out of range, or a level pruned by
+                :meth:`prune_intermediate_layers`.
         """
         if norm:
             raise ConfigError("norm=True: peffnet's feature levels are stage outputs with no final norm to apply")
         if output_fmt != "NCHW":
             raise ConfigError(f"output_fmt {output_fmt!r}: peffnet's feature maps are NCHW only")
         wanted = {self.feature_info[i]["stage"] - 1 for i in take_indices(len(self.feature_info), indices)}
+        if max(wanted) >= len(self.stages):
+            raise ConfigError(f"feature level(s) after stage {len(self.stages)} were pruned "
+                              f"(prune_intermediate_layers)")
         last = max(wanted) if stop_early or intermediates_only else len(self.stages) - 1
         intermediates = []
         x = self.stem(x)

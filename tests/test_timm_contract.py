@@ -11,6 +11,9 @@ What runs on which names (docs/models.md, "timm's contract"):
   preset and every norm among them): the forward, backward, head, features and intermediates checks;
 * :data:`HEAVY` (B0: each norm, each group preset, the bare name and the flagship G16 LN+PN): FX forward and
   backward, TorchScript.
+
+Inputs are small (:func:`small_input`), as in timm's tests for large models; the pool size at the native
+resolution is checked for two B0s.
 """
 
 from __future__ import annotations
@@ -45,11 +48,12 @@ IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interp
             "crop_pct": 0.875, "crop_mode": "center"}
 
 
-def small_input(model: torch.nn.Module, batch: int = 1, side: int = 64) -> torch.Tensor:
-    """timm's test input: the native size for B0, else ``side`` (above the model's ``min_input_size``)."""
+def small_input(model: torch.nn.Module, batch: int = 1) -> torch.Tensor:
+    """A small test input, as timm's tests use for large models: 64 px (a 2 x 2 map at stride 32), the model's
+    ``min_input_size`` (32 px) from B5 on."""
     cfg = model.pretrained_cfg
-    res = cfg["input_size"][-1] if cfg["input_size"][-1] <= 224 else max(side, cfg["min_input_size"][-1])
-    return torch.randn(batch, cfg["input_size"][0], res, res)
+    side = 64 if cfg["input_size"][-1] < 456 else cfg["min_input_size"][-1]
+    return torch.randn(batch, cfg["input_size"][0], side, side)
 
 
 def test_every_preset_is_registered_with_every_norm() -> None:
@@ -106,8 +110,6 @@ def test_default_cfgs_forward(name: str) -> None:
         pre_logits = model.forward_head(features, pre_logits=True)
         assert features.shape == (1, model.num_features, pool, pool)
         assert pre_logits.shape == (1, model.head_hidden_size)
-        if x.shape[-1] == model.pretrained_cfg["input_size"][-1]:
-            assert features.shape[-2:] == model.pretrained_cfg["pool_size"]
         model.reset_classifier(0)
         assert model.num_classes == 0 and model.cfg.num_classes == 0
         out = model(x)
@@ -118,6 +120,14 @@ def test_default_cfgs_forward(name: str) -> None:
         headless = timm.create_model(name, num_classes=0, global_pool="").eval()
         assert headless(x).shape == (1, model.num_features, pool, pool)
         assert "classifier.weight" not in headless.state_dict()
+
+
+@pytest.mark.parametrize("name", ["peffnet_efficientnet_b0", "peffnet_g16_efficientnet_b0_lnpn"])
+def test_pool_size_at_the_native_resolution(name: str) -> None:
+    model = timm.create_model(name).eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(1, *model.pretrained_cfg["input_size"]))
+    assert features.shape[-2:] == model.pretrained_cfg["pool_size"] == (7, 7)
 
 
 @pytest.mark.parametrize("name", SAMPLE)

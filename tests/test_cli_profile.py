@@ -9,13 +9,30 @@ import sys
 
 import pytest
 
+from conftest import meta_model
 from peffnet.cli import main
+from peffnet.models import DEFAULT_NORM, NORMS
+from peffnet.models.profile import profile_model
 
 
-def test_models_lists_presets(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["models", "--json"]) == 0
-    names = json.loads(capsys.readouterr().out)
-    assert "g16_efficientnet_b0" in names and "efficientnet_b7" in names
+def test_models_lists_names_with_norm_params_and_macs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--json", "g16_efficientnet_b0*", "efficientnet_b7_lnpn"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(rows) == ["efficientnet_b7_lnpn", "g16_efficientnet_b0", *(f"g16_efficientnet_b0_{n}" for n in NORMS)]
+    bare, lnpn = rows["g16_efficientnet_b0"], rows["g16_efficientnet_b0_lnpn"]
+    assert bare["norm"] == DEFAULT_NORM == "bn" and bare["default_norm"] and not lnpn["default_norm"]
+    assert lnpn["timm_name"] == "peffnet_g16_efficientnet_b0_lnpn"
+    assert (lnpn["group_size"], lnpn["expansion"]) == (16, 4)
+    for name, row in rows.items():  # counted on the meta device, equal to the real models' counts
+        model = meta_model(name)
+        assert row["params"] == sum(p.numel() for p in model.parameters()), name
+        assert row["macs"] == profile_model(model, model.cfg.resolution).macs
+        assert row["resolution"] == model.cfg.resolution
+    assert main(["models", "g16_efficientnet_b0_l*"]) == 0
+    out = capsys.readouterr().out
+    assert "g16_efficientnet_b0_lnpn" in out and "5.94M" in out and "0.635G" in out and "bn (default)" not in out
+    assert main(["models", "nothing*"]) == 2
+    assert "no model name matches nothing*" in capsys.readouterr().err
 
 
 def test_profile_json_keys(capsys: pytest.CaptureFixture[str]) -> None:

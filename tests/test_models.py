@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import peffnet
-from conftest import checkpointed_grads_match, meta_model
+from conftest import checkpointed_grads_match, meta_model, randomize
+from peffnet.layers.norm_act import BatchNormAct2d
 from peffnet.models.config import nearest_group_size
 from peffnet.models.profile import profile_model
 
@@ -107,13 +108,33 @@ def test_norm_choices_build_the_right_layers(norm: str) -> None:
         assert layer.eps == 1e-3
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_act_is_torch_batchnorm(train: bool) -> None:
+    """The BN layer, written with ``F.batch_norm`` so that FX and TorchScript take it, is ``nn.BatchNorm2d``
+    (running statistics and batch count included) followed by swish."""
+    torch.manual_seed(0)
+    ours, ref = BatchNormAct2d(6), torch.nn.BatchNorm2d(6, eps=1e-3)
+    randomize(ours)
+    ref.load_state_dict(ours.state_dict())
+    for momentum in (0.1, None):
+        ours.momentum = ref.momentum = momentum
+        for _ in range(2):
+            x = torch.randn(4, 6, 3, 3)
+            torch.testing.assert_close(ours.train(train)(x.clone()), torch.nn.functional.silu(ref.train(train)(x)))
+        for key, value in ref.state_dict().items():
+            torch.testing.assert_close(ours.state_dict()[key], value)
+
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"group_size": 0}, "group_size must be a positive integer, got 0"),
     ({"group_size": 2.5}, "group_size must be a positive integer, got 2.5"),
     ({"expansion": -1}, "expansion must be a positive integer, got -1"),
     ({"norm": "xx"}, "unknown norm 'xx'"),
     ({"resolution": 16}, "resolution must be at least 32"),
-    ({"num_classes": 0}, "num_classes must be a positive integer"),
+    ({"num_classes": -1}, "num_classes must be an integer >= 0, got -1"),
+    ({"global_pool": "mean"}, "unknown global_pool 'mean'"),
+    ({"global_pool": ""}, "global_pool='' (no pooling) needs num_classes=0"),
     ({"drop_rate": 1.5}, "drop_rate must be a number in [0, 1)"),
     ({"colour": 1}, "unknown model override(s) colour"),
 ])
@@ -161,6 +182,17 @@ def test_plain_modules_do_not_mutate_their_input(norm: str) -> None:
             assert torch.equal(x, before), (name, train, grad)
 
 
+def test_pretrained_cfg_describes_the_model() -> None:
+    timm = pytest.importorskip("timm")
+    model = meta_model("g4_efficientnet_b2", in_chans=1, num_classes=10)
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (1, 260, 260) and cfg["num_classes"] == 10 and cfg["pool_size"] == (9, 9)
+    assert len(cfg["mean"]) == len(cfg["std"]) == 1 and "url" not in cfg
+    data = timm.data.resolve_data_config({}, model=model)
+    assert data["input_size"] == (1, 260, 260) and data["interpolation"] == "bilinear" and data["crop_pct"] == 0.875
+    assert meta_model("efficientnet_b0").pretrained_cfg["mean"] == (0.485, 0.456, 0.406)
+
+
 def test_channels_last_matches_contiguous() -> None:
     torch.manual_seed(0)
     model = peffnet.create_model("g16_efficientnet_b0", norm="gn", num_classes=10).eval()
@@ -192,14 +224,25 @@ def test_grad_checkpointing_gives_same_gradients() -> None:
 
 
 def test_timm_registry_builds_our_models() -> None:
+    # the whole contract: tests/test_timm_contract.py
     timm = pytest.importorskip("timm")
     names = timm.list_models("peffnet_*")
-    assert len(names) == 24 and "peffnet_g16_efficientnet_b0" in names
-    assert "efficientnet_b0" in timm.list_models("efficientnet_b0")  # timm's own name is untouched
+    assert len(names) == 144 and {"peffnet_g16_efficientnet_b0", "peffnet_g16_efficientnet_b0_lnpn"} <= set(names)
     model = timm.create_model("peffnet_g16_efficientnet_b0", num_classes=7, norm="gn", drop_path_rate=0.0)
     assert isinstance(model, peffnet.EfficientNet)
     assert model.cfg.norm == "gn" and model.num_classes == 7
+    assert timm.create_model("peffnet_g16_efficientnet_b0_lnpn").cfg.norm == "lnpn"
     data_cfg = timm.data.resolve_data_config({}, model=model)
     assert data_cfg["input_size"] == (3, 224, 224)
-    with pytest.raises(ValueError, match="no pretrained weights"):
-        timm.create_model("peffnet_efficientnet_b0", pretrained=True)
+
+
+def test_names_with_a_norm_suffix() -> None:
+    assert peffnet.list_models() == [n for n in peffnet.list_models(with_norms=True) if n.rpartition("_")[2] not in
+                                     ("bn", "gn", "ln", "lnpn", "gnpn")]
+    assert meta_model("g16_efficientnet_b0_lnpn").cfg.norm == "lnpn"
+    assert meta_model("g16_efficientnet_b0_lnpn", norm="lnpn").cfg.name == "g16_efficientnet_b0_lnpn"
+    assert meta_model("g16_efficientnet_b0").cfg.norm == "bn"  # the documented default
+    with pytest.raises(ValueError, match="is the lnpn model; norm='gn' contradicts it"):
+        peffnet.create_model("g16_efficientnet_b0_lnpn", norm="gn")
+    with pytest.raises(ValueError, match="unknown model 'g16_efficientnet_b0_xn'"):
+        peffnet.create_model("g16_efficientnet_b0_xn")

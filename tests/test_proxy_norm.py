@@ -133,6 +133,46 @@ def test_projection_norm_has_scale_no_shift_no_pn(groups: int) -> None:
     torch.testing.assert_close(layer(x), F.group_norm(x, groups, eps=1e-3) * layer.weight.view(-1, 1, 1))
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_layer_traces_with_the_moments_as_one_leaf_call(train: bool) -> None:
+    """Under ``torch.fx`` symbolic tracing the moments are one call of ``proxy_affine`` (not traced into, and not
+    served from the eval cache): the traced layer computes the layer's output and gradients."""
+    layer = randomize(ProxyNormAct2d(8, groups=4).double()).train(train)
+    x = torch.randn(3, 8, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        ref = layer(x.clone())  # in eval mode: fills the cache before tracing
+    graph = torch.fx.symbolic_trace(layer)
+    calls = [n.target for n in graph.graph.nodes if n.op == "call_function"]
+    assert calls.count(peffnet.layers.proxy_affine) == 1
+    out = graph(x.clone())
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    out.square().sum().backward()
+    fx_grads = [p.grad.clone() for p in layer.parameters()]  # the graph holds the layer's own parameters
+    layer.zero_grad()
+    layer(x.clone()).square().sum().backward()
+    for a, b in zip(fx_grads, (p.grad for p in layer.parameters()), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_scripted_proxy_norm_trains_like_the_eager_layer(groups: int) -> None:
+    """Under TorchScript the moments are :func:`~peffnet.layers.proxy_moments.proxy_affine_ops`: the same values
+    and, through autograd, the same gradients as the eager layer's hand-written backward."""
+    layer = randomize(ProxyNormAct2d(8, groups=groups).double())
+    scripted = torch.jit.script(layer)
+    x = torch.randn(3, 8, 5, 5, dtype=torch.float64)
+    weights = torch.randn(3, 8, 5, 5, dtype=torch.float64)
+    results = []
+    for module in (layer, scripted):
+        module.zero_grad()
+        xg = x.clone().requires_grad_()
+        out = module(xg)
+        (out * weights).sum().backward()
+        results.append((out.detach(), xg.grad, *(p.grad.clone() for p in module.parameters())))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_layer_keeps_bfloat16_activations_in_bfloat16() -> None:
     layer = randomize(ProxyNormAct2d(8)).to(torch.bfloat16)
     x = torch.randn(2, 8, 4, 4)

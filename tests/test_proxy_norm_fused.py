@@ -151,7 +151,7 @@ def test_fuse_leaves_other_models_alone_and_fold_refuses_a_fused_model() -> None
     gn = create_model("g16_efficientnet_b0", norm="gn", num_classes=10)
     modules = list(gn.modules())
     assert fuse_proxy_norm(gn) is gn and list(gn.modules()) == modules
-    with pytest.raises(ValueError, match="rewrites peffnet EfficientNets, not Sequential"):
+    with pytest.raises(ValueError, match="rewrites peffnet EfficientNets and their backbones, not Sequential"):
         fuse_proxy_norm(torch.nn.Sequential(ProxyNormAct2d(4)))
     fused = fuse_proxy_norm(create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10)).eval()
     with pytest.raises(ValueError, match="folds the plain model, not a fused one") as info:

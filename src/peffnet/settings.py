@@ -95,7 +95,8 @@ class Check:
     text: str
 
     def describe(self, kind: Kind) -> str:
-        return self.text.format(noun=kind.noun)
+        text = self.text.format(noun=kind.noun)
+        return f"{_article(kind.noun)} {text[2:]}" if self.text.startswith("a {noun}") else text
 
 
 POSITIVE = Check(lambda v: v > 0, "a positive {noun}")

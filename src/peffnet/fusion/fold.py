@@ -258,9 +258,8 @@ def fold_proxy_norm(model: nn.Module) -> nn.Module:
         stem.norm, consumer.conv = _fold_into_next(stem.norm, consumer.conv)
     for block in blocks:
         _fold_block(block)
-    classifier = getattr(model, "classifier", None)
-    if _has_pn(head) and isinstance(classifier, nn.Linear) and isinstance(getattr(model, "pool", None),
-                                                                           nn.AdaptiveAvgPool2d):
+    classifier, pool = getattr(model, "classifier", None), getattr(model, "pool", None)
+    if _has_pn(head) and isinstance(classifier, nn.Linear) and getattr(pool, "pool_type", None) == "avg":
         head.norm, model.classifier = _fold_into_next(head.norm, classifier)  # average pooling commutes with it
     for name, module in list(model.named_modules()):  # anything else: the cached affine as a constant
         if name and isinstance(module, ProxyNormAct2d):

@@ -1,6 +1,7 @@
 """The fused training form of proxy norm: the plain model's math with fewer passes (paper Section 3.2, Eq. 4).
 
-:func:`fuse_proxy_norm` rewrites a plain LN+PN / GN+PN :class:`~peffnet.models.EfficientNet` in place. The
+:func:`fuse_proxy_norm` rewrites a plain LN+PN / GN+PN :class:`~peffnet.models.EfficientNet` (or its backbone,
+:class:`~peffnet.models.EfficientNetFeatures`: every block output, so every feature map, is unchanged) in place. The
 fused modules *adopt* the plain modules' children (the very same ``conv``, ``norm``, ``se``, ``project``
 objects under the same names), so the fused model shares every Parameter with the plain one and has the
 same ``state_dict`` keys: a checkpoint of either form loads into the other. What changes is where Eq. 4's
@@ -40,6 +41,7 @@ from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
 from peffnet.layers.proxy_moments import proxy_affine
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 from peffnet.models.efficientnet import EfficientNet
+from peffnet.models.features import EfficientNetFeatures
 
 __all__ = ["FusedConvNormAct", "FusedMBConv", "ProxyAffineTable", "fuse_proxy_norm"]
 
@@ -168,7 +170,8 @@ def training_form(model: nn.Module, device: torch.device, compile: bool) -> str:
 
 
 def fuse_proxy_norm(model: nn.Module) -> nn.Module:
-    """Rewrite a plain LN+PN / GN+PN EfficientNet into its fused training form, in place (module docstring).
+    """Rewrite a plain LN+PN / GN+PN EfficientNet (or backbone) into its fused training form, in place (module
+    docstring).
 
     The fused model computes what the plain one computes (outputs and gradients equal up to float rounding,
     in training and eval, with gradient checkpointing and micro-batching: ``tests/test_proxy_norm_fused.py``),
@@ -180,18 +183,20 @@ def fuse_proxy_norm(model: nn.Module) -> nn.Module:
         ``model`` (modified in place), for chaining.
 
     Raises:
-        ValueError: ``model`` has proxy norm but is not a peffnet EfficientNet.
+        ValueError: ``model`` has proxy norm but is not a peffnet EfficientNet or EfficientNetFeatures.
     """
     layers = [m for m in model.modules() if isinstance(m, ProxyNormAct2d)]
     if not layers or any(isinstance(m, (FusedConvNormAct, FusedMBConv)) for m in model.modules()):
         return model
-    if not isinstance(model, EfficientNet):
-        raise ValueError(f"fuse_proxy_norm rewrites peffnet EfficientNets, not {type(model).__name__}")
+    if not isinstance(model, (EfficientNet, EfficientNetFeatures)):
+        raise ValueError(f"fuse_proxy_norm rewrites peffnet EfficientNets and their backbones, not "
+                         f"{type(model).__name__}")
     table = ProxyAffineTable(layers)
     model.stem = FusedConvNormAct(model.stem, table)
     for stage in model.stages:
         for i, block in enumerate(stage):
             stage[i] = FusedMBConv(block, table)
-    model.head = FusedConvNormAct(model.head, table)
+    if isinstance(getattr(model, "head", None), ConvNormAct):  # a backbone, or a pruned model, has none
+        model.head = FusedConvNormAct(model.head, table)
     model.stem.register_forward_pre_hook(table.refresh)
     return model

@@ -18,14 +18,25 @@ GN_GROUPS = 4
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
-    """BatchNorm followed by an optional SiLU (swish)."""
+    """BatchNorm followed by an optional SiLU (swish).
+
+    The normalization is ``nn.BatchNorm2d``'s, running statistics included, written out with ``F.batch_norm``
+    so that ``torch.fx`` traces it and TorchScript compiles it (``nn.BatchNorm2d.forward`` does neither here).
+    """
 
     def __init__(self, channels: int, act: bool = True) -> None:
         super().__init__(channels, eps=NORM_EPS)
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)
+        factor = 0.0 if self.momentum is None else self.momentum  # as nn.BatchNorm2d
+        batches = self.num_batches_tracked
+        if self.training and batches is not None:
+            batches.add_(1)
+            if self.momentum is None:  # a cumulative average
+                factor = 1.0 / float(batches)
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, factor,
+                         self.eps)
         return F.silu(x, inplace=True) if self.act else x  # in place: x is BN's fresh output
 
 

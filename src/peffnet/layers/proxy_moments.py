@@ -18,12 +18,17 @@ the issue's tolerance). The authors used 200 fixed normal quantiles instead (REF
 The moments cost O(channels) and never see the batch. They are one :class:`torch.autograd.Function` with
 hand-written gradients (the same quadratures applied to ``phi'``): B0 has 33 PN layers, and the per-op
 overhead of recording dozens of tiny autograd ops per layer would otherwise dominate their cost.
+TorchScript cannot run such a Function: :func:`proxy_affine_ops` is the same quadrature as plain
+differentiable ops, which :class:`~peffnet.layers.proxy_norm.ProxyNormAct2d` uses when scripted. The
+quadrature itself (:func:`_quadrature` and the helpers it calls) is written so that TorchScript compiles it:
+no globals but functions (TorchScript reads none), which is why a few constants appear as literals there.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Final
 
 import numpy as np
 import torch
@@ -33,8 +38,7 @@ from torch.autograd.function import once_differentiable
 HERMITE_NODES = 16  # node counts and SIGMA_SPLIT chosen with scripts/pn_quadrature.py
 LAGUERRE_NODES = 16
 SIGMA_SPLIT = 1.25  # sigma above which the relu + residual rule is used
-_INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)  # also a literal in the TorchScript-compiled functions below
 # exp() of arguments below this gives denormals or underflows, which CPUs compute many times slower; the
 # terms it drops are below e^-80 < 2e-35 of the moments.
 _EXP_FLOOR = -80.0
@@ -42,7 +46,7 @@ _EXP_FLOOR = -80.0
 
 def _ndtr(t: torch.Tensor) -> torch.Tensor:
     """Standard normal CDF via ``erfc`` (``torch.special.ndtr`` is slower on CPU)."""
-    return 0.5 * torch.special.erfc(t * -_INV_SQRT_2)
+    return 0.5 * torch.special.erfc(t * -0.7071067811865475)  # -1/sqrt(2) (a literal: module docstring)
 
 
 def _swish(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +57,15 @@ def _swish(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _gelu(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     c = _ndtr(u)
-    return u * c, c + u * torch.exp((-0.5 * u * u).clamp_min_(_EXP_FLOOR)) * _INV_SQRT_2PI
+    # literals: _EXP_FLOOR, _INV_SQRT_2PI (module docstring)
+    return u * c, c + u * torch.exp((-0.5 * u * u).clamp_min_(-80.0)) * 0.3989422804014327
+
+
+def _phi(act: str, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``phi(u)`` and ``phi'(u)`` of a smooth activation (``ACTIVATIONS`` by name, as TorchScript can call it)."""
+    if act == "gelu":
+        return _gelu(u)
+    return _swish(u)
 
 
 # name -> phi(u) and phi'(u); None marks ReLU, whose moments are closed form.
@@ -115,42 +127,50 @@ def _constants(act: str, n_hermite: int, n_laguerre: int, dtype: torch.dtype,
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` in the inputs' precision even under autocast."""
-    if a.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(a.device.type):
-        with torch.autocast(a.device.type, enabled=False):
-            return torch.matmul(a, b)
-    return torch.matmul(a, b)
+    """``a @ b`` in the inputs' precision even under autocast (eager; TorchScript has no autocast here)."""
+    if torch.jit.is_scripting():
+        return torch.matmul(a, b)
+    else:  # TorchScript compiles the branch above only (it decides ``is_scripting()`` when compiling)
+        if a.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(a.device.type):
+            with torch.autocast(a.device.type, enabled=False):
+                return torch.matmul(a, b)
+        return torch.matmul(a, b)
 
 
-def _moments(act: str, mu: torch.Tensor, sigma: torch.Tensor, nodes: tuple[int, int]) -> torch.Tensor:
+def _quadrature(act: str, mu: torch.Tensor, sigma: torch.Tensor, x: torch.Tensor, w_gh: torch.Tensor,
+                powers: torch.Tensor, b: torch.Tensor, index: torch.Tensor, split_at: float) -> torch.Tensor:
     """Rows ``[E, E2, dE/dmu, dE2/dmu, dE/dsigma, dE2/dsigma]`` (6, C) of ``phi(U)``, ``U ~ N(mu, sigma^2)``,
-    ``E2 = E[phi(U)^2]``; 1-D inputs, ``sigma >= 0``. Derivatives come from the same quadratures."""
-    phi = ACTIVATIONS[act]
-    x, w_gh, powers, b, index = _constants(act, *nodes, mu.dtype, mu.device)
+    ``E2 = E[phi(U)^2]``; 1-D inputs, ``sigma >= 0``, the tables of :func:`_constants`, the rule switching at
+    ``sigma = split_at``. Derivatives come from the same quadratures."""
     # relu(U) in closed form: dE/dmu = cdf, dE/ds = pdf, dE2/dmu = 2 E, dE2/ds = 2 s cdf
-    s = sigma.clamp_min(SIGMA_SPLIT if phi else 1e-12)  # the clamp keeps the unused rule finite
+    s = sigma.clamp_min(split_at if act != "relu" else 1e-12)  # the clamp keeps the unused rule finite
     inv = s.reciprocal()
     t = mu * inv
     cdf = _ndtr(t)
-    pdf = torch.exp((-0.5 * t * t).clamp_min_(_EXP_FLOOR)) * _INV_SQRT_2PI
+    pdf = torch.exp((-0.5 * t * t).clamp_min_(-80.0)) * 0.3989422804014327  # _EXP_FLOOR, _INV_SQRT_2PI
     e1 = torch.addcmul(s * pdf, mu, cdf)
     e2 = torch.addcmul(mu * s * pdf, torch.addcmul(s * s, mu, mu), cdf)
     split = torch.stack([e1, e2, cdf, 2 * e1, pdf * (sigma >= s), 2 * s * cdf])
-    if phi is None:
+    if act == "relu":
         return split
     # Residual phi - relu by Gauss-Laguerre. exp(-z^2 / 2), z = (V - mu) / s, is one rank-3 product, and
     # with m_j = sum_k exp(-z_k^2 / 2) V_k^j A_k: r = m_0 / s, dr/dmu = sum e z A / s^2 = (m_1 - mu m_0) / s^3,
     # dr/ds = sum e (z^2 - 1) A / s^2 = ((m_2 - 2 mu m_1 + mu^2 m_0) / s^2 - m_0) / s^2.
     q = inv * inv
-    e = _mm(powers, torch.stack([-0.5 * mu * mu * q, mu * q, -0.5 * q])).clamp_min_(_EXP_FLOOR).exp_()
+    e = _mm(powers, torch.stack([-0.5 * mu * mu * q, mu * q, -0.5 * q])).clamp_min_(-80.0).exp_()  # _EXP_FLOOR
     m0, m1, m2 = _mm(b, e).view(3, 2, -1).unbind(0)  # each (2, C): first and second moment
     r_mu = (m1 - mu * m0) * (q * inv)
     r_s = ((m2 - 2 * mu * m1 + mu * mu * m0) * q - m0) * q
     split = split + torch.cat([m0 * inv, r_mu, r_s])
     # Gauss-Hermite: dE/dmu = E[phi'], dE/dsigma = E[phi' x], likewise for phi^2 with 2 phi phi'
-    f, df = phi(torch.addcmul(mu, x[:, None], sigma.clamp_max(SIGMA_SPLIT)))  # (K, C)
+    f, df = _phi(act, torch.addcmul(mu, x[:, None], sigma.clamp_max(split_at)))  # (K, C)
     gh = _mm(w_gh, torch.stack([f, f * f, df, f * df])).view(16, -1).index_select(0, index)
-    return torch.where(sigma <= SIGMA_SPLIT, gh, split)
+    return torch.where(sigma <= split_at, gh, split)
+
+
+def _moments(act: str, mu: torch.Tensor, sigma: torch.Tensor, nodes: tuple[int, int]) -> torch.Tensor:
+    """:func:`_quadrature` with ``nodes`` (Gauss-Hermite, Gauss-Laguerre) nodes and the cached tables."""
+    return _quadrature(act, mu, sigma, *_constants(act, *nodes, mu.dtype, mu.device), SIGMA_SPLIT)
 
 
 class _ProxyMoments(torch.autograd.Function):
@@ -196,6 +216,35 @@ def proxy_affine(act: str, gamma: torch.Tensor, beta: torch.Tensor, gamma_tilde:
     if gamma.dtype not in (torch.float32, torch.float64):
         gamma, beta, gamma_tilde, beta_tilde = (t.float() for t in (gamma, beta, gamma_tilde, beta_tilde))
     return _ProxyMoments.apply(gamma, beta, gamma_tilde, beta_tilde, act, (HERMITE_NODES, LAGUERRE_NODES), eps)
+
+
+_SWISH = _TABLES[("swish", HERMITE_NODES, LAGUERRE_NODES)]
+SWISH_TABLE = torch.tensor([v for t in _SWISH for v in np.ravel(t)], dtype=torch.float64)
+"""The swish tables of :func:`_build_tables` as one flat float64 tensor, for :func:`proxy_affine_ops` (TorchScript
+turns a constant list of floats into a tensor through float32, so the tables travel as a tensor)."""
+SWISH_TABLE_SIZES: Final = (len(_SWISH[0]), len(_SWISH[2]))
+"""Its Gauss-Hermite and (two-sided) Gauss-Laguerre node counts."""
+
+
+def proxy_affine_ops(gamma: torch.Tensor, beta: torch.Tensor, gamma_tilde: torch.Tensor, beta_tilde: torch.Tensor,
+                     eps: float, table: torch.Tensor, sizes: tuple[int, int],
+                     split_at: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`proxy_affine` for swish as plain differentiable ops, for TorchScript (which cannot run the autograd
+    Function): the same quadrature (``table``: :data:`SWISH_TABLE`, ``sizes``: :data:`SWISH_TABLE_SIZES`,
+    ``split_at``: :data:`SIGMA_SPLIT`), gradients by autograd through it, the same values up to float rounding."""
+    dtype = torch.float64 if gamma.dtype == torch.float64 else torch.float32
+    gamma, beta, gamma_tilde, beta_tilde = gamma.to(dtype), beta.to(dtype), gamma_tilde.to(dtype), beta_tilde.to(dtype)
+    table = table.to(device=gamma.device, dtype=dtype)
+    k, l2 = sizes
+    x, w_gh = table[:k], table[k:5 * k].view(4, k)
+    powers, b = table[5 * k:5 * k + 3 * l2].view(l2, 3), table[5 * k + 3 * l2:].view(6, l2)
+    index = torch.tensor([0, 4, 8, 14, 9, 15], device=gamma.device)  # _GH_COLUMNS
+    mu = torch.addcmul(beta, gamma, beta_tilde)
+    sigma = torch.addcmul(gamma, gamma, gamma_tilde).abs()
+    m = _quadrature("swish", mu, sigma, x, w_gh, powers, b, index, split_at)
+    var = (m[1] - m[0] * m[0]).clamp_min(0)
+    scale = torch.rsqrt(var + eps)
+    return scale, -m[0] * scale
 
 
 def proxy_norm_moments(

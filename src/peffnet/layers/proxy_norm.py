@@ -10,6 +10,11 @@ per-channel parameters only, never on the batch or the resolution: they cost O(c
 
 This is the plain reference layer (what ``torch.compile`` and CUDA training run). The CPU-fast training
 form is :func:`peffnet.fusion.fuse_proxy_norm`, the inference form :func:`peffnet.fusion.fold_proxy_norm`.
+
+The layer also traces and scripts: under ``torch.fx`` symbolic tracing the moments are one leaf call of
+:func:`~peffnet.layers.proxy_moments.proxy_affine` (computed on every call of the traced graph), and under
+TorchScript they are :func:`~peffnet.layers.proxy_moments.proxy_affine_ops`, the same quadrature as plain ops.
+Neither uses the eval cache.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from peffnet.layers.norm_act import NORM_EPS
-from peffnet.layers.proxy_moments import proxy_affine
+from peffnet.layers.proxy_moments import SIGMA_SPLIT, SWISH_TABLE, SWISH_TABLE_SIZES, proxy_affine, proxy_affine_ops
 
 PROXY_EPS = 3e-2  # eps~ of Eq. 4 (REFERENCE.md)
+torch.fx.wrap("proxy_affine")  # symbolic tracing records the moments as one call instead of tracing into them
 
 
 def _values_key(t: torch.Tensor) -> tuple:
@@ -40,11 +46,16 @@ class ProxyNormAct2d(nn.Module):
 
     Forward: ``a = swish(group_norm(x) * gamma + beta)`` (``gamma``/``beta`` passed to ``group_norm`` as its
     affine), then Eq. 4 as the per-channel affine ``a * scale + shift`` with ``(scale, shift) =``
-    :meth:`proxy_affine`. In eval mode (without gradients to the parameters) that affine is computed once and
-    cached until a parameter changes: the cache is keyed on each parameter's storage and version counter,
+    :meth:`proxy_affine`. In eager eval mode (without gradients to the parameters) that affine is computed once
+    and cached until a parameter changes: the cache is keyed on each parameter's storage and version counter,
     and dropped by ``train()``/``eval()`` and ``load_state_dict``. Edits through ``param.data`` bypass
     version counters: call :meth:`clear_cache`.
     """
+
+    # what proxy_affine_ops needs under TorchScript, as constants of a scripted module
+    __constants__ = ["quadrature_sizes", "quadrature_split"]
+    quadrature_sizes = SWISH_TABLE_SIZES
+    quadrature_split = SIGMA_SPLIT
 
     def __init__(self, channels: int, groups: int = 1, eps: float = NORM_EPS, proxy_eps: float = PROXY_EPS) -> None:
         super().__init__()
@@ -57,14 +68,17 @@ class ProxyNormAct2d(nn.Module):
         self.proxy_weight = nn.Parameter(torch.zeros(channels))
         self.proxy_bias = nn.Parameter(torch.zeros(channels))
         self._cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self.quadrature = SWISH_TABLE  # a plain attribute (no state_dict entry), read under TorchScript only
 
-    def _proxy_parameters(self) -> tuple[torch.Tensor, ...]:
+    def _proxy_parameters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.weight, self.bias, self.proxy_weight, self.proxy_bias
 
     def caches_affine(self) -> bool:
         """Whether :meth:`proxy_affine` serves this call from (or into) the eval cache: eval mode without
-        gradients to the parameters, so the affine is a constant. Never while compiling, on the meta device,
-        or on inference tensors (parameters made under ``torch.inference_mode`` have no version counter)."""
+        gradients to the parameters, so the affine is a constant. Never while compiling or tracing, on the meta
+        device, or on inference tensors (parameters made under ``torch.inference_mode`` have no version counter)."""
+        if isinstance(self.weight, torch.fx.Proxy):  # symbolic tracing: the traced graph has no cache
+            return False
         params = self._proxy_parameters()
         return (not self.training and not self.weight.is_meta and not torch.compiler.is_compiling()
                 and not any(p.is_inference() for p in params)
@@ -74,6 +88,9 @@ class ProxyNormAct2d(nn.Module):
         """Eq. 4 as a per-channel affine of ``a = swish(gamma y + beta)``: ``(scale, shift)`` with
         ``scale = 1 / sqrt(Var + eps~)`` and ``shift = -E * scale`` (float32 or wider), from the eval cache
         when :meth:`caches_affine`, else computed (differentiable in all four parameters)."""
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only: plain ops, no cache
+            return proxy_affine_ops(self.weight, self.bias, self.proxy_weight, self.proxy_bias, self.proxy_eps,
+                                    self.quadrature, self.quadrature_sizes, self.quadrature_split)
         if not self.caches_affine():
             return proxy_affine("swish", *self._proxy_parameters(), self.proxy_eps)
         key = (torch.is_inference_mode_enabled(), *map(_values_key, self._proxy_parameters()))
@@ -96,8 +113,8 @@ class ProxyNormAct2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.group_norm(x, self.groups, self.weight, self.bias, self.eps)  # gamma Y + beta
         a = F.silu(y, inplace=True)  # phi(gamma Y + beta); in place: y is group_norm's fresh output
-        scale, shift = (t.to(a.dtype).view(-1, 1, 1) for t in self.proxy_affine())
-        return torch.addcmul(shift, a, scale)  # Eq. 4: a * scale + shift
+        scale, shift = self.proxy_affine()
+        return torch.addcmul(shift.to(a.dtype).view(-1, 1, 1), a, scale.to(a.dtype).view(-1, 1, 1))  # Eq. 4
 
     def extra_repr(self) -> str:
         return f"{self.channels}, groups={self.groups}, eps={self.eps}, proxy_eps={self.proxy_eps}"

@@ -13,10 +13,16 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
 from peffnet.errors import ConfigError
-from peffnet.settings import FLOAT, FRACTION, INT, POSITIVE, Check, Settings, require, setting
+from peffnet.settings import FLOAT, FRACTION, INT, NON_NEGATIVE, POSITIVE, Check, Settings, require, setting
 
 NORMS = ("bn", "gn", "ln", "lnpn", "gnpn")
+DEFAULT_NORM = "bn"
+"""The norm of a preset name without a norm suffix (``g16_efficientnet_b0`` is ``g16_efficientnet_b0_bn``)."""
+GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax", "")
+"""timm's global pooling types a model accepts (``''``: no pooling, for ``num_classes=0`` only)."""
 MIN_RESOLUTION = 32
 """Smallest input that survives the five stride-2 layers with at least one pixel."""
 RESOLUTION = Check(lambda v: v >= MIN_RESOLUTION, f"at least {MIN_RESOLUTION} (five stride-2 layers)")
@@ -88,18 +94,25 @@ class ModelConfig:
     resolution: int
     group_size: int = 1
     expansion: int = 6
-    norm: str = "bn"
-    num_classes: int = 1000
+    norm: str = DEFAULT_NORM
+    num_classes: int = 1000  # 0: no classifier, the model returns its pooled features
     in_chans: int = 3
     drop_rate: float = 0.2
     drop_path_rate: float = 0.2  # stochastic depth; survival 0.8 at the last block (REFERENCE.md)
+    global_pool: str = "avg"
 
     def __post_init__(self) -> None:
-        for field in ("group_size", "expansion", "num_classes", "in_chans"):
+        for field in ("group_size", "expansion", "in_chans"):
             require(field, getattr(self, field), INT, POSITIVE)
+        require("num_classes", self.num_classes, INT, NON_NEGATIVE)
         require("resolution", self.resolution, INT, RESOLUTION)
         if self.norm not in NORMS:
             raise ConfigError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ConfigError(f"unknown global_pool {self.global_pool!r}; choose one of "
+                              f"{', '.join(map(repr, GLOBAL_POOLS))}")
+        if not self.global_pool and self.num_classes:
+            raise ConfigError("global_pool='' (no pooling) needs num_classes=0: a classifier takes pooled features")
         for field in ("drop_rate", "drop_path_rate"):
             require(field, getattr(self, field), FLOAT, FRACTION)
 
@@ -112,45 +125,75 @@ class ModelOverrides(Settings):
     group_size: int | None = setting(None, "group size G of the spatial convs (default: the preset's)", INT, POSITIVE,
                                      group="model")
     expansion: int | None = setting(None, "expansion ratio E (default: the preset's)", INT, POSITIVE, group="model")
-    norm: str | None = setting(None, f"normalization: {', '.join(NORMS)} (default: bn)", group="model")
+    norm: str | None = setting(None, f"normalization: {', '.join(NORMS)} (default: the name's suffix, else "
+                                     f"{DEFAULT_NORM})", group="model")
 
     def overrides(self) -> dict[str, Any]:
         """The overrides that were set, for :func:`preset`."""
         return {k: getattr(self, k) for k in ("group_size", "expansion", "norm") if getattr(self, k) is not None}
 
 
-def model_names() -> list[str]:
-    """All preset names, e.g. ``efficientnet_b0``, ``g4_efficientnet_b3``, ``g16_efficientnet_b7``."""
-    return [f"{prefix}efficientnet_{size}" for prefix in PRESETS for size in SIZES]
+def model_names(with_norms: bool = False) -> list[str]:
+    """All preset names, e.g. ``efficientnet_b0``, ``g4_efficientnet_b3``, ``g16_efficientnet_b7``; with
+    ``with_norms``, each followed by its names with a norm suffix (``g16_efficientnet_b0_lnpn``)."""
+    names = [f"{prefix}efficientnet_{size}" for prefix in PRESETS for size in SIZES]
+    return [n for name in names for n in [name, *(f"{name}_{norm}" for norm in NORMS)]] if with_norms else names
+
+
+def split_norm(name: str) -> tuple[str, str | None]:
+    """``("g16_efficientnet_b0", "lnpn")`` for ``g16_efficientnet_b0_lnpn``; a name without a norm suffix
+    comes back with ``None``."""
+    base, _, suffix = name.rpartition("_")
+    return (base, suffix) if base and suffix in NORMS else (name, None)
 
 
 def preset(name: str, **overrides: object) -> ModelConfig:
-    """The configuration of a preset name with user overrides applied.
+    """The configuration of a preset name (optionally with a norm suffix: ``g16_efficientnet_b0_lnpn``) with
+    user overrides applied. Without a suffix or a ``norm`` override the norm is :data:`DEFAULT_NORM`.
 
     Raises:
-        ConfigError: unknown name, unknown override, or an invalid value.
+        ConfigError: unknown name, unknown override, an invalid value, or a ``norm`` that contradicts the name.
     """
+    bare, name_norm = split_norm(name)
+    if name_norm is not None and overrides.get("norm") not in (None, name_norm):
+        raise ConfigError(f"{name} is the {name_norm} model; norm={overrides['norm']!r} contradicts it (use "
+                          f"{bare}_{overrides['norm']})")
     for prefix, (group_size, expansion) in PRESETS.items():
-        stem = name.removeprefix(prefix) if prefix else name
-        if (prefix == "" or name.startswith(prefix)) and stem.startswith("efficientnet_"):
+        stem = bare.removeprefix(prefix) if prefix else bare
+        if (prefix == "" or bare.startswith(prefix)) and stem.startswith("efficientnet_"):
             size_key = stem.removeprefix("efficientnet_")
             if size_key in SIZES:
                 size = SIZES[size_key]
                 base = ModelConfig(
                     name=name, size=size_key, width=size.width, depth=size.depth,
                     resolution=size.resolution, group_size=group_size, expansion=expansion,
-                    drop_rate=size.drop_rate,
+                    norm=name_norm or DEFAULT_NORM, drop_rate=size.drop_rate,
                 )
                 break
     else:
         raise ConfigError(f"unknown model {name!r}; run `peffnet models` for the list")
     allowed = {"group_size", "expansion", "norm", "num_classes", "in_chans", "drop_rate",
-               "drop_path_rate", "resolution"}
+               "drop_path_rate", "resolution", "global_pool"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ConfigError(f"unknown model override(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
     clean = {k: v for k, v in overrides.items() if v is not None}
     return replace(base, **clean)  # type: ignore[arg-type]
+
+
+def data_config(cfg: ModelConfig) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` of a configuration, without weights (no ``url``): the native input size (and
+    the smallest one, :data:`MIN_RESOLUTION`), the preprocessing ``peffnet eval`` gives image folders (resize
+    the short side to ``r * 256 / 224``, bilinear, centre-crop ``r``, ImageNet mean and std), the pooled map
+    size, the first conv and the classifier. For ``in_chans`` other than 3 the mean and std are ImageNet's
+    averaged over its three channels, one value per channel."""
+    res, side, chans = cfg.resolution, math.ceil(cfg.resolution / 32), cfg.in_chans
+    mean, std = ((IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if chans == 3 else
+                 ((sum(IMAGENET_DEFAULT_MEAN) / 3,) * chans, (sum(IMAGENET_DEFAULT_STD) / 3,) * chans))
+    return {"num_classes": cfg.num_classes, "input_size": (chans, res, res),
+            "min_input_size": (chans, MIN_RESOLUTION, MIN_RESOLUTION), "pool_size": (side, side), "crop_pct": 224 / 256,
+            "crop_mode": "center", "interpolation": "bilinear", "mean": mean, "std": std, "first_conv": "stem.conv",
+            "classifier": "classifier", "paper_name": "Making EfficientNet More Efficient", "license": "apache-2.0"}
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

@@ -19,6 +19,9 @@ import torch
 from torch import nn
 
 from peffnet.layers.blocks import SqueezeExcite
+from peffnet.layers.norm_act import BatchNormAct2d, norm_act
+from peffnet.models.config import NORMS, preset
+from peffnet.models.efficientnet import build as build_model
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,8 @@ def profile_model(model: nn.Module, resolution: int, batch_size: int = 1, in_cha
     for name, mod in meta.named_modules():
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             handles.append(mod.register_forward_hook(on_layer(name)))
-        if name and (not list(mod.children()) or isinstance(mod, SqueezeExcite)) and not _inside_se(meta, name):
+        if (name and (not list(mod.children()) or isinstance(mod, SqueezeExcite)) and not _inside_se(meta, name)
+                and not isinstance(mod, nn.Flatten)):  # a view of the pooled features, no memory of its own
             handles.append(mod.register_forward_hook(on_output(name)))
     try:
         was_training = meta.training
@@ -223,3 +227,18 @@ def model_macs(model: nn.Module, resolution: int) -> int:
     if isinstance(model, EfficientNet):
         return profile_model(model, resolution, in_chans=model.cfg.in_chans).macs
     return sum(layer.macs for layer in conv_layers(model, resolution))
+
+
+def preset_costs(name: str) -> tuple[int, dict[str, int]]:
+    """Forward MACs of a preset (one image, native resolution) and its parameter count with each norm, from one
+    meta-device model. The MACs do not depend on the norm; the parameters differ only in the norm layers, counted
+    for each norm by building those layers alone (:func:`~peffnet.layers.norm_act.norm_act`)."""
+    cfg = preset(name, norm="bn")
+    with torch.device("meta"):
+        model = build_model(cfg)
+        norms = [(m.num_features, m.act) for m in model.modules() if isinstance(m, BatchNormAct2d)]
+        layer_params = {key: {norm: sum(p.numel() for p in norm_act(norm, *key).parameters()) for norm in NORMS}
+                        for key in set(norms)}
+    rest = sum(p.numel() for p in model.parameters()) - sum(layer_params[key]["bn"] for key in norms)
+    params = {norm: rest + sum(layer_params[key][norm] for key in norms) for norm in NORMS}
+    return profile_model(model, cfg.resolution).macs, params

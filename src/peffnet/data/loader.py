@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -13,6 +14,16 @@ from torch.utils.data import DataLoader, Dataset
 from peffnet.data.datasets import TensorImageDataset
 from peffnet.data.imagefolder import collate
 from peffnet.errors import ConfigError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of the DataLoader workers: the main process decides when a run stops (it finishes the
+    step and checkpoints) and its DataLoader ends the workers; a worker ended by a signal sent to the whole
+    process group (Ctrl-C, SLURM) would fail the step instead."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 class Loader:
@@ -24,8 +35,9 @@ class Loader:
     this is the sharding of ``DistributedSampler``, done per step so a run can restart mid-epoch.
     Evaluation (``shuffle=False``): rank ``r`` takes images ``r, r+W, ...`` in batches of ``batch_size``.
 
-    Iterating yields ``(images, labels)``; unreadable image files met on the way are listed in
-    :attr:`skipped` (see :class:`peffnet.data.imagefolder.ImageFolderDataset`).
+    Iterating yields ``(images, labels)``; image files skipped on the way (unreadable, or over the pixel limit)
+    are listed in :attr:`skipped`, those over the limit also in :attr:`oversized` (see
+    :class:`peffnet.data.imagefolder.ImageFolderDataset`).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0,
@@ -39,6 +51,7 @@ class Loader:
         self.rank, self.world_size, self.workers, self.pin_memory = rank, world_size, workers, pin_memory
         self.epoch, self.start_step = 0, 0
         self.skipped: list[str] = []
+        self.oversized: list[str] = []
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Iterate epoch ``epoch`` from its step ``start_step`` (mid-epoch resume)."""
@@ -68,10 +81,11 @@ class Loader:
             return
         keys = [[(i, self.epoch, self.seed) if self.shuffle else i for i in idx.tolist()] for idx in batches]
         loader = DataLoader(self.dataset, batch_sampler=keys, num_workers=self.workers, collate_fn=collate,
-                            pin_memory=self.pin_memory)
+                            pin_memory=self.pin_memory, worker_init_fn=ignore_stop_signals if self.workers else None)
         try:
-            for images, labels, skipped in loader:
+            for images, labels, skipped, oversized in loader:
                 self.skipped.extend(skipped)
+                self.oversized.extend(oversized)
                 yield images, labels
         except ConfigError as err:  # from a worker, the message carries the worker's traceback: keep its last line
             raise ConfigError(str(err).strip().splitlines()[-1].removeprefix("peffnet.errors.ConfigError: ")) from None

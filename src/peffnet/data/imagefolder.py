@@ -90,7 +90,7 @@ def open_image(path: Path, max_pixels: int | None = None) -> Image.Image:
         raise OversizedImage(str(err)) from None
     if limit and image.width * image.height > limit:
         image.close()
-        raise OversizedImage(f"{path}: {image.width}x{image.height} pixels, more than the limit of {limit}")
+        raise OversizedImage(f"{image.width}x{image.height} pixels, more than the limit of {limit}")
     return image
 
 

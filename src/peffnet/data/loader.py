@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -15,15 +16,27 @@ from peffnet.data.datasets import TensorImageDataset
 from peffnet.data.imagefolder import collate
 from peffnet.errors import ConfigError
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+def _end_at_sigterm_from_parent() -> None:
+    """Thread of a worker: wait for SIGTERM (blocked in the worker's threads) and end the worker only when its
+    parent sent it (the DataLoader ending a worker that does not stop); a scheduler's SIGTERM is ignored."""
+    parent = os.getppid()
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(128 + signal.SIGTERM)
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """``worker_init_fn`` of the DataLoader workers: the main process decides when a run stops (it finishes the
-    step and checkpoints) and its DataLoader ends the workers; a worker ended by a signal sent to the whole
-    process group (Ctrl-C, SLURM) would fail the step instead."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+def worker_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of the DataLoader workers. The main process decides when a run stops (it finishes its
+    step, or the evaluation in progress, and checkpoints; its DataLoader then ends the workers), but Ctrl-C
+    (SIGINT to the terminal's process group) and SLURM (signals to every process of a job step) reach the
+    workers too: they ignore SIGINT and SIGUSR1, and SIGTERM unless their parent sent it. (A worker whose
+    parent dies ends by itself: the DataLoader's watchdog.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):  # Linux; elsewhere a SIGTERM ends a worker at once
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_end_at_sigterm_from_parent, daemon=True).start()
 
 
 class Loader:
@@ -81,7 +94,7 @@ class Loader:
             return
         keys = [[(i, self.epoch, self.seed) if self.shuffle else i for i in idx.tolist()] for idx in batches]
         loader = DataLoader(self.dataset, batch_sampler=keys, num_workers=self.workers, collate_fn=collate,
-                            pin_memory=self.pin_memory, worker_init_fn=ignore_stop_signals if self.workers else None)
+                            pin_memory=self.pin_memory, worker_init_fn=worker_signals if self.workers else None)
         try:
             for images, labels, skipped, oversized in loader:
                 self.skipped.extend(skipped)

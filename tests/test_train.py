@@ -143,9 +143,12 @@ def test_tiny_run_writes_the_contract_files(tmp_path: Path, capsys: pytest.Captu
     model, _ = model_from_checkpoint(out / "checkpoint.pt")
     val = build_dataset("synthetic", "val", 32, False, subset=16)
     assert evaluate(model, make_loader(val, 16, train=False)) == pytest.approx((summary["top1"], summary["top5"]))
-    # the run is there: a second run into the same directory must not overwrite it
+    # the run is there: a second run into the same directory never overwrites it (it continues it, or says why not)
     assert main(tiny_args(out)) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert f"the run in {out} is at step 8, past the 1 epoch(s) asked for" in capsys.readouterr().err
+    assert main(tiny_args(out, "--resume", "no")) == 2
+    assert f"{out} already holds a run (checkpoint.pt)" in capsys.readouterr().err
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 8
 
 
 def test_result_does_not_depend_on_micro_batch_size(tmp_path: Path) -> None:

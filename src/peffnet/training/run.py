@@ -176,7 +176,7 @@ def run(job: Job, start: Start) -> dict[str, Any]:
         if error is not None:
             raise RunFailure(error)
 
-    with StopRequests(announce=ctx.is_main) as stop:
+    with StopRequests(announce=ctx.is_main) as stop, contextlib.closing(logger):
         hooks = Hooks(save, start.checkpoints.describe_last, elapsed, lambda: stop.agreed(ctx.device))
         live = fit(job, logger, hooks)
         if live is None:  # nothing was left to run (a finished run resumed): measure the live weights here
@@ -184,7 +184,6 @@ def run(job: Job, start: Start) -> dict[str, Any]:
         final = live if state.final_model() is state.model else evaluate(
             state.final_model(), job.val_loader, job.step.amp, job.step.channels_last)
         save()
-    logger.close()
     summary = make_summary(job, final, live, peak_memory_bytes(ctx.device))
     if ctx.is_main:
         (job.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

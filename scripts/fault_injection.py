@@ -4,13 +4,16 @@ bit for bit.
 
     python scripts/fault_injection.py --runs 24 --out /tmp/faults
 
-Each run is a tiny synthetic run on one CPU thread (docs/training.md, "Preemption"): ``peffnet train`` (3 epochs
-of 8 steps, a checkpoint every 2 steps, 2 kept) or ``peffnet finetune`` of the reference training (2 epochs of 8
-steps). Each gets 1 to 3 faults, drawn at random (seeded), each in a new process started with the same command:
+Each run is a tiny synthetic run on one CPU thread (docs/training.md, "Preemption, restarts and failures"):
+``peffnet train`` (3 epochs of 8 steps, a checkpoint every 2 steps, 2 kept) or ``peffnet finetune`` of the
+reference training (2 epochs of 8 steps). Each gets 1 to 3 faults, drawn at random (seeded), each in a new
+process started with the same command, at a random moment of its training (uniform between its first line and
+the time an uninterrupted run takes to finish):
 
-- SIGKILL once a random step is done (at a random moment after it);
-- SIGKILL during a checkpoint write (as soon as its temporary file appears);
-- SIGTERM once a random step is done (the run finishes its step, checkpoints and exits 143);
+- SIGKILL;
+- SIGKILL during a checkpoint write (the first one to start after that moment, 0-0.15 s after its temporary
+  file appears);
+- SIGTERM (the run finishes its step, checkpoints and exits 143);
 - after a SIGKILL, when an older checkpoint exists, damage to the newest: 4 KiB of garbage in its middle,
   truncation to half, random bytes, or deletion.
 
@@ -41,7 +44,7 @@ TRAIN = ["--model", "efficientnet_b0", "--norm", "gn", "--data", "synthetic", "-
          "--head-init-scale", "0", "--recipe-epochs", "0", "--epochs", "3", "--checkpoint-every", "2"]
 FINETUNE = ["--resolution", "32", "--stages", "3", "--epochs", "2", "--data", "synthetic", "--subset", "64",
             "--val-subset", "16", "--batch-size", "8", "--no-progress", "--checkpoint-every", "2"]
-STEPS = {"train": 24, "finetune": 16}
+STEPS = {"train": 24, "finetune": 16}  # steps of a whole run
 DAMAGES = ("garbage", "truncated", "random", "deleted")
 
 
@@ -59,13 +62,18 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
 
 
 def steps_logged(out: Path) -> int:
-    """The last step in metrics.jsonl (0 before the first)."""
+    """The last step in metrics.jsonl (0 before the first), for the record."""
     try:
         lines = (out / "metrics.jsonl").read_text().splitlines()
     except OSError:
         return 0
     steps = [json.loads(line)["step"] for line in lines[-3:] if line.endswith("}")]
     return max(steps, default=0)
+
+
+def started(log: Path, kind: str, launches: int) -> bool:
+    """Whether the ``launches``-th process of a run has printed its first line (its banner)."""
+    return log.read_text().count(f"peffnet {kind}: efficientnet_b0") >= launches
 
 
 def wait(proc: subprocess.Popen, condition: object, timeout: float = 600) -> bool:
@@ -95,27 +103,25 @@ def damage(out: Path, how: str) -> None:
     newest.write_bytes(data)
 
 
-def inject(proc: subprocess.Popen, out: Path, fault: str, step: int, rng: random.Random) -> str | None:
-    """Apply ``fault`` to the running ``proc`` once ``step`` steps are done; the fault's description, or None
-    when the run ended first."""
-    if not wait(proc, lambda: steps_logged(out) >= step):
-        return None
+def inject(proc: subprocess.Popen, out: Path, fault: str, delay: float, rng: random.Random) -> str | None:
+    """Apply ``fault`` to the running ``proc`` ``delay`` seconds into its training; the fault's description, or
+    None when the run ended first."""
+    time.sleep(delay)
     if fault == "kill-write":
         if not wait(proc, lambda: any(out.glob(".checkpoint.pt.*.tmp"))):
             return None
-        time.sleep(rng.uniform(0, 0.03))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        orphan = any(out.glob(".checkpoint.pt.*.tmp"))
-        return f"SIGKILL {'during a checkpoint write' if orphan else 'just after a checkpoint write'} (step {step}+)"
-    time.sleep(rng.uniform(0, 0.3))
+        time.sleep(rng.uniform(0, 0.15))  # a 65 MB write takes 0.1-0.3 s here
     if proc.poll() is not None:
         return None
-    proc.send_signal(signal.SIGKILL if fault == "kill" else signal.SIGTERM)
+    step = steps_logged(out)
+    proc.send_signal(signal.SIGTERM if fault == "term" else signal.SIGKILL)
     code = proc.wait()
+    if fault == "kill-write":
+        orphan = any(out.glob(".checkpoint.pt.*.tmp"))
+        return f"SIGKILL {'during' if orphan else 'just after'} a checkpoint write (after step {step})"
     if fault == "term":
-        return f"SIGTERM at step {step}+ (exit {code})"
-    return f"SIGKILL at step {step}+"
+        return f"SIGTERM after step {step} (exit {code})"
+    return f"SIGKILL after step {step}"
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -124,16 +130,19 @@ def same_weights(a: Path, b: Path) -> bool:
                for key in ("model", "averaged"))
 
 
-def one_run(kind: str, index: int, out: Path, reference: Path, parent: Path, rng: random.Random) -> dict:
+def one_run(kind: str, index: int, out: Path, reference: Path, parent: Path, duration: float,
+            rng: random.Random) -> dict:
     cmd, log = command(kind, out, parent), out.parent / f"{out.name}.log"
-    faults, damaged, launches = [], [], 0
+    faults, damaged, launches, code = [], [], 0, None
     for _ in range(rng.randint(1, 3)):
         fault = rng.choice(["kill", "kill", "kill-write", "term"])
         proc = start(cmd, log)
         launches += 1
-        done = inject(proc, out, fault, rng.randint(1, STEPS[kind] - 1), rng)
+        done = None
+        if wait(proc, lambda n=launches: started(log, kind, n)):
+            done = inject(proc, out, fault, rng.uniform(0, duration), rng)
         if done is None:  # the run ended before the fault: no more faults
-            proc.wait()
+            code = proc.wait()
             break
         if fault != "term" and len(list(out.glob("checkpoint-step*.pt"))) and rng.random() < 0.5:
             how = rng.choice(DAMAGES) if (out / "checkpoint.pt").exists() else None
@@ -142,7 +151,6 @@ def one_run(kind: str, index: int, out: Path, reference: Path, parent: Path, rng
                 done += f", then the newest checkpoint {how}"
                 damaged.append(how)
         faults.append(done)
-    code = None
     while code != 0 and launches < 10:
         proc = start(cmd, log)
         launches += 1
@@ -154,7 +162,7 @@ def one_run(kind: str, index: int, out: Path, reference: Path, parent: Path, rng
     steps_ok = [r["step"] for r in metrics if r["kind"] == "step"] == list(range(1, STEPS[kind] + 1))
     equal = code == 0 and steps_ok and same_weights(reference, out)
     return {"kind": kind, "run": index, "faults": faults, "launches": launches, "exit": code, "equal": equal,
-            "damaged": damaged, "torn": reported - expected, "metrics_ok": steps_ok}
+            "damaged": damaged, "torn": max(0, reported - expected), "metrics_ok": steps_ok}
 
 
 def main() -> int:
@@ -169,15 +177,21 @@ def main() -> int:
     t0 = time.monotonic()
 
     references = {"train": args.out / "reference-train", "finetune": args.out / "reference-finetune"}
+    durations = {}  # from the first line to the end of an uninterrupted run
     for kind in ("train", "finetune"):
-        ref = references[kind]
-        if start(command(kind, ref, references["train"]), args.out / f"{ref.name}.log").wait() != 0:
-            raise SystemExit(f"the uninterrupted {kind} run failed: see {args.out / ref.name}.log")
+        ref, log = references[kind], args.out / f"{references[kind].name}.log"
+        proc = start(command(kind, ref, references["train"]), log)
+        wait(proc, lambda k=kind, lg=log: started(lg, k, 1))
+        t = time.monotonic()
+        if proc.wait() != 0:
+            raise SystemExit(f"the uninterrupted {kind} run failed: see {log}")
+        durations[kind] = time.monotonic() - t
 
     results = []
     for i in range(args.runs):
         kind = ("train", "finetune")[i % 2]
-        r = one_run(kind, i, args.out / f"{kind}-{i:02d}", references[kind], references["train"], rng)
+        r = one_run(kind, i, args.out / f"{kind}-{i:02d}", references[kind], references["train"], durations[kind],
+                    rng)
         results.append(r)
         print(f"{kind:8s} #{i:02d}: {'; '.join(r['faults']) or 'no fault landed'} -> {r['launches']} launches, "
               f"{'bitwise equal' if r['equal'] else 'DIFFERENT'}{', TORN' if r['torn'] else ''}", flush=True)

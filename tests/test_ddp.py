@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,31 @@ def test_a_worker_killed_under_torchrun_max_restarts_ends_with_the_uninterrupted
     assert "peffnet train: took over" in output and "which is no longer running" in output
     assert "resuming from" in output
     assert same_weights(two_processes[0], out)
+
+
+def test_the_process_group_is_joined_with_a_timeout_and_a_store_of_this_restart(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """init_process_group gets --dist-timeout; under torchrun's agent store, keys are prefixed per restart (a
+    restarted worker must not read the address a dead peer published in an earlier restart)."""
+    import torch.distributed as dist
+
+    from peffnet.training import distributed
+
+    joined = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: joined.update(kwargs, backend=backend))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    distributed.setup("cpu", 42)
+    assert joined["timeout"] == timedelta(seconds=42) and joined["store"] is None and joined["backend"] == "gloo"
+
+    agent_store = dist.HashStore()
+    monkeypatch.setattr(dist, "TCPStore", lambda *args, **kwargs: agent_store)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "3")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    distributed.setup("cpu", 42)
+    joined["store"].set("rank_0", "address")
+    assert agent_store.get("peffnet/restart-3/rank_0") == b"address"

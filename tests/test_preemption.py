@@ -226,3 +226,26 @@ def test_a_stale_lock_is_taken_over_and_orphan_temporary_files_removed(tmp_path:
     assert "which is no longer running" in err
     assert "removed 1 temporary file(s) of a checkpoint write that was interrupted: .checkpoint.pt.x1y2.tmp" in err
     assert not list(out.glob(".*.tmp")) and not (out / LOCK_NAME).exists()
+
+
+def test_a_forked_child_does_not_keep_the_lock_of_a_dead_run(tmp_path: Path) -> None:
+    """DataLoader workers are forked from the run; one that outlives a killed run must not hold its lock (a
+    flock lasts while any process keeps the descriptor open)."""
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    ready, tell = os.pipe()
+    child = os.fork()
+    if child == 0:  # a worker that lingers
+        os.write(tell, b"x")
+        time.sleep(5)
+        os._exit(0)
+    try:
+        os.read(ready, 1)  # the child runs (it has done what a fork does first)
+        os.close(lock._fd)  # the run dies (without removing its lock file)
+        notes = RunLock(tmp_path).acquire()
+        assert notes and notes[0].startswith(f"took over {tmp_path / LOCK_NAME} from pid {os.getpid()}")
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(ready)
+        os.close(tell)

@@ -9,6 +9,7 @@ holder. On a file system without file locks, a warning says that a second run wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -25,6 +26,20 @@ except ImportError:  # not POSIX: no file locks
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = "peffnet.lock"
+_HELD: set[int] = set()  # file descriptors of the locks this process holds
+
+
+def _close_in_child() -> None:
+    """After a fork (DataLoader workers), the child drops its copies of the lock's descriptor: a ``flock`` lives
+    as long as any process keeps one open, so a worker outliving a killed run would hold the lock."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 def describe(holder: dict[str, Any] | None) -> str:
@@ -96,6 +111,7 @@ class RunLock:
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
         os.fsync(fd)
         self._fd = fd
+        _HELD.add(fd)
         return [f"took over {self.path} from {describe(previous)}, which is no longer running"] if previous else []
 
     def release(self) -> None:
@@ -103,5 +119,6 @@ class RunLock:
         if self._fd is None:
             return
         self.path.unlink(missing_ok=True)
+        _HELD.discard(self._fd)
         os.close(self._fd)
         self._fd = None

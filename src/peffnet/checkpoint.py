@@ -126,10 +126,11 @@ def check_finite(state: dict[str, Any], what: str) -> None:
             raise ConfigError(f"{what} holds non-finite {key} weights ({len(bad)} tensors, e.g. {bad[0]})")
 
 
-def _inspect(path: Path, manifest: list[dict[str, Any]] | None, load: bool = True
+def _inspect(path: Path, manifest: list[dict[str, Any]] | None, load: bool = True, reread: bool = False
              ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(checksum record, state) of a checkpoint file, read once. The record comes from ``manifest`` when the
-    file's SHA-256 is recorded there; a file of the rotation whose SHA-256 is not is damaged. ``load=False``
+    file's SHA-256 is recorded there; a file of the rotation whose SHA-256 is not is damaged (``reread``: after
+    a second look at ``checkpoints.json``, which a run writing meanwhile may have updated). ``load=False``
     only checks the checksum of a recorded file.
 
     Raises:
@@ -142,6 +143,9 @@ def _inspect(path: Path, manifest: list[dict[str, Any]] | None, load: bool = Tru
         with path.open("rb") as f:
             digest, size = sha256(f), f.tell()
             recorded = next((r for r in manifest or [] if (r["sha256"], r["bytes"]) == (digest, size)), None)
+            if recorded is None and rotation and manifest and reread:
+                manifest = read_manifest(path.parent)
+                recorded = next((r for r in manifest or [] if (r["sha256"], r["bytes"]) == (digest, size)), None)
             if recorded is None and rotation and manifest:  # (no checksums at all: a run of an older peffnet)
                 raise ConfigError(f"checkpoint {path} is damaged: its SHA-256 {digest[:12]}... is none of those "
                                   f"recorded in {MANIFEST} when the checkpoints were written")
@@ -176,7 +180,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             ``checkpoint PATH holds non-finite ...`` for NaN/inf weights.
     """
     path = Path(path)
-    return _inspect(path, read_manifest(path.parent))[1]
+    return _inspect(path, read_manifest(path.parent), reread=True)[1]
 
 
 def _megabytes(n: int) -> str:

@@ -7,8 +7,9 @@ bit for bit.
 Each run is a tiny synthetic run on one CPU thread (docs/training.md, "Preemption, restarts and failures"):
 ``peffnet train`` (3 epochs of 8 steps, a checkpoint every 2 steps, 2 kept) or ``peffnet finetune`` of the
 reference training (2 epochs of 8 steps). Each gets 1 to 3 faults, drawn at random (seeded), each in a new
-process started with the same command, at a random moment of its training (uniform between its first line and
-the time an uninterrupted run takes to finish):
+process started with the same command, at a random moment of its training: 0-0.3 s after a step drawn from
+those the process has left (a step takes about 0.1-0.3 s here, so the moment falls in a step, an evaluation
+or a checkpoint write):
 
 - SIGKILL;
 - SIGKILL during a checkpoint write (the first one to start after that moment, 0-0.15 s after its temporary
@@ -76,6 +77,23 @@ def started(log: Path, kind: str, launches: int) -> bool:
     return log.read_text().count(f"peffnet {kind}: efficientnet_b0") >= launches
 
 
+def resumed_at(log: Path) -> int:
+    """The step the last process of a run resumed from (0: it started afresh)."""
+    text = log.read_text()
+    last = text[text.rfind("\n$ "):]
+    marker = last.rfind("resuming from ")
+    return int(last[last.index("(step ", marker) + 6: last.index(")", marker)]) if marker >= 0 else 0
+
+
+def new_steps(out: Path, since: float) -> int:
+    """The last step this process logged: metrics.jsonl is cut back to the resume step when a process starts,
+    so a file not written since ``since`` (its first line) may still hold an earlier process's steps."""
+    try:
+        return steps_logged(out) if (out / "metrics.jsonl").stat().st_mtime > since else 0
+    except OSError:
+        return 0
+
+
 def wait(proc: subprocess.Popen, condition: object, timeout: float = 600) -> bool:
     """Poll ``condition()`` until it holds (True) or the process ends (False)."""
     deadline = time.monotonic() + timeout
@@ -103,10 +121,13 @@ def damage(out: Path, how: str) -> None:
     newest.write_bytes(data)
 
 
-def inject(proc: subprocess.Popen, out: Path, fault: str, delay: float, rng: random.Random) -> str | None:
-    """Apply ``fault`` to the running ``proc`` ``delay`` seconds into its training; the fault's description, or
-    None when the run ended first."""
-    time.sleep(delay)
+def inject(proc: subprocess.Popen, out: Path, fault: str, step: int, since: float, rng: random.Random
+           ) -> str | None:
+    """Apply ``fault`` to the running ``proc`` 0-0.3 s after it logged ``step``; the fault's description, or None
+    when the run ended first."""
+    if not wait(proc, lambda: new_steps(out, since) >= step):
+        return None
+    time.sleep(rng.uniform(0, 0.3))
     if fault == "kill-write":
         if not wait(proc, lambda: any(out.glob(".checkpoint.pt.*.tmp"))):
             return None
@@ -130,8 +151,7 @@ def same_weights(a: Path, b: Path) -> bool:
                for key in ("model", "averaged"))
 
 
-def one_run(kind: str, index: int, out: Path, reference: Path, parent: Path, duration: float,
-            rng: random.Random) -> dict:
+def one_run(kind: str, index: int, out: Path, reference: Path, parent: Path, rng: random.Random) -> dict:
     cmd, log = command(kind, out, parent), out.parent / f"{out.name}.log"
     faults, damaged, launches, code = [], [], 0, None
     for _ in range(rng.randint(1, 3)):
@@ -140,7 +160,10 @@ def one_run(kind: str, index: int, out: Path, reference: Path, parent: Path, dur
         launches += 1
         done = None
         if wait(proc, lambda n=launches: started(log, kind, n)):
-            done = inject(proc, out, fault, rng.uniform(0, duration), rng)
+            since = time.time()
+            time.sleep(0.05)  # the line about the resume follows the first line
+            step = rng.randint(resumed_at(log) + 1, STEPS[kind])
+            done = inject(proc, out, fault, step, since, rng)
         if done is None:  # the run ended before the fault: no more faults
             code = proc.wait()
             break
@@ -177,21 +200,15 @@ def main() -> int:
     t0 = time.monotonic()
 
     references = {"train": args.out / "reference-train", "finetune": args.out / "reference-finetune"}
-    durations = {}  # from the first line to the end of an uninterrupted run
     for kind in ("train", "finetune"):
         ref, log = references[kind], args.out / f"{references[kind].name}.log"
-        proc = start(command(kind, ref, references["train"]), log)
-        wait(proc, lambda k=kind, lg=log: started(lg, k, 1))
-        t = time.monotonic()
-        if proc.wait() != 0:
+        if start(command(kind, ref, references["train"]), log).wait() != 0:
             raise SystemExit(f"the uninterrupted {kind} run failed: see {log}")
-        durations[kind] = time.monotonic() - t
 
     results = []
     for i in range(args.runs):
         kind = ("train", "finetune")[i % 2]
-        r = one_run(kind, i, args.out / f"{kind}-{i:02d}", references[kind], references["train"], durations[kind],
-                    rng)
+        r = one_run(kind, i, args.out / f"{kind}-{i:02d}", references[kind], references["train"], rng)
         results.append(r)
         print(f"{kind:8s} #{i:02d}: {'; '.join(r['faults']) or 'no fault landed'} -> {r['launches']} launches, "
               f"{'bitwise equal' if r['equal'] else 'DIFFERENT'}{', TORN' if r['torn'] else ''}", flush=True)

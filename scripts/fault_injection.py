@@ -162,7 +162,7 @@ def one_run(kind: str, index: int, out: Path, reference: Path, parent: Path, rng
         if wait(proc, lambda n=launches: started(log, kind, n)):
             since = time.time()
             time.sleep(0.05)  # the line about the resume follows the first line
-            step = rng.randint(resumed_at(log) + 1, STEPS[kind])
+            step = rng.randint(min(resumed_at(log) + 1, STEPS[kind]), STEPS[kind])  # (a finished run: its end)
             done = inject(proc, out, fault, step, since, rng)
         if done is None:  # the run ended before the fault: no more faults
             code = proc.wait()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from peffnet.data import (
     FASHION_MNIST_DIR,
@@ -226,3 +229,67 @@ def test_a_folder_of_unreadable_files_is_a_one_line_error(tmp_path: Path, worker
     with pytest.raises(ConfigError, match="^32 consecutive unreadable images in .*train, starting at") as err:
         list(loader)
     assert "\n" not in str(err.value)
+
+
+def test_a_class_without_a_readable_image_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, {"cat": 2, "dog": 2})
+    for path in (tmp_path / "train" / "dog").iterdir():
+        path.write_bytes(path.read_bytes()[:60])  # truncated PNGs: the header reads, the pixels do not
+    (tmp_path / "train" / "dog" / "notes.jpg").write_text("not an image")
+    with pytest.raises(ConfigError, match=r"^class 'dog' has no readable image: none of its 3 file\(s\) in "
+                                          rf"{tmp_path / 'train' / 'dog'} decodes \(first: 0.png: ") as err:
+        ImageFolderDataset(tmp_path, "train", 32, True)
+    assert "\n" not in str(err.value)
+    ImageFolderDataset(tmp_path, "val", 32, False)  # the other split is fine
+
+
+def big_png(path: Path, width: int, height: int) -> Path:
+    """A valid 1-bit PNG of ``width`` x ``height`` (a few KB on disk, ``width * height`` pixels decoded)."""
+    Image.new("1", (width, height)).save(path)
+    return path
+
+
+def test_images_over_the_pixel_limit_are_skipped_unread_and_counted(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default limit: PIL's Image.MAX_IMAGE_PIXELS (89.5 M). A 10000 x 10000 PNG (100 M pixels, under PIL's own
+    refusal at twice its limit) is skipped without decoding it, and counted."""
+    make_image_folder(tmp_path, {"a": 3})
+    big = big_png(tmp_path / "train" / "a" / "2big.png", 10_000, 10_000)
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(self: ImageFile.ImageFile) -> object:
+        decoded.append(self.filename)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    ds = ImageFolderDataset(tmp_path, "train", 32, True)
+    loader = make_loader(ds, 4, train=True, workers=0)
+    loader.set_epoch(0)
+    (images, _), = list(loader)
+    assert images.shape == (4, 3, 32, 32)
+    assert loader.skipped == loader.oversized == [str(big)]
+    assert str(big) not in decoded and len(decoded) >= 3  # the others were decoded
+    with pytest.raises(ConfigError, match="class 'a' has no readable image: .* 48x40 pixels, more than the limit"):
+        ImageFolderDataset(tmp_path, "val", 32, False, max_pixels=100)  # every image over the limit
+
+
+def test_workers_survive_signals_sent_to_every_process_and_end_with_their_loader(tmp_path: Path) -> None:
+    """Ctrl-C and SLURM signal every process; the main process decides when a run stops (it finishes the step
+    and checkpoints), so the DataLoader workers ignore SIGINT, SIGUSR1 and a SIGTERM not sent by their parent."""
+    make_image_folder(tmp_path, {"a": 8, "b": 8}, size=16)
+    loader = make_loader(ImageFolderDataset(tmp_path, "train", 32, True), 4, train=True, workers=1)
+    loader.set_epoch(0)
+    batches = iter(loader)
+    first = next(batches)
+    workers = multiprocessing.active_children()
+    assert workers
+    for worker in workers:
+        for name in ("INT", "USR1", "TERM"):
+            subprocess.run(["kill", f"-{name}", str(worker.pid)], check=True)
+    time.sleep(0.5)
+    assert all(w.is_alive() for w in workers)
+    assert len([first, *batches]) == 4  # the epoch goes on
+    for worker in workers:
+        worker.join(timeout=30)
+        assert not worker.is_alive()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -128,27 +130,44 @@ def test_cosine_lr_from_scaled_reference(run: tuple[Path, list[bool]]) -> None:
     assert lrs == pytest.approx([peak * 0.5 * (1 + math.cos(math.pi * k / total)) for k in range(total)])
 
 
-def test_resume_mid_epoch_matches_uninterrupted(tiny_parent: Path, tmp_path: Path) -> None:
-    args = [str(tiny_parent), "--resolution", "32", "--stages", "3", "--epochs", "1", "--checkpoint-every", "2",
-            *TINY_FINETUNE, "--batch-size", "4"]
+def test_sigterm_then_the_same_command_matches_uninterrupted(tiny_parent: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM during step 3 of 4: the step finishes, a checkpoint at step 3 is written, exit 143; the same
+    command line then resumes it (``--resume auto``) to the uninterrupted weights, bit for bit."""
+    args = [str(tiny_parent), "--resolution", "32", "--stages", "3", "--epochs", "1", *TINY_FINETUNE,
+            "--batch-size", "4"]
     assert main(["finetune", *args, "--out", str(tmp_path / "a")]) == 0
     calls = []
 
-    def interrupted_step(*a: object, **k: object) -> float:
+    def signalled_step(*a: object, **k: object) -> float:
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
         return train_step(*a, **k)
 
+    capsys.readouterr()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine, "train_step", interrupted_step)
-        assert main(["finetune", *args, "--out", str(tmp_path / "b")]) == 130
-    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 2
-    assert main(["finetune", *args, "--out", str(tmp_path / "b"), "--resume"]) == 0
-    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt")["model"] for d in "ab")
-    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point()) < 1e-6
+        mp.setattr(engine, "train_step", signalled_step)
+        assert main(["finetune", *args, "--out", str(tmp_path / "b")]) == 143
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"peffnet finetune: stopped by SIGTERM after step 3 (fine-tune epoch 1/1); checkpoint "
+                       f"{tmp_path / 'b' / 'checkpoint.pt'} (step 3): the same command resumes it")
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 3
+    assert main(["finetune", *args, "--out", str(tmp_path / "b")]) == 0
+    for key in ("model", "averaged"):
+        a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt")[key] for d in "ab")
+        assert all(torch.equal(a[k], b[k]) for k in a), key
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines if '"step"' in x and '"kind": "step"' in x] == [1, 2, 3, 4]
+
+
+def test_a_finished_fine_tuning_says_why_it_cannot_go_on(tiny_parent: Path, run: tuple[Path, list[bool]],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["finetune", str(tiny_parent), "--resolution", "64", "--stages", "2", "--epochs", "3",
+                 *TINY_FINETUNE, "--out", str(run[0])]) == 2
+    err = capsys.readouterr().err
+    assert "was trained for 2 epoch(s) and cannot go on to 3: the cosine learning rate spans all --epochs" in err
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,14 @@ def finetuned(tiny_parent: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def test_run_directory_files(tiny_parent: Path) -> None:
-    documented = {k.rstrip("/") for k in documented_keys("Run directory")} - {"eval.json", "bench.json"}
-    written = {p.name for p in tiny_parent.iterdir()} - {"eval.json"}  # the eval tests add eval.json
-    assert written == documented
+    """Every file a finished run leaves is documented; what is documented but not there is written only in
+    some cases (older checkpoints, the lock while running, damaged checkpoints, other commands' files)."""
+    documented = {k.rstrip("/") for k in documented_keys("Run directory")}
+    patterns = [re.compile(re.escape(k).replace(r"\{N\}", r"\d+").replace("NAME", ".+")) for k in documented]
+    written = {p.name for p in tiny_parent.iterdir()}
+    assert all(any(p.fullmatch(name) for p in patterns) for name in written), written
+    sometimes = {"checkpoint-step{N}.pt", "peffnet.lock", "NAME.corrupt", "eval.json", "bench.json"}
+    assert documented - sometimes <= written
 
 
 def test_checkpoint_keys(tiny_parent: Path, finetuned: Path) -> None:

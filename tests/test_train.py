@@ -143,9 +143,12 @@ def test_tiny_run_writes_the_contract_files(tmp_path: Path, capsys: pytest.Captu
     model, _ = model_from_checkpoint(out / "checkpoint.pt")
     val = build_dataset("synthetic", "val", 32, False, subset=16)
     assert evaluate(model, make_loader(val, 16, train=False)) == pytest.approx((summary["top1"], summary["top5"]))
-    # the run is there: a second run into the same directory must not overwrite it
+    # the run is there: a second run into the same directory never overwrites it (it continues it, or says why not)
     assert main(tiny_args(out)) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert f"the run in {out} is at step 8, past the 1 epoch(s) asked for" in capsys.readouterr().err
+    assert main(tiny_args(out, "--resume", "no")) == 2
+    assert f"{out} already holds a run (checkpoint.pt)" in capsys.readouterr().err
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 8
 
 
 def test_result_does_not_depend_on_micro_batch_size(tmp_path: Path) -> None:
@@ -171,16 +174,17 @@ def test_speed_options_keep_the_result(tmp_path: Path) -> None:
     assert all(torch.isfinite(v).all() for v in bf16.values()) and max_abs_diff(plain, bf16) < 0.01
 
 
-def test_image_folder_run_skips_corrupt_files(tmp_path: Path) -> None:
-    from test_data import write_bad_files
+def test_image_folder_run_skips_corrupt_and_oversized_files(tmp_path: Path) -> None:
+    from test_data import big_png, write_bad_files
 
     root = make_image_folder(tmp_path / "data", {"a": 6, "b": 6}, size=36)
     bad = write_bad_files(root / "train" / "b")
+    big = big_png(root / "train" / "a" / "big.png", 10_000, 10_000)  # over PIL's 89.5 M pixels: never decoded
     out = tmp_path / "run"
-    assert main(tiny_args(out, "--data", f"imagefolder:{root}", "--batch-size", "15", "--workers", "0")) == 0
+    assert main(tiny_args(out, "--data", f"imagefolder:{root}", "--batch-size", "16", "--workers", "0")) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["num_classes"] == 2 and summary["skipped_images"] == 3
-    assert sorted(summary["skipped_files"]) == sorted(str(p) for p in bad)
+    assert summary["num_classes"] == 2 and summary["skipped_images"] == 4 and summary["oversized_images"] == 1
+    assert sorted(summary["skipped_files"]) == sorted(str(p) for p in [*bad, big])
 
 
 # ------------------------------------------------------------------ bad input: exit 2, one line
@@ -191,6 +195,8 @@ def bad_input_cases(tmp_path: Path) -> list[list[str]]:
     empty.mkdir()
     no_images = make_image_folder(tmp_path / "noimg", {"a": 1})
     (no_images / "train" / "b").mkdir()
+    unreadable = make_image_folder(tmp_path / "unreadable", {"a": 1, "b": 1})
+    (unreadable / "train" / "b" / "0.png").write_text("not an image")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("batch_size: [\n")
     return [
@@ -204,6 +210,7 @@ def bad_input_cases(tmp_path: Path) -> list[list[str]]:
         tiny_args(tmp_path / "o8", "--batch-size", "64"),
         tiny_args(tmp_path / "o9", "--data", "cifar"),
         tiny_args(tmp_path / "o10", "--epochs", "-1"),
+        tiny_args(tmp_path / "o11", "--data", f"imagefolder:{unreadable}"),
     ]
 
 
@@ -212,6 +219,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capture
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("peffnet train: error: ") and err.count("\n") == 1, (args, err)
+    assert "class 'b' has no readable image" in err  # the last case
 
 
 def test_resume_checks_the_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -68,6 +68,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path
     err = capsys.readouterr().err
     assert code == 1
     assert err.startswith("peffnet train: error: loss is ") and err.count("\n") == 1, err
-    assert "at step 2 (epoch 1)" in err and "last good checkpoint" in err
+    assert "at step 2 (epoch 1)" in err and f"the last finite checkpoint is {out / 'checkpoint.pt'} (step 1)" in err
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 1
     assert not (out / "summary.json").exists()

@@ -108,7 +108,8 @@ UNIT = Check(lambda v: 0 < v <= 1, "a {noun} in (0, 1]")
 
 def setting(default: Any, help: str, kind: Kind = TEXT, check: Check | None = None,
             choices: tuple[str, ...] | None = None, *, execution: bool = False, positional: bool = False,
-            group: str | None = None, flag: bool = True, required: bool = False, metavar: str | None = None) -> Any:
+            group: str | None = None, flag: bool = True, required: bool = False, metavar: str | None = None,
+            resumable: bool = False, const: Any = None) -> Any:
     """Declare one setting of a :class:`Settings` dataclass.
 
     Args:
@@ -122,11 +123,14 @@ def setting(default: Any, help: str, kind: Kind = TEXT, check: Check | None = No
         flag: ``False`` for a setting that only YAML files and the Python API set.
         required: ``None`` (the default then) is refused.
         metavar: the value's name in ``--help`` (default: the setting's name in capitals).
+        resumable: changes what a run computes but may still change when it is resumed (kept in the
+            configuration hash; :meth:`Settings.resume_changes` reports the change, the run applies it).
+        const: the value of the bare flag (``--resume`` alone); the flag then takes an optional value.
     """
     return dataclasses.field(default=default, metadata={
         "help": help, "kind": kind, "check": check, "choices": choices, "execution": execution,
         "positional": positional, "group": group, "flag": flag, "required": required,
-        "metavar": metavar})
+        "metavar": metavar, "resumable": resumable, "const": const})
 
 
 def _refuse(name: str, value: Any, kind: Kind, check: Check | None) -> NoReturn:
@@ -252,6 +256,9 @@ class Settings:
             elif m["kind"] is BOOL:
                 target.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction,
                                     default=None, help=help_text)
+            elif m["const"] is not None:
+                target.add_argument("--" + name.replace("_", "-"), nargs="?", const=m["const"], default=None,
+                                    help=help_text, metavar=metavar)
             else:
                 target.add_argument("--" + name.replace("_", "-"), default=None, help=help_text, metavar=metavar)
 
@@ -275,6 +282,17 @@ class Settings:
     def config_hash(self) -> str:
         """Fingerprint of what a run computes: 12 hex digits."""
         return hashlib.sha256(json.dumps(self.computed(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def resume_changes(self, saved: dict[str, Any], what: str = "the checkpoint") -> dict[str, tuple[Any, Any]]:
+        """:meth:`check_resumable`, except that the settings declared ``resumable`` may differ: returns those
+        differences as ``{name: (saved value, this value)}`` for the run to apply (and record)."""
+        changes = {}
+        for name, f in self.field_map().items():
+            before = saved.get(name, f.default)
+            if f.metadata["resumable"] and before != getattr(self, name):
+                changes[name] = (before, getattr(self, name))
+        self.check_resumable({**saved, **{name: now for name, (_, now) in changes.items()}}, what)
+        return changes
 
     def command_line(self, command: str) -> str:
         """The equivalent command line (settings that differ from their defaults), for the record."""

@@ -183,7 +183,8 @@ DEFAULT_TRANSLATE = 4
 
 
 def build_dataset(spec: str, split: str, resolution: int, train_transform: bool, data_dir: str | None = None,
-                  *, subset: int | None = None, translate: int = DEFAULT_TRANSLATE) -> Dataset:
+                  *, subset: int | None = None, translate: int = DEFAULT_TRANSLATE,
+                  max_pixels: int | None = None) -> Dataset:
     """The ``split`` ("train" or "val") of the dataset ``spec`` at ``resolution``, with ``.num_classes``
     and ``.in_chans``.
 
@@ -192,7 +193,8 @@ def build_dataset(spec: str, split: str, resolution: int, train_transform: bool,
     synthetic set, the centred image on its canvas resized to ``r``. Fashion-MNIST is single-channel
     (``in_chans == 1``); its "val" split is the official 10 000-image test set. ``subset`` keeps a fixed,
     seeded random choice of that many images (quick runs and tests). ``translate`` is the largest random
-    shift (pixels of the 32 px canvas) of the Fashion-MNIST/synthetic training augmentation.
+    shift (pixels of the 32 px canvas) of the Fashion-MNIST/synthetic training augmentation. Image files with
+    more than ``max_pixels`` pixels (default: PIL's limit) are skipped unread.
     """
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
@@ -209,7 +211,7 @@ def build_dataset(spec: str, split: str, resolution: int, train_transform: bool,
                                      max_shift=translate, mean=0.5, std=0.25, name=spec)
     else:
         root = Path(data_dir, path) if data_dir else Path(path)  # a relative PATH is taken under --data-dir
-        dataset = ImageFolderDataset(root, split, resolution, train_transform)
+        dataset = ImageFolderDataset(root, split, resolution, train_transform, max_pixels)
     return take_subset(dataset, subset) if subset is not None else dataset
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -13,6 +15,28 @@ from torch.utils.data import DataLoader, Dataset
 from peffnet.data.datasets import TensorImageDataset
 from peffnet.data.imagefolder import collate
 from peffnet.errors import ConfigError
+
+
+def _end_at_sigterm_from_parent() -> None:
+    """Thread of a worker: wait for SIGTERM (blocked in the worker's threads) and end the worker only when its
+    parent sent it (the DataLoader ending a worker that does not stop); a scheduler's SIGTERM is ignored."""
+    parent = os.getppid()
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(128 + signal.SIGTERM)
+
+
+def worker_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of the DataLoader workers. The main process decides when a run stops (it finishes its
+    step, or the evaluation in progress, and checkpoints; its DataLoader then ends the workers), but Ctrl-C
+    (SIGINT to the terminal's process group) and SLURM (signals to every process of a job step) reach the
+    workers too: they ignore SIGINT and SIGUSR1, and SIGTERM unless their parent sent it. (A worker whose
+    parent dies ends by itself: the DataLoader's watchdog.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):  # Linux; elsewhere a SIGTERM ends a worker at once
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_end_at_sigterm_from_parent, daemon=True).start()
 
 
 class Loader:
@@ -24,8 +48,9 @@ class Loader:
     this is the sharding of ``DistributedSampler``, done per step so a run can restart mid-epoch.
     Evaluation (``shuffle=False``): rank ``r`` takes images ``r, r+W, ...`` in batches of ``batch_size``.
 
-    Iterating yields ``(images, labels)``; unreadable image files met on the way are listed in
-    :attr:`skipped` (see :class:`peffnet.data.imagefolder.ImageFolderDataset`).
+    Iterating yields ``(images, labels)``; image files skipped on the way (unreadable, or over the pixel limit)
+    are listed in :attr:`skipped`, those over the limit also in :attr:`oversized` (see
+    :class:`peffnet.data.imagefolder.ImageFolderDataset`).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0,
@@ -39,6 +64,7 @@ class Loader:
         self.rank, self.world_size, self.workers, self.pin_memory = rank, world_size, workers, pin_memory
         self.epoch, self.start_step = 0, 0
         self.skipped: list[str] = []
+        self.oversized: list[str] = []
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Iterate epoch ``epoch`` from its step ``start_step`` (mid-epoch resume)."""
@@ -68,10 +94,11 @@ class Loader:
             return
         keys = [[(i, self.epoch, self.seed) if self.shuffle else i for i in idx.tolist()] for idx in batches]
         loader = DataLoader(self.dataset, batch_sampler=keys, num_workers=self.workers, collate_fn=collate,
-                            pin_memory=self.pin_memory)
+                            pin_memory=self.pin_memory, worker_init_fn=worker_signals if self.workers else None)
         try:
-            for images, labels, skipped in loader:
+            for images, labels, skipped, oversized in loader:
                 self.skipped.extend(skipped)
+                self.oversized.extend(oversized)
                 yield images, labels
         except ConfigError as err:  # from a worker, the message carries the worker's traceback: keep its last line
             raise ConfigError(str(err).strip().splitlines()[-1].removeprefix("peffnet.errors.ConfigError: ")) from None

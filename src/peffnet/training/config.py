@@ -26,7 +26,9 @@ from peffnet.settings import (
     UNIT,
     setting,
 )
+from peffnet.training.distributed import DEFAULT_TIMEOUT_S
 from peffnet.training.mixing import CUTMIX_LAMBDA, MIXUP_ALPHA
+from peffnet.training.rundir import RESUME, RESUME_MODES
 
 LR_PER_SAMPLE = 2.0**-14
 """Paper Section 3.4: learning rate B * 2^-14 and RMSProp decay 1 - B * 2^-14 for global batch B."""
@@ -64,9 +66,13 @@ class TrainConfig(ModelOverrides):
                                            "32 for fashion-mnist/synthetic, native for image folders)", group="data")
     eval_resolution: int | None = setting(None, "evaluation resolution (default: the training resolution)", INT,
                                           group="data")
+    max_image_pixels: int | None = setting(None, "image files with more pixels are skipped unread, and counted "
+                                                 "(default: PIL's Image.MAX_IMAGE_PIXELS)", INT, POSITIVE,
+                                           group="data")
     out: str = setting("", "run directory (checkpoint, config, metrics, summary)", execution=True, group="run")
     # schedule and optimizer
-    epochs: int = setting(350, "training epochs", INT, POSITIVE, group="schedule")
+    epochs: int = setting(350, "training epochs (may grow when a run is resumed, with --recipe-epochs 0)", INT,
+                          POSITIVE, resumable=True, group="schedule")
     batch_size: int = setting(768, "global batch size B (all processes and micro-batches together)", INT, POSITIVE,
                               group="schedule")
     micro_batch_size: int | None = setting(None, "images per forward/backward pass; gradients are accumulated up to "
@@ -74,10 +80,11 @@ class TrainConfig(ModelOverrides):
                                            execution=True, group="speed")
     seed: int = setting(0, "random seed (weights, data order, augmentation, mixing, dropout)", INT, NON_NEGATIVE,
                         group="schedule")
-    lr: float | None = setting(None, "peak learning rate (default: lr_scale * B * 2^-14)", FLOAT, POSITIVE,
+    lr: float | None = setting(None, "peak learning rate (default: lr_scale * B * 2^-14; a new value on resume "
+                                     "scales the rest of the schedule)", FLOAT, POSITIVE, resumable=True,
                                group="schedule")
     lr_scale: float = setting(1.0, "multiplier of the default learning rate B * 2^-14", FLOAT, POSITIVE,
-                              group="schedule")
+                              resumable=True, group="schedule")
     rmsprop_decay: float | None = setting(None, "RMSProp decay rho (default: 1 - B * 2^-14)", FLOAT, OPEN_UNIT,
                                           group="schedule")
     momentum: float = setting(0.9, "RMSProp momentum", FLOAT, FRACTION, group="schedule")
@@ -118,9 +125,16 @@ class TrainConfig(ModelOverrides):
     # bookkeeping
     checkpoint_every: int = setting(0, "also write the checkpoint every this many steps (0: only every epoch)", INT,
                                     NON_NEGATIVE, execution=True, group="run")
+    keep_checkpoints: int = setting(2, "checkpoints kept: checkpoint.pt and the ones before it", INT, POSITIVE,
+                                    execution=True, group="run")
     log_every: int = setting(1, "write step metrics every this many steps", INT, POSITIVE, execution=True,
                              group="run")
-    resume: bool = setting(False, "continue the run in --out from its checkpoint", BOOL, execution=True, group="run")
+    resume: str = setting("auto", "auto: continue the run in --out when it holds a checkpoint, else start; "
+                                  "yes (--resume alone): continue, or fail; no: start, or fail", RESUME,
+                          choices=RESUME_MODES, execution=True, group="run", const="yes")
+    dist_timeout: float = setting(DEFAULT_TIMEOUT_S, "seconds a process waits for the others under torchrun "
+                                                     "(joining, every collective)", FLOAT, POSITIVE, execution=True,
+                                  group="run")
     progress: bool = setting(True, "show a progress bar", BOOL, execution=True, group="run")
 
 

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from peffnet.errors import ConfigError
-from peffnet.settings import TEXT, require
+from peffnet.settings import FLOAT, POSITIVE, TEXT, require
+
+DEFAULT_TIMEOUT_S = 600.0
+"""How long a process waits for the others (joining the group, any collective) before it fails: long enough for
+a checkpoint write or a first ``torch.compile`` on the other ranks, far below gloo's default of 30 minutes, so
+that a ``torchrun --max-restarts`` restart whose peer never comes back fails and is retried instead of hanging."""
 
 
 @dataclass(frozen=True)
@@ -51,18 +58,34 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def setup(preference: str = "auto") -> Context:
+def setup(preference: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Context:
     """Join the process group torchrun describes (if any, once per process: later calls reuse it) and pick
-    this rank's device. The command-line entry point leaves the group when the command ends (:func:`cleanup`)."""
+    this rank's device. ``timeout_s`` bounds the wait for the other processes, when joining and in every
+    collective. The command-line entry point leaves the group when the command ends (:func:`cleanup`)."""
+    require("dist_timeout", timeout_s, FLOAT, POSITIVE)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(preference, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s),
+                                store=_restart_store(timeout_s), device_id=device if device.type == "cuda" else None)
     return Context(rank, world_size, local_rank, device)
+
+
+def _restart_store(timeout_s: float) -> dist.Store | None:
+    """The key-value store to join through under ``torchrun``, with keys of this worker-group restart only.
+
+    torchrun's agent keeps one store for all restarts (``TORCHELASTIC_USE_AGENT_STORE``); without a prefix of
+    its own, a restarted worker can read the address a dead peer published there and fail to connect (or wait
+    for it). ``None``: the default (``env://``) rendezvous.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(seconds=timeout_s))
+    return dist.PrefixStore(f"peffnet/restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def cleanup() -> None:
@@ -95,3 +118,21 @@ def all_gather_lists(items: list[str]) -> list[str]:
     gathered: list[list[str] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, list(items))
     return [x for part in gathered for x in (part or [])]
+
+
+def all_reduce_max(value: int, device: torch.device) -> int:
+    """The largest ``value`` over all ranks (one scalar all-reduce; ``value`` itself for one process)."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself for one process)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

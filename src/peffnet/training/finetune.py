@@ -41,10 +41,12 @@ from peffnet.resolution import RESOLUTION, mod32_ok
 from peffnet.settings import BOOL, FLOAT, FRACTION, INT, NON_NEGATIVE, POSITIVE, Check, Settings, setting
 from peffnet.training import distributed
 from peffnet.training.config import AMP_MODES, DEVICES, split_batch
+from peffnet.training.distributed import DEFAULT_TIMEOUT_S
 from peffnet.training.evaluate import check_data, checkpoint_file
 from peffnet.training.loop import Job, StepSettings, TrainState
 from peffnet.training.optim import param_groups
-from peffnet.training.run import existing_checkpoint, run
+from peffnet.training.run import run
+from peffnet.training.rundir import RESUME, RESUME_MODES, claim
 from peffnet.training.train import prepare
 
 DEPTH = Check(lambda v: v in (1, 2, 3), "1, 2 or 3 (head / + last downsampling stage / + one more)")
@@ -128,12 +130,16 @@ class FinetuneConfig(Settings):
                                  group="data")
     val_subset: int | None = setting(None, "evaluate on a fixed random subset of this many images", INT, POSITIVE,
                                      group="data")
-    epochs: int = setting(2, "fine-tuning epochs", INT, POSITIVE, group="schedule")
+    max_image_pixels: int | None = setting(None, "image files with more pixels are skipped unread, and counted "
+                                                 "(default: PIL's Image.MAX_IMAGE_PIXELS)", INT, POSITIVE,
+                                           group="data")
+    epochs: int = setting(2, "fine-tuning epochs", INT, POSITIVE, resumable=True, group="schedule")
     batch_size: int = setting(REFERENCE_BATCH, "global batch", INT, POSITIVE, group="schedule")
     micro_batch_size: int | None = setting(None, "images per pass (default: batch / processes)", INT, POSITIVE,
                                            execution=True, group="speed")
-    lr: float | None = setting(None, "initial lr of the cosine schedule (default: 0.25 x batch / 512)", FLOAT,
-                               POSITIVE, group="schedule")
+    lr: float | None = setting(None, "initial lr of the cosine schedule (default: 0.25 x batch / 512; a new value on "
+                                     "resume scales the rest of the schedule)", FLOAT, POSITIVE, resumable=True,
+                               group="schedule")
     weight_decay: float = setting(1e-5, "as in training, on the same parameter groups", FLOAT, NON_NEGATIVE,
                                   group="schedule")
     label_smoothing: float = setting(0.1, "as in training", FLOAT, FRACTION, group="schedule")
@@ -147,8 +153,15 @@ class FinetuneConfig(Settings):
                                           group="speed")
     checkpoint_every: int = setting(0, "also checkpoint every this many steps", INT, NON_NEGATIVE, execution=True,
                                     group="run")
+    keep_checkpoints: int = setting(2, "checkpoints kept: checkpoint.pt and the ones before it", INT, POSITIVE,
+                                    execution=True, group="run")
     log_every: int = setting(1, "step metrics every this many steps", INT, POSITIVE, execution=True, group="run")
-    resume: bool = setting(False, "continue the run in --out from its checkpoint", BOOL, execution=True, group="run")
+    resume: str = setting("auto", "auto: continue the run in --out when it holds a checkpoint, else start; "
+                                  "yes (--resume alone): continue, or fail; no: start, or fail", RESUME,
+                          choices=RESUME_MODES, execution=True, group="run", const="yes")
+    dist_timeout: float = setting(DEFAULT_TIMEOUT_S, "seconds a process waits for the others under torchrun "
+                                                     "(joining, every collective)", FLOAT, POSITIVE, execution=True,
+                                  group="run")
     progress: bool = setting(True, "show a progress bar", BOOL, execution=True, group="run")
     model: str | None = setting(None, "expected model of the checkpoint (an error if it holds another)",
                                 execution=True, group="checks")
@@ -189,9 +202,11 @@ def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
 
     # data: validation preprocessing for training too (Section 3.4)
     spec = cfg.data or parent["data"]["spec"]
-    train_set = build_dataset(spec, "train", cfg.resolution, False, cfg.data_dir, subset=cfg.subset)
+    train_set = build_dataset(spec, "train", cfg.resolution, False, cfg.data_dir, subset=cfg.subset,
+                              max_pixels=cfg.max_image_pixels)
     check_data(train_set, model.cfg, spec)
-    val_set = build_dataset(spec, "val", cfg.resolution, False, cfg.data_dir, subset=cfg.val_subset)
+    val_set = build_dataset(spec, "val", cfg.resolution, False, cfg.data_dir, subset=cfg.val_subset,
+                            max_pixels=cfg.max_image_pixels)
     micro = split_batch(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
     c = dataclasses.replace(cfg, checkpoint=str(parent_path), data=spec, lr=cfg.peak_lr, micro_batch_size=micro,
                             eval_batch_size=cfg.eval_batch_size or micro)
@@ -221,15 +236,20 @@ def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
                "lr": c.lr, "parent": str(parent_path), "parent_train_resolution": parent_res,
                "finetune_stages": c.stages}
     return Job("finetune", Path(c.out), c, state, net, form, train_loader, val_loader, step, c.epochs,
-               c.batch_size, c.seed, c.log_every, c.checkpoint_every, c.progress, ctx, record, summary)
+               c.batch_size, c.seed, c.log_every, c.checkpoint_every, c.progress, ctx, record, summary,
+               fixed_length="the cosine learning rate spans all --epochs (it has reached 0 at their end)")
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune as ``cfg`` says (in torchrun's process group when launched by it); returns the summary.
+    """Fine-tune as ``cfg`` says (in torchrun's process group when launched by it), starting or continuing the
+    run in ``cfg.out`` as ``cfg.resume`` says; returns the summary.
 
     Raises:
-        ConfigError: bad settings, data or checkpoint (one line).
-        NonFiniteLoss: the loss became NaN/inf; the last good checkpoint is kept.
+        ConfigError: bad settings, data or checkpoint, or a run directory in use (one line).
+        RunFailure: the loss became NaN/inf (the last finite checkpoint is kept), or a checkpoint could not
+            be written.
+        Stopped: a stop signal; the checkpoint of the step it stopped at is written.
     """
-    checkpoint = existing_checkpoint(Path(cfg.out), cfg.resume)
-    return run(finetune_job(cfg, distributed.setup(cfg.device)), checkpoint)
+    ctx = distributed.setup(cfg.device, cfg.dist_timeout)
+    with claim(Path(cfg.out), cfg.resume, cfg.keep_checkpoints, ctx, "finetune") as start:
+        return run(finetune_job(cfg, ctx), start)

@@ -3,7 +3,9 @@ loop that ``peffnet train`` and ``peffnet finetune`` share (paper Section 3.4).
 
 A :class:`Job` is everything one run needs: the state a checkpoint holds (:class:`TrainState`), the module
 that is trained (the same model, possibly fused, DDP-wrapped or compiled), loaders and step settings.
-:func:`peffnet.training.run.run` builds the files around it (checkpoints, logs, summary).
+:func:`peffnet.training.run.run` builds the files around it (checkpoints, logs, summary) and hands
+:func:`fit` its :class:`Hooks`: checkpointing, the clock, and the stop requests of
+:mod:`peffnet.training.signals`.
 """
 
 from __future__ import annotations
@@ -23,16 +25,19 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from peffnet.data import Loader
+from peffnet.errors import RunFailure
 from peffnet.models import EfficientNet
 from peffnet.settings import Settings
 from peffnet.training import distributed
 from peffnet.training.metrics import MetricsLogger
 from peffnet.training.mixing import mix_batch
 from peffnet.training.optim import EpochAverage
+from peffnet.training.signals import Stopped, signal_name
 
 
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite; the run stops before the update is applied."""
+class NonFiniteLoss(RunFailure):
+    """The training loss (or the weights) became NaN or infinite; the run stops before the update is applied,
+    or before a checkpoint of those weights is written."""
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -126,7 +131,9 @@ class Progress:
     wall_time_s: float = 0.0
     train_time_s: float = 0.0
     images: int = 0
-    skipped: list[str] = field(default_factory=list)  # unreadable image files, each once
+    skipped: list[str] = field(default_factory=list)  # image files skipped (unreadable or too large), each once
+    oversized: list[str] = field(default_factory=list)  # those of them over the pixel limit (never decoded)
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # {"step", "changed": {setting: [before, now]}}
 
     @property
     def train_img_per_s(self) -> float:
@@ -175,6 +182,7 @@ class Job:
     ctx: distributed.Context
     record: dict[str, Any] = field(default_factory=dict)  # checkpoint entries particular to this kind of run
     summary: dict[str, Any] = field(default_factory=dict)  # summary.json fields particular to this kind of run
+    fixed_length: str = ""  # why --epochs cannot change when the run is resumed ("": it can)
 
     @property
     def label(self) -> str:
@@ -185,22 +193,43 @@ class Job:
         return len(self.train_loader)
 
 
-def fit(job: Job, logger: MetricsLogger, save: Callable[[], None], elapsed: Callable[[], float]
-        ) -> tuple[float, float] | None:
+@dataclass(frozen=True)
+class Hooks:
+    """What :func:`fit` calls in the run around it (:func:`peffnet.training.run.run`)."""
+
+    save: Callable[[], None]  # write a checkpoint at the current step (every rank calls it; rank 0 writes)
+    last_checkpoint: Callable[[], str]  # "DIR/checkpoint.pt (step 12)", or "no checkpoint yet"
+    elapsed: Callable[[], float]  # the run's wall time so far, earlier processes included
+    stop_signal: Callable[[], int]  # the signal every rank agrees to stop on, 0 to go on (one all-reduce)
+
+
+def diverged(what: str, step: int, where: str, hooks: Hooks) -> NonFiniteLoss:
+    """The error of a run whose loss or weights became NaN/inf: names the last finite checkpoint."""
+    return NonFiniteLoss(f"{what} at step {step} ({where}); training stopped; the last finite checkpoint is "
+                         f"{hooks.last_checkpoint()}: the same command resumes from it (with a lower --lr, say)")
+
+
+def stopped(signum: int, step: int, where: str, hooks: Hooks) -> Stopped:
+    """The exception of a run stopped by a signal after its checkpoint at ``step``."""
+    return Stopped(signum, f"stopped by {signal_name(signum)} after step {step} ({where}); checkpoint "
+                           f"{hooks.last_checkpoint()}: the same command resumes it")
+
+
+def fit(job: Job, logger: MetricsLogger, hooks: Hooks) -> tuple[float, float] | None:
     """Run the epochs left, from ``job.state.step`` (mid-epoch after a resume) to ``job.epochs``.
 
     Before each step the global RNG is reseeded from (seed, step, rank), so dropout, stochastic depth and
     the mixing draws are reproducible from the step alone -- the same after a resume. Each step updates the
-    progress bar, logs every ``log_every`` steps and calls ``save()`` every ``checkpoint_every`` steps; each
-    epoch adds its time and images to the progress, folds the weights into the average, evaluates, logs,
-    prints one line and calls ``save()``. Returns (top-1, top-5) of the last epoch's live weights, or
-    ``None`` when no epoch was left to run.
+    progress bar, logs every ``log_every`` steps, saves every ``checkpoint_every`` steps, and asks whether a
+    rank got a stop signal: then it saves and stops. Each epoch adds its time and images to the progress,
+    folds the weights into the average, evaluates, logs, prints one line, saves, and asks again. Returns
+    (top-1, top-5) of the last epoch's live weights, or ``None`` when no epoch was left to run.
 
     Raises:
-        NonFiniteLoss: the loss became NaN/inf; names the step, the epoch and the checkpoint kept.
+        NonFiniteLoss: the loss became NaN/inf; names the step, the epoch and the last finite checkpoint.
+        Stopped: a stop signal; raised after the checkpoint at the step it stopped at.
     """
     state, spe, rank = job.state, job.steps_per_epoch, distributed.rank()
-    checkpoint = job.out / "checkpoint.pt"
     live = None
     for epoch in range(state.step // spe, job.epochs):
         first = state.step - epoch * spe
@@ -217,10 +246,7 @@ def fit(job: Job, logger: MetricsLogger, save: Callable[[], None], elapsed: Call
                 try:
                     loss = train_step(job.net, state.optimizer, state.scaler, images, labels, job.step)
                 except NonFiniteLoss as err:
-                    kept = (f"the last good checkpoint {checkpoint} is kept" if checkpoint.exists()
-                            else "no checkpoint yet")
-                    raise NonFiniteLoss(f"{err} at step {state.step + 1} ({job.label} {epoch + 1}); training stopped, "
-                                        f"{kept}") from None
+                    raise diverged(str(err), state.step + 1, f"{job.label} {epoch + 1}", hooks) from None
                 state.scheduler.step()
                 state.step += 1
                 losses.append(loss)
@@ -229,9 +255,17 @@ def fit(job: Job, logger: MetricsLogger, save: Callable[[], None], elapsed: Call
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{img_per_s:.0f}")
                 if state.step % job.log_every == 0:
                     logger.log({"kind": "step", "epoch": epoch + 1, "step": state.step, "loss": loss, "lr": lr,
-                                "img_per_s": img_per_s, "time_s": elapsed()})
-                if job.checkpoint_every and state.step % job.checkpoint_every == 0 and state.step % spe:
-                    save()
+                                "img_per_s": img_per_s, "time_s": hooks.elapsed()})
+                if state.step % spe == 0:  # the epoch's end: averaged, evaluated and saved below
+                    continue
+                saved = job.checkpoint_every and state.step % job.checkpoint_every == 0
+                if saved:
+                    hooks.save()
+                signum = hooks.stop_signal()
+                if signum:
+                    if not saved:
+                        hooks.save()
+                    raise stopped(signum, state.step, f"{job.label} {epoch + 1}/{job.epochs}", hooks)
         finally:
             bar.close()
         seconds = time.perf_counter() - start
@@ -243,12 +277,15 @@ def fit(job: Job, logger: MetricsLogger, save: Callable[[], None], elapsed: Call
         loss, img_per_s = sum(losses) / len(losses), len(losses) * job.global_batch / seconds
         logger.log({"kind": "epoch", "epoch": epoch + 1, "step": state.step, "loss": loss,
                     "lr": state.optimizer.param_groups[0]["lr"], "img_per_s": img_per_s, "top1": live[0],
-                    "top5": live[1], "time_s": elapsed()})
+                    "top5": live[1], "time_s": hooks.elapsed()})
         if job.ctx.is_main:
             tqdm.write(f"{job.label} {epoch + 1}/{job.epochs}: loss {loss:.4f}  top-1 {live[0]:.2f} %  "
                        f"top-5 {live[1]:.2f} %  {img_per_s:.0f} img/s")
-        save()
+        hooks.save()
         if job.ctx.is_main and state.progress.skipped:
-            tqdm.write(f"skipped {len(state.progress.skipped)} unreadable image file(s) so far, e.g. "
-                       f"{state.progress.skipped[0]}")
+            tqdm.write(f"skipped {len(state.progress.skipped)} image file(s) so far (unreadable, or over the pixel "
+                       f"limit: {len(state.progress.oversized)}), e.g. {state.progress.skipped[0]}")
+        signum = hooks.stop_signal()
+        if signum:
+            raise stopped(signum, state.step, f"end of {job.label} {epoch + 1}/{job.epochs}", hooks)
     return live

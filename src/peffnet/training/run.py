@@ -1,9 +1,10 @@
 """Running a :class:`~peffnet.training.loop.Job`: the files around the loop, the same for training and
 fine-tuning (formats in docs/formats.md).
 
-:func:`run` reads top to bottom: refuse to overwrite a run, restore a checkpoint when resuming, print the
-banner, write ``config.yaml``, run the epochs (:func:`~peffnet.training.loop.fit`) with per-step logs and
-checkpoints, evaluate the final weights, write the last checkpoint and ``summary.json``.
+:func:`run` reads top to bottom: restore the checkpoint :func:`peffnet.training.rundir.claim` chose (applying
+the settings that may change on resume), print the banner, write ``config.yaml``, run the epochs
+(:func:`~peffnet.training.loop.fit`) with per-step logs and checkpoints while stop signals are caught
+(:mod:`peffnet.training.signals`), evaluate the final weights, write the last checkpoint and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -20,25 +21,18 @@ from typing import Any
 import torch
 import yaml
 
-from peffnet.checkpoint import FORMAT, load_checkpoint, load_weights, save_checkpoint
-from peffnet.errors import ConfigError
+from peffnet.checkpoint import FORMAT, load_weights, non_finite
+from peffnet.errors import ConfigError, RunFailure
 from peffnet.models import build
 from peffnet.models.profile import profile_model
 from peffnet.training import distributed
-from peffnet.training.loop import Job, Progress, TrainState, evaluate, fit
+from peffnet.training.loop import Hooks, Job, Progress, TrainState, diverged, evaluate, fit
 from peffnet.training.metrics import MetricsLogger
+from peffnet.training.rundir import Start
+from peffnet.training.signals import StopRequests
 from peffnet.version import __version__
 
 RNG_SCHEME = "global RNG reseeded from (seed, step, rank) before every step; data randomness from (seed, epoch, index)"
-
-
-def existing_checkpoint(out: Path, resume: bool) -> dict[str, Any] | None:
-    """The checkpoint to resume from (``--resume``), or ``None`` for a new run; refuses to overwrite a run."""
-    path = out / "checkpoint.pt"
-    if not resume and path.exists():
-        raise ConfigError(f"{out} already holds a run ({path.name}); add --resume to continue it or choose another "
-                          f"--out")
-    return load_checkpoint(path) if resume else None
 
 
 def checkpoint_entries(job: Job) -> dict[str, Any]:
@@ -67,6 +61,35 @@ def restore(state: TrainState, checkpoint: dict[str, Any], steps_per_epoch: int,
     state.step = checkpoint["step"]
     known = {f.name for f in dataclasses.fields(Progress)}
     state.progress = Progress(**{k: v for k, v in checkpoint["progress"].items() if k in known})
+
+
+def apply_changes(job: Job, changes: dict[str, tuple[Any, Any]], what: str) -> list[str]:
+    """Apply the settings that changed since the checkpoint (those declared ``resumable``) to the restored
+    state, record the resume in the progress, and return one note per change.
+
+    A new ``lr`` scales the learning rate from the resume step on: the schedule's remaining curve times
+    new / old (warm-up, staircase and cosine alike). A new ``epochs`` lengthens (or shortens) the run where
+    its schedule does not depend on the length (``job.fixed_length`` says why it does otherwise).
+    """
+    state, notes = job.state, []
+    if "epochs" in changes:
+        before, now = changes["epochs"]
+        if job.fixed_length:
+            raise ConfigError(f"{what} was trained for {before} epoch(s) and cannot go on to {now}: {job.fixed_length}")
+        if state.step > now * job.steps_per_epoch:
+            raise ConfigError(f"{what} is at step {state.step}, past the {now} epoch(s) asked for")
+        notes.append(f"epochs {before} -> {now}")
+    if "lr" in changes:
+        before, now = changes["lr"]
+        for group in state.optimizer.param_groups:
+            group["lr"] *= now / before
+            if "initial_lr" in group:
+                group["initial_lr"] *= now / before
+        state.scheduler.base_lrs = [lr * now / before for lr in state.scheduler.base_lrs]
+        notes.append(f"lr {before:g} -> {now:g} (the schedule from here on x {now / before:g})")
+    notes += [f"{name} {old!r} -> {new!r}" for name, (old, new) in changes.items() if name not in ("lr", "epochs")]
+    state.progress.resumes.append({"step": state.step, "changed": {k: list(v) for k, v in changes.items()}})
+    return notes
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -102,18 +125,26 @@ def banner(job: Job) -> str:
             f"{job.global_batch} images -> {job.out}")
 
 
-def run(job: Job, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
-    """Run ``job`` (resuming from ``checkpoint`` when given) and return its ``summary.json`` record."""
-    t0, ctx, state = time.perf_counter(), job.ctx, job.state
-    ckpt_path = job.out / "checkpoint.pt"
+def run(job: Job, start: Start) -> dict[str, Any]:
+    """Run ``job`` from ``start`` (a new run, or the checkpoint to continue) and return its ``summary.json``
+    record. SIGTERM, SIGINT and SIGUSR1 stop it after the current step, with a checkpoint."""
+    t0, ctx, state, checkpoint = time.perf_counter(), job.ctx, job.state, start.checkpoint
     reset_peak_memory(ctx.device)
+    notes = []
     if checkpoint is not None:
-        job.config.check_resumable(checkpoint["config"], f"the run in {job.out}")
-        restore(state, checkpoint, job.steps_per_epoch, f"checkpoint {ckpt_path}")
+        what = f"the run in {job.out}"
+        changes = job.config.resume_changes(checkpoint["config"], what)
+        restore(state, checkpoint, job.steps_per_epoch, f"checkpoint {start.checkpoints.describe_last()}")
+        notes = [f"resuming from {start.checkpoints.describe_last()}",
+                 *apply_changes(job, changes, what)]
     if ctx.is_main:
         print(banner(job), flush=True)
+        for note in notes:
+            print(f"peffnet {job.name}: {note}", flush=True)
         job.out.mkdir(parents=True, exist_ok=True)
         (job.out / "config.yaml").write_text(yaml.safe_dump(job.config.to_dict(), sort_keys=False))
+        if state.step < job.epochs * job.steps_per_epoch:  # a summary describes a finished run only
+            (job.out / "summary.json").unlink(missing_ok=True)
     logger = MetricsLogger(job.out, ctx.is_main, resume_step=state.step if checkpoint is not None else None)
     wall_before = state.progress.wall_time_s
 
@@ -121,22 +152,38 @@ def run(job: Job, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
         return wall_before + time.perf_counter() - t0
 
     def save() -> None:
-        """Checkpoint the run (every rank joins the gather of skipped files; rank 0 writes)."""
-        new = distributed.all_gather_lists([p for loader in (job.train_loader, job.val_loader) for p in loader.skipped])
-        state.progress.skipped = sorted(set(state.progress.skipped).union(new))
-        for loader in (job.train_loader, job.val_loader):
-            loader.skipped.clear()
+        """Checkpoint the run: every rank joins the gather of skipped files and checks that the weights are
+        finite (they are the same on every rank); rank 0 writes, and every rank learns whether it could."""
+        loaders = (job.train_loader, job.val_loader)
+        for name in ("skipped", "oversized"):
+            new = distributed.all_gather_lists([p for loader in loaders for p in getattr(loader, name)])
+            setattr(state.progress, name, sorted(set(getattr(state.progress, name)).union(new)))
+            for loader in loaders:
+                getattr(loader, name).clear()
         state.progress.wall_time_s = elapsed()
+        entries = checkpoint_entries(job)
+        bad = [f"{key} weights ({names[0]}...)" for key in ("model", "averaged") if (names := non_finite(entries[key]))]
+        if bad:
+            raise diverged(f"non-finite {bad[0]}, not checkpointed", state.step, f"{job.label} "
+                           f"{-(-state.step // job.steps_per_epoch)}", hooks)
+        error = None
         if ctx.is_main:
-            save_checkpoint(ckpt_path, checkpoint_entries(job))
+            try:
+                start.checkpoints.save(entries)
+            except RunFailure as err:
+                error = str(err)
+        error = distributed.broadcast_object(error)
+        if error is not None:
+            raise RunFailure(error)
 
-    live = fit(job, logger, save, elapsed)
-    if live is None:  # nothing was left to run (a finished run resumed): measure the live weights here
-        live = evaluate(state.model, job.val_loader, job.step.amp, job.step.channels_last)
-    final = live if state.final_model() is state.model else evaluate(
-        state.final_model(), job.val_loader, job.step.amp, job.step.channels_last)
-    save()
-    logger.close()
+    with StopRequests(announce=ctx.is_main) as stop, contextlib.closing(logger):
+        hooks = Hooks(save, start.checkpoints.describe_last, elapsed, lambda: stop.agreed(ctx.device))
+        live = fit(job, logger, hooks)
+        if live is None:  # nothing was left to run (a finished run resumed): measure the live weights here
+            live = evaluate(state.model, job.val_loader, job.step.amp, job.step.channels_last)
+        final = live if state.final_model() is state.model else evaluate(
+            state.final_model(), job.val_loader, job.step.amp, job.step.channels_last)
+        save()
     summary = make_summary(job, final, live, peak_memory_bytes(ctx.device))
     if ctx.is_main:
         (job.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -166,6 +213,7 @@ def make_summary(job: Job, final: tuple[float, float], live: tuple[float, float]
         "micro_batch_size": job.step.micro_batch_size, "world_size": job.ctx.world_size, "amp": job.step.amp,
         "dataset": job.record["data"]["spec"], "num_classes": job.record["num_classes"],
         "skipped_images": len(s.progress.skipped), "skipped_files": s.progress.skipped[:100],
+        "oversized_images": len(s.progress.oversized), "resumes": s.progress.resumes,
         "config_hash": c.config_hash(), "device": device_name(job.ctx.device), "torch": torch.__version__,
         "peffnet": __version__, "checkpoint": str(job.out / "checkpoint.pt"), **job.summary,
     }

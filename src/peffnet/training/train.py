@@ -22,7 +22,8 @@ from peffnet.training import distributed
 from peffnet.training.config import Resolved, TrainConfig, resolve, resolve_resolution
 from peffnet.training.loop import Job, StepSettings, TrainState
 from peffnet.training.optim import EpochAverage, recipe_scheduler, rmsprop_tf
-from peffnet.training.run import existing_checkpoint, run
+from peffnet.training.run import run
+from peffnet.training.rundir import claim
 
 
 def prepare(model: EfficientNet, form: str, ctx: distributed.Context, compile: bool) -> nn.Module:
@@ -45,12 +46,13 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
     # data, and the configuration it completes
     train_res = resolve_resolution(cfg.resolution, cfg.data, preset(cfg.model).resolution)
     train_set = build_dataset(cfg.data, "train", train_res, True, cfg.data_dir, subset=cfg.subset,
-                              translate=cfg.translate)
+                              translate=cfg.translate, max_pixels=cfg.max_image_pixels)
     run_cfg: Resolved = resolve(cfg, ctx.world_size, train_set.num_classes, train_set.in_chans)
     c = run_cfg.config
     if c.amp == "fp16" and ctx.device.type != "cuda":
         raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
-    val_set = build_dataset(c.data, "val", c.eval_resolution, False, c.data_dir, subset=c.val_subset)
+    val_set = build_dataset(c.data, "val", c.eval_resolution, False, c.data_dir, subset=c.val_subset,
+                            max_pixels=c.max_image_pixels)
     pin = ctx.device.type == "cuda"
     train_loader = make_loader(train_set, c.batch_size, train=True, seed=c.seed, rank=ctx.rank,
                                world_size=ctx.world_size, workers=c.workers, pin_memory=pin)
@@ -78,18 +80,25 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
                         c.amp, c.channels_last)
     record = {"train_resolution": int(c.resolution), "num_classes": run_cfg.num_classes,
               "data": {"spec": c.data, "in_chans": run_cfg.in_chans, "subset": c.subset}}
+    fixed_length = "" if not c.recipe_epochs else (
+        f"warm-up, lr decay and the weight average are stretched by epochs / recipe_epochs ({c.recipe_epochs:g}), so "
+        f"another length changes the steps already done (--recipe-epochs 0 makes a run extendable)")
     return Job("train", Path(c.out), c, state, net, form, train_loader, val_loader, step, c.epochs, c.batch_size,
-               c.seed, c.log_every, c.checkpoint_every, c.progress, ctx, record)
+               c.seed, c.log_every, c.checkpoint_every, c.progress, ctx, record, fixed_length=fixed_length)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train as ``cfg`` says (in torchrun's process group when launched by it); returns the summary.
+    """Train as ``cfg`` says (in torchrun's process group when launched by it), starting or continuing the run
+    in ``cfg.out`` as ``cfg.resume`` says; returns the summary.
 
     Raises:
-        ConfigError: bad settings, data or checkpoint (one line).
-        NonFiniteLoss: the loss became NaN/inf; the last good checkpoint is kept.
+        ConfigError: bad settings, data or checkpoint, or a run directory in use (one line).
+        RunFailure: the loss became NaN/inf (the last finite checkpoint is kept), or a checkpoint could not
+            be written.
+        Stopped: a stop signal; the checkpoint of the step it stopped at is written.
     """
     if not cfg.out:
         raise ConfigError("--out is required: the run directory")
-    checkpoint = existing_checkpoint(Path(cfg.out), cfg.resume)
-    return run(train_job(cfg, distributed.setup(cfg.device)), checkpoint)
+    ctx = distributed.setup(cfg.device, cfg.dist_timeout)
+    with claim(Path(cfg.out), cfg.resume, cfg.keep_checkpoints, ctx, "train") as start:
+        return run(train_job(cfg, ctx), start)

@@ -202,9 +202,9 @@ def check_ddp(device: torch.device, quick: bool) -> dict:
         x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
         settings = StepSettings(micro_batch_size=4, num_classes=10)
         loss = train_step(net, torch.optim.SGD(model.parameters(), lr=0.0), torch.amp.GradScaler(device.type,
-                          enabled=False), x, y, settings)
+                          enabled=False), x, y, settings).item()
         ref = train_step(reference, torch.optim.SGD(reference.parameters(), lr=0.0), torch.amp.GradScaler(
-            device.type, enabled=False), x, y, settings)
+            device.type, enabled=False), x, y, settings).item()
     finally:
         dist.destroy_process_group()
     return {"status": "pass" if abs(loss - ref) <= 1e-4 * abs(ref) else "fail", "backend": backend, "loss": loss,

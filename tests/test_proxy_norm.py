@@ -413,3 +413,23 @@ def test_appendix_c_pre_activations_stay_normalized_only_with_pn() -> None:
     assert pn["var_median"].min() > 0.8 and pn["var_median"].max() < 1.25
     assert stats["ln"]["mean_rms"][-1] > 0.5 and stats["ln"]["var_median"][-1] < 0.3  # channels collapse
     assert stats["none"]["var_median"][-1] < 1e-3  # variance vanishes
+
+
+@pytest.mark.parametrize("norm", ["gn", "ln", "lnpn", "gnpn"])
+def test_norms_under_autocast_keep_float32_statistics_and_half_activations(norm: str) -> None:
+    """The path CUDA's autocast takes (group_norm in float32), on the CPU too: the statistics in float32, the
+    activations handed on in the autocast dtype (bfloat16 here), close to a float32 forward."""
+    from peffnet.layers.norm_act import group_norm, norm_act
+
+    torch.manual_seed(0)
+    layer = norm_act(norm, 16)
+    x = 10 + torch.randn(4, 16, 8, 8)
+    with torch.no_grad():
+        reference = layer(x.clone())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = layer(x.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), reference, rtol=0.05, atol=0.05)
+    y = x.bfloat16()
+    torch.testing.assert_close(group_norm(y, 2, None, None, 1e-3), F.group_norm(y.float(), 2, eps=1e-3).bfloat16(),
+                               rtol=0, atol=0)

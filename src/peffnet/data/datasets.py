@@ -97,8 +97,15 @@ class TensorImageDataset(Dataset):
         x, y = self.get_batch(torch.tensor([index]), epoch=0, seed=0)
         return x[0], int(y[0])
 
+    def to(self, device: torch.device) -> TensorImageDataset:
+        """Keep the images on ``device``: batches are then cut, augmented and normalized there (on a GPU, no
+        host work and no host-to-device copy per batch). Returns the dataset."""
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return self
+
     def get_batch(self, indices: torch.Tensor, epoch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Preprocessed float images (n, C, r, r) and labels of ``indices``."""
+        """Preprocessed float images (n, C, r, r) and labels of ``indices``, on the device the images are on."""
+        indices = indices.to(self.images.device)
         x = self.images[indices]
         canvas = x.shape[-1] + 2 * self.pad
         if self.train_transform and self.max_shift > 0:
@@ -107,10 +114,11 @@ class TensorImageDataset(Dataset):
             span = 2 * self.max_shift + 1
             dy = (hash_uniform(seed, epoch, indices, 1) * span).long()
             dx = (hash_uniform(seed, epoch, indices, 2) * span).long()
-            steps = torch.arange(canvas)
+            steps = torch.arange(canvas, device=x.device)
             rows = (dy[:, None] + steps)[:, None, :, None]
             cols = (dx[:, None] + steps)[:, None, None, :]
-            x = x[torch.arange(len(x))[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+            image, chan = torch.arange(len(x), device=x.device), torch.arange(x.shape[1], device=x.device)
+            x = x[image[:, None, None, None], chan[None, :, None, None], rows, cols]
         elif self.pad:
             x = F.pad(x, (self.pad,) * 4)
         if self.train_transform:

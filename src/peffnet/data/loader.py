@@ -105,12 +105,17 @@ class Loader:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
-                world_size: int = 1, workers: int | None = None, pin_memory: bool = False) -> Loader:
-    """A (possibly distributed) loader: ``train=True`` shuffles and shards global batches of
-    ``batch_size``; ``train=False`` shards the set for evaluation in per-rank batches of ``batch_size``.
-    ``workers`` (image folders only) defaults to the CPU cores per process, at most 8.
+                world_size: int = 1, workers: int | None = None, device: torch.device | None = None) -> Loader:
+    """A (possibly distributed) loader for training on ``device``: ``train=True`` shuffles and shards global
+    batches of ``batch_size``; ``train=False`` shards the set for evaluation in per-rank batches of
+    ``batch_size``. ``workers`` (image folders only) defaults to the CPU cores per process, at most 8. On a
+    GPU, in-memory datasets move there (batches are made on the device) and image folders' batches come in
+    pinned memory.
     """
+    cuda = device is not None and device.type == "cuda"
+    if cuda and isinstance(dataset, TensorImageDataset):
+        dataset.to(device)
     if workers is None:
         workers = min(8, max(1, (os.cpu_count() or 1) // world_size))
     return Loader(dataset, batch_size, shuffle=train, seed=seed, rank=rank, world_size=world_size,
-                  workers=workers, pin_memory=pin_memory)
+                  workers=workers, pin_memory=cuda and not isinstance(dataset, TensorImageDataset))

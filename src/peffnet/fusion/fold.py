@@ -42,6 +42,7 @@ from torch import nn
 from peffnet.fusion.fuse import FusedConvNormAct, FusedMBConv
 from peffnet.fusion.ops import channel_affine_, scale_inputs
 from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
+from peffnet.layers.norm_act import group_norm
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 
 
@@ -59,7 +60,7 @@ class FoldedNormAct2d(nn.Module):
         self.register_buffer("shift", None if shift is None else shift.to(pn.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.silu(F.group_norm(x, self.groups, self.weight, self.bias, self.eps), inplace=True)
+        x = F.silu(group_norm(x, self.groups, self.weight, self.bias, self.eps), inplace=True)
         return x if self.shift is None else channel_affine_(x, self.scale, self.shift)
 
 

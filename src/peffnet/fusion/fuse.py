@@ -38,6 +38,7 @@ from torch import nn
 
 from peffnet.fusion.ops import ChannelAffine, ChannelShift, channel_affine_, channel_view, scale_inputs
 from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
+from peffnet.layers.norm_act import group_norm
 from peffnet.layers.proxy_moments import proxy_affine
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 from peffnet.models.efficientnet import EfficientNet
@@ -90,7 +91,7 @@ class ProxyAffineTable:
 
 def _normalized_swish(pn: ProxyNormAct2d, x: torch.Tensor) -> torch.Tensor:
     """``a = swish(gamma GN(x) + beta)``, Eq. 4's numerator before centring (swish in place: a fresh tensor)."""
-    return F.silu(F.group_norm(x, pn.groups, pn.weight, pn.bias, pn.eps), inplace=True)
+    return F.silu(group_norm(x, pn.groups, pn.weight, pn.bias, pn.eps), inplace=True)
 
 
 def _wants_grad(*tensors: torch.Tensor) -> bool:

@@ -17,6 +17,26 @@ NORM_EPS = 1e-3  # paper Section 3.4: epsilon of BN/GN/LN
 GN_GROUPS = 4
 
 
+def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+               eps: float) -> torch.Tensor:
+    """``F.group_norm`` with its statistics in float32 and its output in ``x``'s dtype, the same on every device.
+
+    Under mixed precision the two autocast policies differ: CUDA's runs ``group_norm`` in float32 and hands
+    on float32, so the swish, proxy norm's affine (Eq. 4) and the activations kept for the backward pass would
+    all run and be stored in float32; CPU's runs it on the bfloat16 input and hands on bfloat16. So the path
+    tested on a CPU was not the one a GPU took. Here both normalize a float32 copy (neither policy casts a
+    float32 input down) and pass on the half-precision activations the next convolution takes anyway.
+    """
+    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
+        w = weight.float() if weight is not None else None
+        b = bias.float() if bias is not None else None
+        return F.group_norm(x.float(), groups, w, b, eps).to(x.dtype)
+    return F.group_norm(x, groups, weight, bias, eps)
+
+
+torch.fx.wrap("group_norm")  # a leaf for torch.fx: its dtype test is not traced
+
+
 class BatchNormAct2d(nn.BatchNorm2d):
     """BatchNorm followed by an optional SiLU (swish).
 
@@ -48,7 +68,7 @@ class GroupNormAct(nn.GroupNorm):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        x = group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.silu(x, inplace=True) if self.act else x  # in place: x is GN's fresh output
 
 
@@ -68,7 +88,7 @@ class ScaledGroupNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x, self.groups, self.weight, None, self.eps)
+        return group_norm(x, self.groups, self.weight, None, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, groups={self.groups}, eps={self.eps}"

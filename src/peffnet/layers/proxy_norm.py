@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peffnet.layers.norm_act import NORM_EPS
+from peffnet.layers.norm_act import NORM_EPS, group_norm
 from peffnet.layers.proxy_moments import SIGMA_SPLIT, SWISH_TABLE, SWISH_TABLE_SIZES, proxy_affine, proxy_affine_ops
 
 PROXY_EPS = 3e-2  # eps~ of Eq. 4 (REFERENCE.md)
 torch.fx.wrap("proxy_affine")  # symbolic tracing records the moments as one call instead of tracing into them
+torch.fx.wrap("group_norm")  # and the norm's dtype test as one call (layers.norm_act)
 
 
 def _values_key(t: torch.Tensor) -> tuple:
@@ -111,7 +112,7 @@ class ProxyNormAct2d(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.group_norm(x, self.groups, self.weight, self.bias, self.eps)  # gamma Y + beta
+        y = group_norm(x, self.groups, self.weight, self.bias, self.eps)  # gamma Y + beta
         a = F.silu(y, inplace=True)  # phi(gamma Y + beta); in place: y is group_norm's fresh output
         scale, shift = self.proxy_affine()
         return torch.addcmul(shift.to(a.dtype).view(-1, 1, 1), a, scale.to(a.dtype).view(-1, 1, 1))  # Eq. 4

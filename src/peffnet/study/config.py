@@ -25,11 +25,6 @@ SMALL_IMAGE_NATIVE = 64
 """The "native" size of the 28/32 px datasets (as ``peffnet recipe``): half = 32, the canvas itself."""
 NORM_LABELS = {"bn": "BN", "gn": "GN", "ln": "LN", "lnpn": "LN+PN", "gnpn": "GN+PN"}
 
-SMALL_DATA_TRAINING = {"lr_scale": 0.25, "drop_rate": 0.0, "drop_path_rate": 0.0, "mixup_alpha": 0.0,
-                       "translate": 2, "head_init_scale": 0.0}
-"""``peffnet train`` settings of every study run on fashion-mnist/synthetic: those of
-``configs/fashion_mnist.yaml`` (92.3 % in 25 epochs; docs/training.md), the paper's recipe otherwise."""
-
 
 @dataclass
 class StudyConfig(Settings):
@@ -60,8 +55,8 @@ class StudyConfig(Settings):
     finetune_subset: int | None = setting(10000, "fine-tuning images", INT, POSITIVE, group="recipe")
     finetune_lr: float | None = setting(None, "fine-tuning lr (default: 0.05 for fashion-mnist/synthetic, else "
                                               "0.25 x batch / 512)", FLOAT, POSITIVE, group="recipe")
-    train_config: str | None = setting(None, "YAML of `peffnet train` settings for every run (over the study's "
-                                             "small-dataset settings)", group="recipe")
+    train_config: str | None = setting(None, "YAML of `peffnet train` settings for every run (over "
+                                             "`peffnet train`'s defaults for the dataset)", group="recipe")
     targets: list[float] | None = setting(None, "top-1 targets (%) for the time-to-accuracy table (default: "
                                                 "from 70 to the best accuracy reached, in steps of 5, and 88, 90, "
                                                 "92 where reached)", FLOATS, POSITIVE, group="report")

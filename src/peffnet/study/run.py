@@ -19,7 +19,7 @@ import torch
 
 from peffnet.data import build_dataset
 from peffnet.errors import ConfigError
-from peffnet.study.config import SMALL_DATA_TRAINING, Cell, StudyConfig
+from peffnet.study.config import Cell, StudyConfig
 from peffnet.study.report import write_report
 from peffnet.study.speed import FINETUNE_STAGES, measure_speed
 from peffnet.training import distributed
@@ -82,8 +82,7 @@ def run_cell(cfg: StudyConfig, cell: Cell, seed: int, chosen: dict[str, dict], o
              in_chans: int) -> dict[str, Any]:
     """Train (and fine-tune) one configuration with one seed; returns its ``result.json`` record."""
     native, run = cfg.native(), out / "runs" / f"{cell.key}-s{seed}"
-    base = {**(SMALL_DATA_TRAINING if cfg.small else {}),
-            **(TrainConfig.read_yaml(cfg.train_config) if cfg.train_config else {})}
+    base = TrainConfig.read_yaml(cfg.train_config) if cfg.train_config else {}  # else train's dataset defaults
     train_dir = run / "train"
     done, resume = _stage(train_dir)
     stages = {"train": done or train(TrainConfig.from_layers(base, {

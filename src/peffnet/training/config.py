@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from peffnet.data import DEFAULT_TRANSLATE, default_resolution, parse_spec
 from peffnet.errors import ConfigError
 from peffnet.models import ModelConfig, ModelOverrides, preset
+from peffnet.models.config import split_norm
 from peffnet.resolution import check_resolution, half_resolution
 from peffnet.settings import (
     BOOL,
@@ -42,22 +43,24 @@ class TrainConfig(ModelOverrides):
     """Everything ``peffnet train`` takes. Field names are the YAML keys (``--batch-size`` = ``batch_size``)."""
 
     # what to train (and group_size, expansion, norm)
-    model: str = setting("g16_efficientnet_b0", "model name (see `peffnet models`)", group="model")
-    drop_rate: float | None = setting(None, "dropout before the classifier (default: the size's, 0.2 at B0)", FLOAT,
-                                      FRACTION, group="model")
+    model: str = setting("g16_efficientnet_b0_lnpn", "model name (see `peffnet models`); the default is the "
+                                                     "paper's flagship, G16 with LN+PN", group="model")
+    drop_rate: float | None = setting(None, "dropout before the classifier (default: the size's, 0.2 at B0; 0 on "
+                                            "small datasets)", FLOAT, FRACTION, group="model")
     drop_path_rate: float | None = setting(None, "stochastic depth rate at the last block (default 0.2: survival "
-                                                 "0.8)", FLOAT, FRACTION, group="model")
-    head_init_scale: float = setting(1.0, "multiplier of the classifier's initial weights (as timm's "
-                                          "head_init_scale); the EfficientNet init U(+-1/sqrt(classes)) gives large "
-                                          "logits for few classes", FLOAT, NON_NEGATIVE, group="model")
+                                                 "0.8; 0 on small datasets)", FLOAT, FRACTION, group="model")
+    head_init_scale: float | None = setting(None, "multiplier of the classifier's initial weights (as timm's "
+                                                  "head_init_scale; default 1, 0 on small datasets: the EfficientNet "
+                                                  "init gives large logits for few classes)", FLOAT, NON_NEGATIVE,
+                                            group="model")
     # data
     data: str = setting("", "dataset: fashion-mnist, synthetic or imagefolder:PATH (train/CLASS/*, val/CLASS/*)",
                         group="data")
     data_dir: str | None = setting(None, "where the dataset lives (fashion-mnist: folder of the idx files; "
                                          "imagefolder: base of a relative PATH)", execution=True, group="data")
-    translate: int = setting(DEFAULT_TRANSLATE, "fashion-mnist/synthetic training augmentation: random shift by up "
-                                                "to this many pixels (image folders: ignored)", INT, NON_NEGATIVE,
-                             group="data")
+    translate: int | None = setting(None, "fashion-mnist/synthetic training augmentation: random shift by up to "
+                                          "this many pixels (default 2; image folders: ignored)", INT, NON_NEGATIVE,
+                                    group="data")
     subset: int | None = setting(None, "train on a fixed random subset of this many images", INT, POSITIVE,
                                  group="data")
     val_subset: int | None = setting(None, "evaluate on a fixed random subset of this many images", INT, POSITIVE,
@@ -73,8 +76,9 @@ class TrainConfig(ModelOverrides):
     # schedule and optimizer
     epochs: int = setting(350, "training epochs (may grow when a run is resumed, with --recipe-epochs 0)", INT,
                           POSITIVE, resumable=True, group="schedule")
-    batch_size: int = setting(768, "global batch size B (all processes and micro-batches together)", INT, POSITIVE,
-                              group="schedule")
+    batch_size: int | None = setting(None, "global batch size B, all processes and micro-batches together "
+                                           "(default: 768, the paper's; 256 on small datasets)", INT, POSITIVE,
+                                     group="schedule")
     micro_batch_size: int | None = setting(None, "images per forward/backward pass; gradients are accumulated up to "
                                                  "the global batch (default: B / processes)", INT, POSITIVE,
                                            execution=True, group="speed")
@@ -83,7 +87,8 @@ class TrainConfig(ModelOverrides):
     lr: float | None = setting(None, "peak learning rate (default: lr_scale * B * 2^-14; a new value on resume "
                                      "scales the rest of the schedule)", FLOAT, POSITIVE, resumable=True,
                                group="schedule")
-    lr_scale: float = setting(1.0, "multiplier of the default learning rate B * 2^-14", FLOAT, POSITIVE,
+    lr_scale: float | None = setting(None, "multiplier of the default learning rate B * 2^-14 (default 1; 0.25 "
+                                           "on small datasets, where the full rate diverges)", FLOAT, POSITIVE,
                               resumable=True, group="schedule")
     rmsprop_decay: float | None = setting(None, "RMSProp decay rho (default: 1 - B * 2^-14)", FLOAT, OPEN_UNIT,
                                           group="schedule")
@@ -104,7 +109,8 @@ class TrainConfig(ModelOverrides):
                                    group="schedule")
     label_smoothing: float = setting(0.1, "label smoothing", FLOAT, FRACTION, group="schedule")
     mixup_alpha: float | None = setting(None, "Mixup Beta(alpha, alpha) strength, 0 = off (default: 0.1 for B0-B2, "
-                                              "0.2 from B3)", FLOAT, NON_NEGATIVE, group="schedule")
+                                              "0.2 from B3; 0 on small datasets)", FLOAT, NON_NEGATIVE,
+                                        group="schedule")
     cutmix_lambda: float | None = setting(None, "fraction of each image CutMix keeps, 1 = off (default: 1 at B0, "
                                                 "0.95 at B1 ... 0.8 at B5)", FLOAT, UNIT, group="schedule")
     # speed
@@ -171,13 +177,34 @@ def split_batch(batch: int, micro: int | None, world_size: int) -> int:
     return micro
 
 
+PAPER_DEFAULTS = {"batch_size": 768, "lr_scale": 1.0, "head_init_scale": 1.0, "translate": DEFAULT_TRANSLATE}
+"""The "auto" values for image folders: the paper's ImageNet recipe (Section 3.4)."""
+SMALL_DATA_DEFAULTS = {"batch_size": 256, "lr_scale": 0.25, "head_init_scale": 0.0, "translate": 2,
+                       "drop_rate": 0.0, "drop_path_rate": 0.0, "mixup_alpha": 0.0}
+"""The "auto" values for the 28/32 px in-memory datasets (fashion-mnist, synthetic): those of
+``configs/fashion_mnist.yaml``, which reached 92.3 % in 25 epochs (docs/training.md). With the paper's
+ImageNet settings a short run diverges (lr B * 2^-14 and half of it) or underfits (dropout, stochastic depth
+and Mixup are regularizers for 350 epochs; the EfficientNet classifier init gives 10-class logits of std ~5)."""
+
+
+def with_dataset_defaults(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its "auto" values that depend on the dataset filled in (:data:`SMALL_DATA_DEFAULTS` for
+    fashion-mnist/synthetic, :data:`PAPER_DEFAULTS` for image folders); settings given stay as given."""
+    small = parse_spec(cfg.data)[0] != "imagefolder"
+    defaults = SMALL_DATA_DEFAULTS if small else PAPER_DEFAULTS
+    return dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
+
+
 def resolve(cfg: TrainConfig, world_size: int, num_classes: int, in_chans: int) -> Resolved:
     """Fill in the "auto" values for a dataset of ``num_classes``/``in_chans`` run on ``world_size``
     processes; one-line errors for impossible combinations."""
     if not cfg.out:
         raise ConfigError("--out is required: the run directory")
-    parse_spec(cfg.data)
-    model = preset(cfg.model, group_size=cfg.group_size, expansion=cfg.expansion, norm=cfg.norm,
+    cfg = with_dataset_defaults(cfg)
+    name = cfg.model
+    if name == TrainConfig.default("model") and cfg.norm is not None:  # --norm picks the flagship's norm
+        name = split_norm(name)[0]
+    model = preset(name, group_size=cfg.group_size, expansion=cfg.expansion, norm=cfg.norm,
                    drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, num_classes=num_classes,
                    in_chans=in_chans)
     B = cfg.batch_size
@@ -188,7 +215,8 @@ def resolve(cfg: TrainConfig, world_size: int, num_classes: int, in_chans: int) 
     resolution = resolve_resolution(cfg.resolution, cfg.data, model.resolution)
     eval_resolution = check_resolution(cfg.eval_resolution or resolution, "eval_resolution")
     config = dataclasses.replace(
-        cfg, group_size=model.group_size, expansion=model.expansion, norm=model.norm, drop_rate=model.drop_rate,
+        cfg, model=model.name, group_size=model.group_size, expansion=model.expansion, norm=model.norm,
+        drop_rate=model.drop_rate,
         drop_path_rate=model.drop_path_rate, micro_batch_size=micro,
         lr=cfg.lr if cfg.lr is not None else cfg.lr_scale * B * LR_PER_SAMPLE, rmsprop_decay=decay,
         resolution=str(resolution), eval_resolution=eval_resolution,

@@ -92,6 +92,7 @@ def cleanup() -> None:
     """Leave the process group (if this process joined one)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    _CONTROL.clear()
 
 
 def rank() -> int:
@@ -120,12 +121,24 @@ def all_gather_lists(items: list[str]) -> list[str]:
     return [x for part in gathered for x in (part or [])]
 
 
-def all_reduce_max(value: int, device: torch.device) -> int:
-    """The largest ``value`` over all ranks (one scalar all-reduce; ``value`` itself for one process)."""
+_CONTROL: list[Any] = []  # the host-side group of an NCCL run, made on first use
+
+
+def _control_group() -> Any:
+    """The group for small agreements between ranks (a stop signal): the process group itself under gloo; a
+    gloo group beside NCCL's, so that agreeing on a host value never waits for the GPUs' queues."""
+    if not _CONTROL:
+        _CONTROL.append(dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else dist.group.WORLD)
+    return _CONTROL[0]
+
+
+def all_reduce_max(value: int) -> int:
+    """The largest ``value`` over all ranks (one scalar all-reduce on the host; ``value`` itself for one
+    process): it never waits for a GPU."""
     if not dist.is_initialized():
         return value
-    tensor = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=_control_group())
     return int(tensor.item())
 
 

@@ -82,7 +82,7 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, resolutions: 
         dataset = build_dataset(spec, "val", r, False, data_dir, subset=val_subset)
         check_data(dataset, model.cfg, spec)
         loader = make_loader(dataset, batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
-                             pin_memory=ctx.device.type == "cuda")
+                             device=ctx.device)
         start = time.perf_counter()
         top1, top5 = evaluate(model, loader, amp)
         seconds = time.perf_counter() - start

@@ -210,11 +210,10 @@ def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
     micro = split_batch(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
     c = dataclasses.replace(cfg, checkpoint=str(parent_path), data=spec, lr=cfg.peak_lr, micro_batch_size=micro,
                             eval_batch_size=cfg.eval_batch_size or micro)
-    pin = ctx.device.type == "cuda"
     train_loader = make_loader(train_set, c.batch_size, train=True, seed=c.seed, rank=ctx.rank,
-                               world_size=ctx.world_size, workers=c.workers, pin_memory=pin)
+                               world_size=ctx.world_size, workers=c.workers, device=ctx.device)
     val_loader = make_loader(val_set, c.eval_batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
-                             workers=c.workers, pin_memory=pin)
+                             workers=c.workers, device=ctx.device)
 
     # model: the parent's averaged weights, all but the last `stages` parts frozen; SGD without momentum,
     # cosine schedule over the whole run, no weight averaging (the final weights are the last ones)

@@ -36,8 +36,8 @@ from peffnet.training.signals import Stopped, signal_name
 
 
 class NonFiniteLoss(RunFailure):
-    """The training loss (or the weights) became NaN or infinite; the run stops before the update is applied,
-    or before a checkpoint of those weights is written."""
+    """The training loss (or the weights) became NaN or infinite; the run stops, and no checkpoint of those
+    weights is written."""
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -74,7 +74,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     Each micro-batch's loss is summed over its images and divided by this rank's batch size, so the
     accumulated gradient is the mean over the rank's images; DDP then averages ranks (equal shares), giving
     the mean over the global batch whatever the micro-batch size and world size. Returns the mean loss over
-    the global batch; raises :class:`NonFiniteLoss` (on every rank) before updating if it is NaN or inf.
+    the global batch as a tensor on the device: reading it is left to the caller (:class:`LossReader`), so
+    that a GPU is not made to wait for the host every step.
     """
     device = next(model.parameters()).device
     local = images.shape[0]
@@ -91,14 +92,57 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=s.label_smoothing, reduction="sum") / local
             scaler.scale(loss).backward()
         total += loss.detach()
-    mean_loss = distributed.all_reduce_sum(total).item() / distributed.world_size()
-    if not math.isfinite(mean_loss):
-        optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteLoss(f"loss is {mean_loss}")
+    mean_loss = distributed.all_reduce_sum(total) / distributed.world_size()
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return mean_loss
+    return mean_loss.detach()
+
+
+@dataclass
+class StepLoss:
+    """A step's loss on its way to the host: the value once ``ready`` (an event of the copy on a GPU)."""
+
+    step: int
+    epoch: int
+    lr: float
+    value: torch.Tensor
+    done: Any = None  # torch.cuda.Event recorded after the copy; None on a CPU
+
+
+class LossReader:
+    """Reads the steps' losses without making a GPU wait: each loss is copied to pinned host memory as the
+    step is queued, and read once its copy has landed (on a CPU: at once). The NaN/inf check and the step's
+    log line come then, a step or two after the step on a GPU (whose update is already applied by then: a
+    diverged run stops there, and no checkpoint of its weights is written). A step's img/s on a GPU is the
+    device time between the ends of consecutive steps."""
+
+    def __init__(self) -> None:
+        self.waiting: list[StepLoss] = []
+        self.last_end: Any = None
+
+    def put(self, step: int, epoch: int, lr: float, loss: torch.Tensor) -> None:
+        if loss.device.type != "cuda":
+            self.waiting.append(StepLoss(step, epoch, lr, loss))
+            return
+        done = torch.cuda.Event(enable_timing=True)
+        host = loss.to("cpu", non_blocking=True)
+        done.record()
+        self.waiting.append(StepLoss(step, epoch, lr, host, done))
+
+    def take(self, wait: bool = False) -> list[tuple[StepLoss, float, float | None]]:
+        """The steps whose losses have landed (all of them with ``wait``), with the loss value and, on a GPU,
+        the step's seconds on the device (``None`` for the first step read, or on a CPU)."""
+        out = []
+        while self.waiting and (wait or self.waiting[0].done is None or self.waiting[0].done.query()):
+            s = self.waiting.pop(0)
+            seconds = None
+            if s.done is not None:
+                s.done.synchronize()
+                seconds = self.last_end.elapsed_time(s.done) / 1000 if self.last_end is not None else None
+                self.last_end = s.done
+            out.append((s, float(s.value.item()), seconds))
+        return out
 
 
 @torch.no_grad()
@@ -117,7 +161,7 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
             logits = model(images)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == labels[:, None]
-        counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), torch.tensor(len(labels), device=device)])
+        counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), torch.full((), len(labels), device=device)])
     distributed.all_reduce_sum(counts)
     model.train(was_training)
     c1, c5, n = counts.tolist()
@@ -237,35 +281,47 @@ def fit(job: Job, logger: MetricsLogger, hooks: Hooks) -> tuple[float, float] | 
         bar = tqdm(total=spe, initial=first, desc=f"{job.label} {epoch + 1}/{job.epochs}", unit="step",
                    disable=not (job.ctx.is_main and job.progress_bar), dynamic_ncols=True)
         job.net.train()
-        losses, start = [], time.perf_counter()
+        losses: list[float] = []
+        start = tick = time.perf_counter()
+        reader = LossReader()
+
+        def report(read: list[tuple[StepLoss, float, float | None]], tick: float, losses: list[float] = losses,
+                   bar: tqdm = bar) -> None:
+            """Check, count, show and log the steps whose losses were read."""
+            for s, value, seconds in read:
+                if not math.isfinite(value):
+                    raise diverged(f"loss is {value}", s.step, f"{job.label} {s.epoch}", hooks)
+                losses.append(value)
+                img_per_s = job.global_batch / (seconds if seconds is not None else time.perf_counter() - tick)
+                bar.update()
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{s.lr:.3g}", img_s=f"{img_per_s:.0f}")
+                if s.step % job.log_every == 0:
+                    logger.log({"kind": "step", "epoch": s.epoch, "step": s.step, "loss": value, "lr": s.lr,
+                                "img_per_s": img_per_s, "time_s": hooks.elapsed()})
+
         try:
             for images, labels in job.train_loader:
                 tick = time.perf_counter()
                 torch.manual_seed((job.seed * 1_000_003 + state.step) * 1_009 + rank)
                 lr = state.optimizer.param_groups[0]["lr"]
-                try:
-                    loss = train_step(job.net, state.optimizer, state.scaler, images, labels, job.step)
-                except NonFiniteLoss as err:
-                    raise diverged(str(err), state.step + 1, f"{job.label} {epoch + 1}", hooks) from None
+                loss = train_step(job.net, state.optimizer, state.scaler, images, labels, job.step)
                 state.scheduler.step()
                 state.step += 1
-                losses.append(loss)
-                img_per_s = job.global_batch / (time.perf_counter() - tick)
-                bar.update()
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{img_per_s:.0f}")
-                if state.step % job.log_every == 0:
-                    logger.log({"kind": "step", "epoch": epoch + 1, "step": state.step, "loss": loss, "lr": lr,
-                                "img_per_s": img_per_s, "time_s": hooks.elapsed()})
+                reader.put(state.step, epoch + 1, lr, loss)
+                report(reader.take(), tick)
                 if state.step % spe == 0:  # the epoch's end: averaged, evaluated and saved below
                     continue
                 saved = job.checkpoint_every and state.step % job.checkpoint_every == 0
                 if saved:
+                    report(reader.take(wait=True), tick)  # every loss read first: a diverged step is never saved
                     hooks.save()
                 signum = hooks.stop_signal()
                 if signum:
                     if not saved:
+                        report(reader.take(wait=True), tick)
                         hooks.save()
                     raise stopped(signum, state.step, f"{job.label} {epoch + 1}/{job.epochs}", hooks)
+            report(reader.take(wait=True), tick)
         finally:
             bar.close()
         seconds = time.perf_counter() - start

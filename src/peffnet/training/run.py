@@ -24,6 +24,7 @@ import yaml
 from peffnet.checkpoint import FORMAT, load_weights, non_finite
 from peffnet.errors import ConfigError, RunFailure
 from peffnet.models import build
+from peffnet.models.config import DEFAULT_NORM, split_norm
 from peffnet.models.profile import profile_model
 from peffnet.training import distributed
 from peffnet.training.loop import Hooks, Job, Progress, TrainState, diverged, evaluate, fit
@@ -120,7 +121,9 @@ def banner(job: Job) -> str:
     """The line a run starts with: what trains, in which form, where, how long."""
     m, ctx = job.state.model.cfg, job.ctx
     where = f"{ctx.world_size} processes" if ctx.distributed else "1 process"
-    return (f"peffnet {job.name}: {m.name} (G{m.group_size} E{m.expansion} {m.norm}), {job.form} form, "
+    bare_default = split_norm(m.name)[1] is None and m.norm == DEFAULT_NORM
+    norm = f"{m.norm}: the bare name's default; _lnpn names the paper's LN+PN" if bare_default else m.norm
+    return (f"peffnet {job.name}: {m.name} (G{m.group_size} E{m.expansion} {norm}), {job.form} form, "
             f"{where} on {device_name(ctx.device)}, {job.epochs} epoch(s) of {job.steps_per_epoch} steps x "
             f"{job.global_batch} images -> {job.out}")
 
@@ -177,7 +180,7 @@ def run(job: Job, start: Start) -> dict[str, Any]:
             raise RunFailure(error)
 
     with StopRequests(announce=ctx.is_main) as stop, contextlib.closing(logger):
-        hooks = Hooks(save, start.checkpoints.describe_last, elapsed, lambda: stop.agreed(ctx.device))
+        hooks = Hooks(save, start.checkpoints.describe_last, elapsed, stop.agreed)
         live = fit(job, logger, hooks)
         if live is None:  # nothing was left to run (a finished run resumed): measure the live weights here
             live = evaluate(state.model, job.val_loader, job.step.amp, job.step.channels_last)

@@ -17,8 +17,6 @@ import threading
 from types import FrameType
 from typing import Any
 
-import torch
-
 from peffnet.training import distributed
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -71,8 +69,8 @@ class StopRequests:
                 print(f"{signal_name(signum)} received: stopping after this step, with a checkpoint",
                       file=sys.stderr, flush=True)
 
-    def agreed(self, device: torch.device) -> int:
+    def agreed(self) -> int:
         """The signal any rank has received (the largest number if several), ``0`` for none: the same answer
-        on every rank (one scalar all-reduce)."""
-        return distributed.all_reduce_max(self.signum, device)
+        on every rank (one scalar all-reduce on the host)."""
+        return distributed.all_reduce_max(self.signum)
 

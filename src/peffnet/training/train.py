@@ -19,7 +19,7 @@ from peffnet.errors import ConfigError
 from peffnet.fusion import fuse_proxy_norm, training_form
 from peffnet.models import EfficientNet, build, preset
 from peffnet.training import distributed
-from peffnet.training.config import Resolved, TrainConfig, resolve, resolve_resolution
+from peffnet.training.config import Resolved, TrainConfig, resolve, resolve_resolution, with_dataset_defaults
 from peffnet.training.loop import Job, StepSettings, TrainState
 from peffnet.training.optim import EpochAverage, recipe_scheduler, rmsprop_tf
 from peffnet.training.run import run
@@ -44,6 +44,7 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
     torch.backends.cudnn.benchmark = not cfg.deterministic
 
     # data, and the configuration it completes
+    cfg = with_dataset_defaults(cfg)
     train_res = resolve_resolution(cfg.resolution, cfg.data, preset(cfg.model).resolution)
     train_set = build_dataset(cfg.data, "train", train_res, True, cfg.data_dir, subset=cfg.subset,
                               translate=cfg.translate, max_pixels=cfg.max_image_pixels)
@@ -53,11 +54,10 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
         raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
     val_set = build_dataset(c.data, "val", c.eval_resolution, False, c.data_dir, subset=c.val_subset,
                             max_pixels=c.max_image_pixels)
-    pin = ctx.device.type == "cuda"
     train_loader = make_loader(train_set, c.batch_size, train=True, seed=c.seed, rank=ctx.rank,
-                               world_size=ctx.world_size, workers=c.workers, pin_memory=pin)
+                               world_size=ctx.world_size, workers=c.workers, device=ctx.device)
     val_loader = make_loader(val_set, c.eval_batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
-                             workers=c.workers, pin_memory=pin)
+                             workers=c.workers, device=ctx.device)
 
     # model; RMSProp with lr B*2^-14 and decay 1 - B*2^-14; warm-up + staircase decay and the weight
     # average, their epoch counts stretched by the run's time scale

@@ -65,9 +65,14 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def model_of(label: str, quick: bool, **kw: object) -> torch.nn.Module:
+    """The seeded model; its classifier init scaled by 0.1 (timm's head_init_scale) keeps the 10 logits small,
+    so that comparisons across precisions measure the network rather than the rounding of a few big logits."""
     name, norm = MODELS[label]
     torch.manual_seed(0)
-    return peffnet.create_model(name, norm=norm, num_classes=10, drop_rate=0.0, drop_path_rate=0.0, **kw)
+    model = peffnet.create_model(name, norm=norm, num_classes=10, drop_rate=0.0, drop_path_rate=0.0, **kw)
+    with torch.no_grad():
+        model.classifier.weight.mul_(0.1)
+    return model
 
 
 # --------------------------------------------------------------------------- correctness
@@ -75,7 +80,7 @@ def model_of(label: str, quick: bool, **kw: object) -> torch.nn.Module:
 
 def check_train_steps(device: torch.device, quick: bool) -> dict:
     """Loss and gradients of one step against float64 on the CPU; three more steps stay finite."""
-    res, batch = (32, 4) if quick else (128, 32)
+    res, batch = (64, 8) if quick else (128, 32)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(batch, 3, res, res, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
     cases, worst = {}, "pass"
@@ -258,15 +263,17 @@ def check_speed(device: torch.device, quick: bool) -> dict:
     return {"status": "fail" if over else "pass", "above_peak": over, **result}
 
 
-def check_suite(device: torch.device, quick: bool) -> dict:
-    """``benchmarks/run_suite.py``'s comparisons at GPU sizes: the device's column of RESULTS.md."""
+def check_suite(device: torch.device, quick: bool, results: Path) -> dict:
+    """``benchmarks/run_suite.py``'s comparisons at GPU sizes: the device's column of RESULTS.md (written into
+    ``results``: the repository's ``benchmarks/results`` by default)."""
     suite = REPO / "benchmarks" / "run_suite.py"
     if not suite.is_file():
         raise Skip("not run from the repository (benchmarks/run_suite.py is missing)")
     sys.path.insert(0, str(suite.parent))
     import run_suite
 
-    argv = ["--device", device.type, "--only", "peers", "group_size", "norms", "resolution", "channels_last"]
+    argv = ["--device", device.type, "--only", "peers", "group_size", "norms", "resolution", "channels_last",
+            "--results", str(results), "--markdown", str(results.parent / "RESULTS.md")]
     argv += ["--quick"] if quick else ["--check"]
     if run_suite.main(argv) != 0:
         raise RuntimeError("run_suite.py failed")
@@ -294,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (a dry run)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one round: every check in minutes on a CPU")
     p.add_argument("--budget", type=float, default=480, help="seconds; checks that would start later are skipped")
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results",
+                   help="where the suite check writes its JSON (RESULTS.md beside it)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -311,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ddp", lambda: check_ddp(device, args.quick)),
         ("compile", lambda: check_compile(device, args.quick)),
         ("speed", lambda: check_speed(device, args.quick)),
-        ("suite", lambda: check_suite(device, args.quick)),
+        ("suite", lambda: check_suite(device, args.quick, args.results)),
     ]
     start = time.perf_counter()
     for name, fn in checks:

@@ -48,7 +48,7 @@ def test_grid_rows_speed_and_report(study: Path) -> None:
     assert sorted(set(infer)) == ["g1-gn-native", "g16-gn-native"]
     assert speed["chosen"]["g1-gn-half"]["infer"] == speed["chosen"]["g1-gn-native"]["infer"]
     md = (study / "study.md").read_text()
-    assert "| G16-GN-Half | 1 |" in md and "Command: `peffnet study" in md
+    assert "| G16-GN-Half | 1 |" in md and "into one directory): `peffnet study" in md
     for name in ("macs", "train_img_per_s", "train_time_s", "infer_img_per_s"):
         assert (study / f"accuracy_vs_{name}.png").stat().st_size > 10_000
 
@@ -66,6 +66,7 @@ def test_rerun_skips_finished_runs_and_a_new_seed_extends(study: Path) -> None:
     record = json.loads((study / "study.json").read_text())
     g16 = next(c for c in record["configurations"] if c["label"] == "G16-GN-Native")
     assert g16["seeds"] == [0, 1] and g16["top1_min"] <= g16["top1"] <= g16["top1_max"]
+    assert len(record["commands"]) == 2 and "--seeds 1" in record["commands"][1]  # the study's pieces
 
 
 def test_time_to_target_is_the_first_epoch_that_reached_it() -> None:

@@ -132,13 +132,14 @@ def plot(configs: list[dict], key: str, title: str, lower_is_better: bool, log: 
     return save_figure(fig, path)
 
 
-def write_report(cfg: StudyConfig, out: Path, results: list[dict], speed: dict) -> dict[str, Any]:
+def write_report(cfg: StudyConfig, out: Path, results: list[dict], speed: dict, commands: list[str]
+                 ) -> dict[str, Any]:
     """Write ``study.json``, ``study.md`` and the figures into ``out``; returns the ``study.json`` record."""
     rows = [row(cfg, r, speed) for r in results if "diverged" not in r]
     diverged = [f"{r['label']} seed {r['seed']}: {r['diverged']}" for r in results if "diverged" in r]
     targets = cfg.targets or default_targets(rows)
     configs = aggregate(rows, targets)
-    record = {"command": cfg.command_line("study"), "device": speed["device"], "torch": torch.__version__,
+    record = {"commands": commands, "device": speed["device"], "torch": torch.__version__,
               "peffnet": __version__, "recipe": cfg.recipe(), "targets": targets, "rows": rows,
               "configurations": configs, "diverged": diverged}
     (out / "study.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -152,7 +153,9 @@ def markdown(record: dict, figures: list[Path]) -> str:
     """``study.md``: the command, device and versions, the table, time to accuracy, the figures."""
     r = record["recipe"]
     lines = ["# Study: which configuration trains best on this machine (paper Figure 1)", "",
-             f"Command: `{record['command']}`  ", f"Device: {record['device']}; torch {record['torch']}, "
+             "Commands (a study may be run in pieces into one directory): "
+             + ", ".join(f"`{c}`" for c in record["commands"]) + "  ",
+             f"Device: {record['device']}; torch {record['torch']}, "
              f"peffnet {record['peffnet']}.  ",
              f"Recipe: {r['data']}, EfficientNet-{r['size'].upper()}, {r['epochs']} epoch(s) at batch "
              f"{r['batch_size']}{', subset ' + str(r['subset']) if r['subset'] else ''}; half regime: + "

@@ -34,10 +34,13 @@ PLAN, SPEED, RESULT = "plan.json", "speed.json", "result.json"
 
 
 def check_plan(out: Path, cfg: StudyConfig) -> None:
-    """Record the study's recipe in ``out/plan.json``, or refuse a directory that holds a different study."""
+    """Record the study's recipe in ``out/plan.json`` (and the command in ``commands``: a study may be run in
+    pieces), or refuse a directory that holds a different study."""
     path = out / PLAN
+    commands: list[str] = []
     if path.exists():
         saved = json.loads(path.read_text())
+        commands = saved.get("commands", [])
         for name, value in cfg.recipe().items():
             if saved.get(name, cfg.default(name)) != value:
                 raise ConfigError(f"{out} holds a different study ({name}={saved.get(name)!r}, this one has "
@@ -45,7 +48,9 @@ def check_plan(out: Path, cfg: StudyConfig) -> None:
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty and holds no study ({PLAN}); use another --out")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg.recipe(), indent=1) + "\n")
+    command = cfg.command_line("study")
+    path.write_text(json.dumps({**cfg.recipe(), "commands": [*commands, *([command] if command not in commands
+                                                                          else [])]}, indent=1) + "\n")
 
 
 def cells_in(out: Path) -> list[Cell]:
@@ -147,4 +152,4 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
                     record = {"label": cell.label, "key": cell.key, "seed": seed, "diverged": str(err)}
                 result.write_text(json.dumps(record, indent=1) + "\n")
     results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob(f"*/{RESULT}"))]
-    return write_report(cfg, out, results, speed)
+    return write_report(cfg, out, results, speed, json.loads((out / PLAN).read_text())["commands"])

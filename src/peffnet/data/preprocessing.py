@@ -150,8 +150,9 @@ class Preprocessing:
     def describe(self) -> str:
         """One line: ``64 px (resize 73, centre crop 64, bilinear), RGB, mean 0.485,0.456,0.406, std ...``."""
         values = ",".join(f"{v:.4g}" for v in self.mean), ",".join(f"{v:.4g}" for v in self.std)
-        steps = (f"{self.image_size} px image on a {self.image_size + 2 * self.pad} px canvas, resized"
-                 if self.image_size is not None else f"resize {self.resize}, centre crop {self.resolution}")
+        canvas = None if self.image_size is None else self.image_size + 2 * self.pad
+        steps = (f"resize {self.resize}, centre crop {self.resolution}" if canvas is None else
+                 f"{self.image_size} px image on a {canvas} px canvas" + ", resized" * (canvas != self.resolution))
         return (f"{self.resolution} px ({steps}, {self.interpolation}), {'RGB' if self.channels == 3 else 'grayscale'}"
                 f", mean {values[0]}, std {values[1]}")
 

@@ -1,7 +1,9 @@
-"""`peffnet export`: ONNX and TorchScript files that reproduce PyTorch to 1e-4; bad input."""
+"""`peffnet export`: ONNX and TorchScript files that reproduce PyTorch to 1e-4 and carry their class names and
+preprocessing; bad input."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -10,9 +12,11 @@ import pytest
 import torch
 
 import peffnet.serving.export as export_mod
-from peffnet.checkpoint import model_from_checkpoint
+from conftest import documented_keys
+from peffnet.checkpoint import load_checkpoint, model_from_checkpoint
 from peffnet.cli import main
 from peffnet.errors import ConfigError
+from peffnet.serving.metadata import KEYS, TORCHSCRIPT_EXTRA
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -47,6 +51,14 @@ def test_onnx_export_matches_pytorch(run_dir: Path, tmp_path: Path, capsys) -> N
     got = session.run(None, {"input": x.numpy()})[0]
     assert got.shape == (5, 10)
     np.testing.assert_allclose(got, reference_logits(run_dir, x), rtol=0, atol=1e-4)
+    # the file describes itself: class names and the preprocessing at the exported resolution
+    props = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    assert set(props) == set(KEYS) == documented_keys("ONNX `metadata_props`")
+    assert props["format"] == "peffnet-export-v1" and props["weights"] == "averaged"
+    assert props["classes"] == [f"prototype {i}" for i in range(10)]
+    assert props["preprocessing"] == {**load_checkpoint(run_dir / "checkpoint.pt")["preprocessing"],
+                                      "resolution": 64, "resize": 64, "crop_pct": 1.0}
+    assert props["train_resolution"] == 32 and props["model_config"]["norm"] == "lnpn"
 
 
 def test_torchscript_export_matches_pytorch_and_defaults_beside_the_checkpoint(run_dir: Path, capsys) -> None:
@@ -58,6 +70,26 @@ def test_torchscript_export_matches_pytorch_and_defaults_beside_the_checkpoint(r
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still loadable
         got = torch.jit.load(str(out))(x).numpy()
     np.testing.assert_allclose(got, reference_logits(run_dir, x), rtol=0, atol=1e-4)
+    # the description: in the file (extra file peffnet.json) and beside it (FILE.json)
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    assert set(sidecar) == set(KEYS) and sidecar["preprocessing"]["resolution"] == 32
+    extra = {TORCHSCRIPT_EXTRA: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra[TORCHSCRIPT_EXTRA]) == sidecar
+
+
+def test_an_older_checkpoint_is_described_by_its_pretrained_cfg(run_dir: Path, tmp_path: Path, capsys) -> None:
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    del state["classes"], state["preprocessing"]
+    torch.save(state, tmp_path / "old.pt")
+    assert main(["export", str(tmp_path / "old.pt"), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "records no classes and no preprocessing (written by an older peffnet)" in err
+    sidecar = json.loads((tmp_path / "m.pt.json").read_text())
+    assert sidecar["classes"] == [str(i) for i in range(10)]
+    assert sidecar["preprocessing"]["resolution"] == 32 and sidecar["preprocessing"]["resize"] == 36
 
 
 def test_mismatch_writes_nothing(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -66,7 +98,7 @@ def test_mismatch_writes_nothing(run_dir: Path, tmp_path: Path, monkeypatch) -> 
     out = tmp_path / "bad.pt"
     with pytest.raises(ConfigError, match=r"differs from PyTorch by 0\.00\d+ > 0\.0001; nothing written"):
         export_mod.export_checkpoint(run_dir, "torchscript", out=out)
-    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporaries
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -41,6 +41,16 @@ def test_checkpoint_keys(tiny_parent: Path, finetuned: Path) -> None:
     assert set(load_checkpoint(finetuned / "checkpoint.pt")) == documented
 
 
+def test_checkpoints_record_their_own_preprocessing(tiny_parent: Path, finetuned: Path) -> None:
+    """Training records its evaluation preprocessing, fine-tuning its own (at the fine-tuning resolution)."""
+    documented = documented_keys("`checkpoint.pt`: `preprocessing`")
+    for run, resolution in ((tiny_parent, 32), (finetuned, 64)):
+        state = load_checkpoint(run / "checkpoint.pt")
+        assert set(state["preprocessing"]) == documented
+        assert state["preprocessing"]["resolution"] == resolution
+        assert state["classes"] == [f"prototype {i}" for i in range(10)]
+
+
 def test_summary_keys(tiny_parent: Path, finetuned: Path) -> None:
     common = documented_keys("`summary.json`")
     train = json.loads((tiny_parent / "summary.json").read_text())

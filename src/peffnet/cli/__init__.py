@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "peffnet.cli.report",
     "peffnet.cli.roofline",
     "peffnet.cli.export",
+    "peffnet.cli.predict",
     "peffnet.cli.profile",
     "peffnet.cli.resolutions",
     "peffnet.cli.finetune",

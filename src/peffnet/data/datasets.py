@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from peffnet.data.imagefolder import ImageFolderDataset
+from peffnet.data.preprocessing import Preprocessing
 from peffnet.errors import ConfigError
 from peffnet.settings import INT, POSITIVE, require
 
@@ -35,6 +36,10 @@ SMALL_IMAGE_RESOLUTION = 32
 """Default training resolution of the 28x28 / 32x32 in-memory datasets (the 28 px image on a 32 px canvas)."""
 SYNTHETIC_SIZES = {"train": 2560, "val": 512}
 SYNTHETIC_CLASSES = 10
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+"""The labels 0-9 of Fashion-MNIST, as its authors name them (Xiao et al., 2017)."""
+SYNTHETIC_CLASS_NAMES = tuple(f"prototype {i}" for i in range(SYNTHETIC_CLASSES))
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -80,15 +85,26 @@ class TensorImageDataset(Dataset):
     Preprocessing: the image is zero-padded by ``pad`` onto a canvas of side ``H + 2 * pad``; training
     then translates it by up to ``max_shift`` pixels and flips it horizontally at random (the standard
     small-image augmentation), validation keeps it centred. The canvas is resized to ``resolution``
-    (bilinear, antialiased) when the two differ, then normalized with the training set's mean and std.
+    (bilinear, antialiased) when the two differ, then normalized with the training set's mean and std:
+    ``preprocessing``, the validation :class:`~peffnet.data.preprocessing.Preprocessing`, holds all of it.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, resolution: int,
-                 train_transform: bool, pad: int, max_shift: int, mean: float, std: float, name: str) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                 preprocessing: Preprocessing, train_transform: bool, max_shift: int, name: str) -> None:
         self.images, self.labels = images, labels.to(torch.int64)
-        self.num_classes, self.in_chans = num_classes, images.shape[1]
-        self.resolution, self.train_transform = resolution, train_transform
-        self.pad, self.max_shift, self.mean, self.std, self.name = pad, max_shift, mean, std, name
+        self.classes, self.num_classes, self.in_chans = list(classes), len(classes), images.shape[1]
+        self.preprocessing, self.train_transform, self.max_shift, self.name = (
+            preprocessing, train_transform, max_shift, name)
+        self.resolution, self.pad = preprocessing.resolution, preprocessing.pad
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The normalization's mean, (C, 1, 1)."""
+        return torch.tensor(self.preprocessing.mean).view(-1, 1, 1)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.tensor(self.preprocessing.std).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -107,8 +123,10 @@ class TensorImageDataset(Dataset):
         """Preprocessed float images (n, C, r, r) and labels of ``indices``, on the device the images are on."""
         indices = indices.to(self.images.device)
         x = self.images[indices]
+        if not self.train_transform:
+            return self.preprocessing.batch(x), self.labels[indices]
         canvas = x.shape[-1] + 2 * self.pad
-        if self.train_transform and self.max_shift > 0:
+        if self.max_shift > 0:
             border = self.pad + self.max_shift
             x = F.pad(x, (border,) * 4)
             span = 2 * self.max_shift + 1
@@ -121,14 +139,9 @@ class TensorImageDataset(Dataset):
             x = x[image[:, None, None, None], chan[None, :, None, None], rows, cols]
         elif self.pad:
             x = F.pad(x, (self.pad,) * 4)
-        if self.train_transform:
-            flip = hash_uniform(seed, epoch, indices, 3) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        x = x.float().div_(255.0)
-        if canvas != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
-                              align_corners=False)
-        return x.sub_(self.mean).div_(self.std), self.labels[indices]
+        flip = hash_uniform(seed, epoch, indices, 3) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return self.preprocessing.finish_canvas(x), self.labels[indices]
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -193,8 +206,9 @@ DEFAULT_TRANSLATE = 4
 def build_dataset(spec: str, split: str, resolution: int, train_transform: bool, data_dir: str | None = None,
                   *, subset: int | None = None, translate: int = DEFAULT_TRANSLATE,
                   max_pixels: int | None = None) -> Dataset:
-    """The ``split`` ("train" or "val") of the dataset ``spec`` at ``resolution``, with ``.num_classes``
-    and ``.in_chans``.
+    """The ``split`` ("train" or "val") of the dataset ``spec`` at ``resolution``, with ``.num_classes``,
+    ``.in_chans``, ``.classes`` (the class names, by label) and ``.preprocessing`` (the validation
+    :class:`~peffnet.data.preprocessing.Preprocessing` at ``resolution``, which checkpoints record).
 
     ``train_transform=False`` gives the validation preprocessing: for image folders, resize to
     ``r * 256 / 224`` then centre-crop ``r`` (paper Section 3.4, He et al.); for Fashion-MNIST and the
@@ -210,13 +224,15 @@ def build_dataset(spec: str, split: str, resolution: int, train_transform: bool,
     if kind == "fashion-mnist":
         images, labels = fashion_mnist_arrays(str(data_dir or FASHION_MNIST_DIR), split)
         train_images = fashion_mnist_arrays(str(data_dir or FASHION_MNIST_DIR), "train")[0]
-        dataset: Dataset = TensorImageDataset(
-            images, labels, 10, resolution, train_transform, pad=2, max_shift=translate,
-            mean=train_images.float().mean().item() / 255, std=train_images.float().std().item() / 255, name=spec)
+        mean, std = train_images.float().mean().item() / 255, train_images.float().std().item() / 255
+        preprocessing = Preprocessing.canvas(resolution, images.shape[-1], 2, (mean,), (std,))
+        dataset: Dataset = TensorImageDataset(images, labels, list(FASHION_MNIST_CLASSES), preprocessing,
+                                              train_transform, max_shift=translate, name=spec)
     elif kind == "synthetic":
         images, labels = synthetic_arrays(split)
-        dataset = TensorImageDataset(images, labels, SYNTHETIC_CLASSES, resolution, train_transform, pad=0,
-                                     max_shift=translate, mean=0.5, std=0.25, name=spec)
+        preprocessing = Preprocessing.canvas(resolution, images.shape[-1], 0, (0.5,) * 3, (0.25,) * 3)
+        dataset = TensorImageDataset(images, labels, list(SYNTHETIC_CLASS_NAMES), preprocessing, train_transform,
+                                     max_shift=translate, name=spec)
     else:
         root = Path(data_dir, path) if data_dir else Path(path)  # a relative PATH is taken under --data-dir
         dataset = ImageFolderDataset(root, split, resolution, train_transform, max_pixels)

@@ -10,8 +10,9 @@ its path is reported back through the batch.
 
 Preprocessing follows He et al. (2015) as the paper does (Section 3.4): training takes a random-size
 crop (8-100 % of the area, aspect 3/4-4/3) resized to ``r`` and a random horizontal flip; validation
-resizes the short side to ``r * 256 / 224`` and centre-crops ``r``. The random choices of an image depend
-only on (seed, epoch, index) (see :mod:`peffnet.data`).
+resizes the short side to ``r * 256 / 224`` and centre-crops ``r`` (:class:`~peffnet.data.preprocessing.Preprocessing`,
+which ``peffnet predict`` applies too). The random choices of an image depend only on (seed, epoch, index)
+(see :mod:`peffnet.data`).
 """
 
 from __future__ import annotations
@@ -19,20 +20,16 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from peffnet.data.preprocessing import Preprocessing, to_rgb
 from peffnet.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_CONSECUTIVE_FAILURES = 32
-ALPHA_BACKGROUND = (255, 255, 255)
-"""Transparent pixels are composited onto white, as an image viewer shows them."""
 
 
 def class_folders(root: Path, split: str) -> list[Path]:
@@ -54,24 +51,6 @@ def list_images(folder: Path) -> list[Path]:
     if not files:
         raise ConfigError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS[:3])}, ...)")
     return files
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB from any PIL mode: alpha composited onto white, 16-bit and float scaled, CMYK converted."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I"):  # 16-bit samples (PNG/TIFF load as I;16 or I): 0..65535 -> 0..255
-            values = values / 257.0
-        elif values.max(initial=0.0) <= 1.0:  # float images are usually 0..1
-            values = values * 255.0
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class OversizedImage(ValueError):
@@ -122,18 +101,19 @@ def check_class_readable(name: str, files: list[Path], max_pixels: int | None) -
 
 
 def build_transform(resolution: int, train: bool) -> v2.Compose:
-    """He et al. (2015) training crop + flip, or resize-to-r*256/224 + centre-crop for validation."""
-    if train:
-        geometry = [v2.RandomResizedCrop(resolution, antialias=True), v2.RandomHorizontalFlip()]
-    else:
-        geometry = [v2.Resize(int(resolution * 256 / 224), antialias=True), v2.CenterCrop(resolution)]
-    return v2.Compose([v2.PILToTensor(), *geometry, v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    """He et al. (2015) training crop + flip, or the validation :class:`Preprocessing` (resize to
+    ``r * 256 / 224``, centre crop ``r``); both normalized with ImageNet's mean and std."""
+    preprocessing = Preprocessing.image_folder(resolution)
+    if not train:
+        return preprocessing.tensor_transform()
+    return v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(resolution, antialias=True), v2.RandomHorizontalFlip(),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocessing.mean, preprocessing.std)])
 
 
 class ImageFolderDataset(Dataset):
     """One split of an ImageNet-layout folder. Class indices follow the sorted class names of ``train/``
-    (or of ``val/`` when there is no ``train/``), so both splits agree."""
+    (or of ``val/`` when there is no ``train/``), so both splits agree; ``classes`` are those names and
+    ``preprocessing`` the validation :class:`Preprocessing` at this resolution."""
 
     in_chans = 3
 
@@ -153,6 +133,7 @@ class ImageFolderDataset(Dataset):
             check_class_readable(p.name, files, max_pixels)
             self.samples += [(str(f), index[p.name]) for f in files]
         self.root, self.split, self.max_pixels = root, split, max_pixels
+        self.preprocessing = Preprocessing.image_folder(resolution)
         self.transform = build_transform(resolution, train_transform)
 
     def __len__(self) -> int:

@@ -5,24 +5,32 @@ inference its moments are constants: they are folded into fixed per-channel affi
 the exported graph holds no moment computation. The written file is checked against the unfolded
 PyTorch model on random input (a batch size other than the traced one, to exercise the dynamic batch
 axis): the largest absolute difference of the logits must be at most ``1e-4``, or nothing is written.
+
+The file describes itself (:mod:`peffnet.serving.metadata`): the class names and the preprocessing the
+checkpoint records, at the exported resolution, go into the ONNX ``metadata_props`` (JSON values), or into a
+TorchScript file's extra file ``peffnet.json`` and ``FILE.json`` beside it; ``peffnet predict`` reads them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
+import json
 import os
 import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from peffnet.errors import ConfigError
+from peffnet.serving.metadata import TORCHSCRIPT_EXTRA, describe_checkpoint, export_metadata, onnx_props
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 TOLERANCE = 1e-4
@@ -37,6 +45,9 @@ class ExportResult:
     resolution: int
     max_abs_diff: float
     folded_layers: int
+    metadata: dict[str, Any]  # what the file carries (peffnet.serving.metadata.KEYS)
+    sidecar: Path | None = None  # TorchScript: FILE.json
+    note: str = ""  # what was assumed for an older checkpoint that records no classes / preprocessing
 
 
 def fold_for_inference(model: nn.Module) -> int:
@@ -54,20 +65,21 @@ def fold_for_inference(model: nn.Module) -> int:
     return count
 
 
-def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path, metadata: dict[str, Any]) -> None:
     batch = torch.export.Dim("batch", min=1)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (x,), input_names=["input"], output_names=["logits"],
                                     dynamic_shapes={"x": {0: batch}}, dynamo=True, verbose=False)
+        program.model.metadata_props.update(onnx_props(metadata))
         program.save(str(path))
 
 
-def _write_torchscript(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+def _write_torchscript(model: nn.Module, x: torch.Tensor, path: Path, metadata: dict[str, Any]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript is deprecated upstream; still the format many servers load
         traced = torch.jit.trace(model, (x,), check_trace=False)
-        torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
 
 
 def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -90,8 +102,11 @@ def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", resolution: int
                       out: str | Path | None = None, averaged: bool = True) -> ExportResult:
     """Export a checkpoint (or a run directory's ``checkpoint.pt``) and verify it against PyTorch.
 
-    ``resolution`` defaults to the training resolution; the batch axis is dynamic, the spatial size
-    fixed. Raises :class:`ConfigError` for bad input and when the export does not match to 1e-4.
+    ``resolution`` defaults to the one the checkpoint's preprocessing records (its evaluation resolution;
+    for older checkpoints the training resolution); the batch axis is dynamic, the spatial size fixed. The
+    class names and the preprocessing at that resolution go into the file (a TorchScript file also gets
+    ``FILE.json`` beside it). Raises :class:`ConfigError` for bad input and when the export does not match
+    to 1e-4.
     """
     from peffnet.checkpoint import model_from_checkpoint
     from peffnet.resolution import check_resolution, mod32_ok
@@ -102,7 +117,10 @@ def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", resolution: int
     checkpoint = checkpoint / "checkpoint.pt" if checkpoint.is_dir() else checkpoint
     model, state = model_from_checkpoint(checkpoint, averaged=averaged)
     train_res = int(state["train_resolution"])
-    res = train_res if resolution is None else check_resolution(resolution)
+    description = describe_checkpoint(state, f"checkpoint {checkpoint}")
+    res = description.preprocessing.resolution if resolution is None else check_resolution(resolution)
+    described = dataclasses.replace(description, preprocessing=description.preprocessing.at(res))
+    metadata = export_metadata(state, described, "averaged" if averaged else "live")
     if not mod32_ok(train_res, res):
         print(f"warning: resolution {res} breaks r_test = r_train (mod 32) for training resolution {train_res} "
               "(paper Section 3.3)", file=sys.stderr)
@@ -118,11 +136,10 @@ def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", resolution: int
     gen = torch.Generator().manual_seed(0)
     trace_x = torch.randn(2, model.cfg.in_chans, res, res, generator=gen)
     check_x = torch.randn(3, model.cfg.in_chans, res, res, generator=gen)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    sidecar = path.with_name(path.name + ".json") if fmt == "torchscript" else None
+    tmp, side_tmp = _temporary(path), _temporary(sidecar) if sidecar else None
     try:
-        (_write_onnx if fmt == "onnx" else _write_torchscript)(served, trace_x, tmp)
+        (_write_onnx if fmt == "onnx" else _write_torchscript)(served, trace_x, tmp, metadata)
         with torch.no_grad():
             expected = reference(check_x)
         diff = (_run_exported(fmt, tmp, check_x) - expected).abs().max().item()
@@ -130,7 +147,21 @@ def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", resolution: int
             raise ConfigError(f"exported {fmt} model differs from PyTorch by {diff:.3g} > {TOLERANCE:g}; "
                               f"nothing written to {path}")
         tmp.chmod(0o644)  # mkstemp's 0600 would hide the model from a serving user
+        if side_tmp is not None:
+            side_tmp.write_text(json.dumps(metadata, indent=1) + "\n")
+            side_tmp.chmod(0o644)
         os.replace(tmp, path)
+        if side_tmp is not None:
+            os.replace(side_tmp, sidecar)
     finally:
-        tmp.unlink(missing_ok=True)
-    return ExportResult(path, fmt, res, diff, folded)
+        for leftover in (tmp, side_tmp):
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
+    return ExportResult(path, fmt, res, diff, folded, metadata, sidecar, description.note)
+
+
+def _temporary(path: Path) -> Path:
+    """A new empty temporary file ``.NAME.*`` beside ``path`` (renamed to it once complete)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    return Path(name)

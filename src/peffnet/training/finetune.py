@@ -230,6 +230,7 @@ def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
     step = StepSettings(micro, train_set.num_classes, c.label_smoothing, 0.0, 1.0, c.amp, c.channels_last)
     record = {"train_resolution": c.resolution, "num_classes": train_set.num_classes,
               "data": {"spec": spec, "in_chans": train_set.in_chans, "subset": c.subset},
+              "classes": list(train_set.classes), "preprocessing": val_set.preprocessing.to_dict(),
               "parent": str(parent_path), "parent_train_resolution": parent_res, "finetune_stages": c.stages}
     summary = {"trainable_params": sum(p.numel() for n, p in model.named_parameters() if n in trainable),
                "lr": c.lr, "parent": str(parent_path), "parent_train_resolution": parent_res,

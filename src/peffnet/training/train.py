@@ -79,7 +79,8 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
     step = StepSettings(c.micro_batch_size, run_cfg.num_classes, c.label_smoothing, c.mixup_alpha, c.cutmix_lambda,
                         c.amp, c.channels_last)
     record = {"train_resolution": int(c.resolution), "num_classes": run_cfg.num_classes,
-              "data": {"spec": c.data, "in_chans": run_cfg.in_chans, "subset": c.subset}}
+              "data": {"spec": c.data, "in_chans": run_cfg.in_chans, "subset": c.subset},
+              "classes": list(train_set.classes), "preprocessing": val_set.preprocessing.to_dict()}
     fixed_length = "" if not c.recipe_epochs else (
         f"warm-up, lr decay and the weight average are stretched by epochs / recipe_epochs ({c.recipe_epochs:g}), so "
         f"another length changes the steps already done (--recipe-epochs 0 makes a run extendable)")

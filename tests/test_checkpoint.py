@@ -8,8 +8,10 @@ import errno
 import hashlib
 import json
 import os
+import random
 import re
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -69,9 +71,11 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"),
-    (b"", "cannot read checkpoint"),
-    (b"certainly not a zip file", "cannot read checkpoint"),
+    (b"", "not a peffnet checkpoint .not a file of torch.save"),
+    (b"certainly not a zip file\n", "not a peffnet checkpoint .not a file of torch.save"),
+    (bytes(random.Random(0).randrange(256) for _ in range(4096)), "not a peffnet checkpoint .not a file of torch.save"),
     ({"some": "dict"}, "not a peffnet checkpoint"),
+    ({"model": Fraction(1, 3)}, "not a peffnet checkpoint .it holds Python objects"),
     ({"format": FORMAT}, "missing model_config"),
 ])
 def test_unreadable_checkpoints_are_one_line_errors(tmp_path: Path, content: object, message: str) -> None:
@@ -90,7 +94,7 @@ def test_truncated_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, state)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ConfigError, match="cannot read checkpoint"):
+    with pytest.raises(ConfigError, match="cannot read checkpoint .*: damaged .PytorchStreamReader"):
         load_checkpoint(path)
 
 

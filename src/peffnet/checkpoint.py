@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from peffnet.models import EfficientNet, ModelConfig, build
 from peffnet.settings import INT, POSITIVE, require
 
 FORMAT = "peffnet-checkpoint-v2"
+ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of every file torch.save writes
 V1 = "peffnet-checkpoint-v1"
 """Checkpoints before the conv/norm children had names: ``stem.0.weight`` is now ``stem.conv.weight``."""
 _V1_KEY = re.compile(r"(^|\.)(stem|expand|spatial|project|head)\.([01])\.")
@@ -162,12 +164,19 @@ def _inspect(path: Path, manifest: list[dict[str, Any]] | None, load: bool = Tru
             if not load and recorded is not None:
                 return {**recorded, "file": path.name}, None
             f.seek(0)
+            if f.read(4) != ZIP_MAGIC:  # torch.save writes a zip archive: anything else is some other file
+                raise ConfigError(f"cannot read checkpoint {path}: not a peffnet checkpoint (not a file of "
+                                  "torch.save)")
+            f.seek(0)
             state = torch.load(f, map_location="cpu", weights_only=True)
     except ConfigError:
         raise
-    except Exception as err:  # pickle, zip and I/O errors all mean the same to the user
+    except pickle.UnpicklingError:  # what weights_only=True refuses: objects a peffnet checkpoint never holds
+        raise ConfigError(f"cannot read checkpoint {path}: not a peffnet checkpoint (it holds Python objects "
+                          "other than tensors and plain values)") from None
+    except Exception as err:  # zip and I/O errors all mean the same to the user
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot read checkpoint {path}: {reason[:200]}") from None
+        raise ConfigError(f"cannot read checkpoint {path}: damaged ({reason[:200]})") from None
     if isinstance(state, dict) and state.get("format") == V1:
         state = {**state, "format": FORMAT, **{k: v1_to_v2(state[k]) for k in ("model", "averaged") if k in state}}
     if not isinstance(state, dict) or state.get("format") != FORMAT:

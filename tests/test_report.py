@@ -147,3 +147,20 @@ def test_a_fine_tuned_run_is_labelled_as_such(runs: dict[str, Path], tmp_path: P
     assert main(["report", str(runs["g16gn"]), str(ft), "--out", str(tmp_path / "out")]) == 0
     capsys.readouterr()
     assert "| fine-tune img/s |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_labels_of_nearby_points_do_not_overlap() -> None:
+    from peffnet.measure.plotting import label_points, pyplot
+
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.6))
+    points = [(1.0, 80.0, "G16-LN+PN-Half"), (1.02, 79.5, "G16-LN+PN-Native"), (1.0, 79.0, "G16-GN-Native"),
+              (3.0, 50.0, "G1-BN-Native"), (1.04, 80.2, "G1-GN-Half")]
+    ax.scatter([p[0] for p in points], [p[1] for p in points])
+    ax.set_xlim(0.5, 3.5)
+    ax.set_ylim(40, 90)
+    label_points(ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert [t.get_text() for t in ax.texts] == [p[2] for p in points]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    pyplot().close(fig)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peffnet.errors import ConfigError
-from peffnet.measure.plotting import pyplot, save_figure
+from peffnet.measure.plotting import label_points, pyplot, save_figure
 from peffnet.models import ModelConfig, preset
 
 if TYPE_CHECKING:
@@ -203,6 +203,7 @@ def plot_metric(points: list[Point], metric: Metric, path: Path) -> list[Path]:
     """Accuracy against one cost, a colour per series, each series' Pareto front as a line; PNG + SVG."""
     fig, ax = pyplot().subplots(figsize=(6.4, 4.6))
     scale = SCALE.get(metric.key, 1.0)
+    labels: list[tuple[float, float, str]] = []
     for series in sorted({p.series for p in points}):
         pts = [p for p in points if p.series == series and getattr(p, metric.key) is not None]
         if not pts:
@@ -211,8 +212,7 @@ def plot_metric(points: list[Point], metric: Metric, path: Path) -> list[Path]:
         (line,) = ax.plot(*zip(*[(xs[i], ys[i]) for i in pareto_front(xs, ys, metric.lower_is_better)],
                                strict=True), "-", lw=1.5, label=series)
         ax.scatter(xs, ys, color=line.get_color(), s=22, zorder=3)
-        for p, x, y in zip(pts, xs, ys, strict=True):
-            ax.annotate(p.name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        labels += [(x, y, p.name) for p, x, y in zip(pts, xs, ys, strict=True)]
     values = [v for p in points if (v := getattr(p, metric.key)) is not None]
     if metric.log and values and max(values) > 10 * min(values):  # log only across a decade: readable ticks
         ax.set_xscale("log")
@@ -223,6 +223,7 @@ def plot_metric(points: list[Point], metric: Metric, path: Path) -> list[Path]:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, title="G-M-R", title_fontsize=7)
+    label_points(ax, labels, fontsize=6)
     return save_figure(fig, path)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from peffnet.measure.plotting import pyplot, save_figure
+from peffnet.measure.plotting import label_points, pyplot, save_figure
 from peffnet.measure.report import pareto_front
 from peffnet.models import build, preset
 from peffnet.models.profile import profile_model
@@ -113,7 +113,6 @@ def plot(configs: list[dict], key: str, title: str, lower_is_better: bool, log: 
         ax.errorbar(x, y, yerr=[[y - c["top1_min"]], [c["top1_max"] - y]], fmt="none", ecolor=colour, lw=1, zorder=2)
         ax.scatter(x, y, marker=markers.get(c["group_size"], "o"), s=48, zorder=3, edgecolors=colour, linewidths=1.5,
                    facecolors="white" if c["regime"] == "half" else colour)
-        ax.annotate(c["label"], (x, y), fontsize=7, xytext=(5, 4), textcoords="offset points")
     if log and max(xs) > 10 * min(xs):  # a log axis only where the values span a decade: readable ticks
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(plt.matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -129,6 +128,7 @@ def plot(configs: list[dict], key: str, title: str, lower_is_better: bool, log: 
                 for g in dict.fromkeys(c["group_size"] for c in configs)]
     ax.legend(handles=handles, fontsize=7, loc="best")
     ax.set_title("G-M-R: group size, normalization, regime (hollow: half resolution + fine-tuning)", fontsize=8)
+    label_points(ax, [(x, y, c["label"]) for c, x, y in zip(configs, xs, ys, strict=True)], fontsize=7)
     return save_figure(fig, path)
 
 

@@ -238,7 +238,9 @@ class Settings:
         """One argument per setting: ``--name-with-dashes`` (booleans also ``--no-...``), or positional.
         Values are parsed by :func:`coerce` (not argparse), so flags, YAML and the API give the same errors."""
         groups: dict[str | None, Any] = {None: parser}
-        for name, f in cls.field_map().items():
+        fields = cls.field_map()
+        late = {n for base in cls.__mro__ if base.__dict__.get("trailing") for n in base.__dict__["__annotations__"]}
+        for name, f in sorted(fields.items(), key=lambda item: item[0] in late):  # stable: declaration order
             m = f.metadata
             if name in skip or not m["flag"]:
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 from peffnet.data import DEFAULT_TRANSLATE, default_resolution, parse_spec
 from peffnet.errors import ConfigError
@@ -25,6 +26,7 @@ from peffnet.settings import (
     OPEN_UNIT,
     POSITIVE,
     UNIT,
+    Settings,
     setting,
 )
 from peffnet.training.distributed import DEFAULT_TIMEOUT_S
@@ -39,7 +41,28 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
-class TrainConfig(ModelOverrides):
+class RunSettings(Settings):
+    """What a run directory's bookkeeping needs, in training and fine-tuning alike: checkpoints, logs, resume.
+    ``--help`` lists these flags after those of the class that inherits them."""
+
+    trailing: ClassVar[bool] = True
+    checkpoint_every: int = setting(0, "also write the checkpoint every this many steps (0: only every epoch)", INT,
+                                    NON_NEGATIVE, execution=True, group="run")
+    keep_checkpoints: int = setting(2, "checkpoints kept: checkpoint.pt and the ones before it", INT, POSITIVE,
+                                    execution=True, group="run")
+    log_every: int = setting(1, "write step metrics every this many steps", INT, POSITIVE, execution=True,
+                             group="run")
+    resume: str = setting("auto", "auto: continue the run in --out when it holds a checkpoint, else start; "
+                                  "yes (--resume alone): continue, or fail; no: start, or fail", RESUME,
+                          choices=RESUME_MODES, execution=True, group="run", const="yes")
+    dist_timeout: float = setting(DEFAULT_TIMEOUT_S, "seconds a process waits for the others under torchrun "
+                                                     "(joining, every collective)", FLOAT, POSITIVE, execution=True,
+                                  group="run")
+    progress: bool = setting(True, "show a progress bar", BOOL, execution=True, group="run")
+
+
+@dataclass
+class TrainConfig(ModelOverrides, RunSettings):
     """Everything ``peffnet train`` takes. Field names are the YAML keys (``--batch-size`` = ``batch_size``)."""
 
     # what to train (and group_size, expansion, norm)
@@ -128,20 +151,6 @@ class TrainConfig(ModelOverrides):
                                                 "size)", INT, POSITIVE, execution=True, group="speed")
     deterministic: bool = setting(False, "deterministic kernels (slower on CUDA)", BOOL, execution=True,
                                   group="speed")
-    # bookkeeping
-    checkpoint_every: int = setting(0, "also write the checkpoint every this many steps (0: only every epoch)", INT,
-                                    NON_NEGATIVE, execution=True, group="run")
-    keep_checkpoints: int = setting(2, "checkpoints kept: checkpoint.pt and the ones before it", INT, POSITIVE,
-                                    execution=True, group="run")
-    log_every: int = setting(1, "write step metrics every this many steps", INT, POSITIVE, execution=True,
-                             group="run")
-    resume: str = setting("auto", "auto: continue the run in --out when it holds a checkpoint, else start; "
-                                  "yes (--resume alone): continue, or fail; no: start, or fail", RESUME,
-                          choices=RESUME_MODES, execution=True, group="run", const="yes")
-    dist_timeout: float = setting(DEFAULT_TIMEOUT_S, "seconds a process waits for the others under torchrun "
-                                                     "(joining, every collective)", FLOAT, POSITIVE, execution=True,
-                                  group="run")
-    progress: bool = setting(True, "show a progress bar", BOOL, execution=True, group="run")
 
 
 @dataclass(frozen=True)

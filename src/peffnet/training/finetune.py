@@ -38,15 +38,14 @@ from peffnet.fusion import training_form
 from peffnet.models import EfficientNet, ModelConfig, preset
 from peffnet.models.config import B0_STAGES
 from peffnet.resolution import RESOLUTION, mod32_ok
-from peffnet.settings import BOOL, FLOAT, FRACTION, INT, NON_NEGATIVE, POSITIVE, Check, Settings, setting
+from peffnet.settings import BOOL, FLOAT, FRACTION, INT, NON_NEGATIVE, POSITIVE, Check, setting
 from peffnet.training import distributed
-from peffnet.training.config import AMP_MODES, DEVICES, split_batch
-from peffnet.training.distributed import DEFAULT_TIMEOUT_S
+from peffnet.training.config import AMP_MODES, DEVICES, RunSettings, split_batch
 from peffnet.training.evaluate import check_data, checkpoint_file
 from peffnet.training.loop import Job, StepSettings, TrainState
 from peffnet.training.optim import param_groups
 from peffnet.training.run import run
-from peffnet.training.rundir import RESUME, RESUME_MODES, claim
+from peffnet.training.rundir import claim
 from peffnet.training.train import prepare
 
 DEPTH = Check(lambda v: v in (1, 2, 3), "1, 2 or 3 (head / + last downsampling stage / + one more)")
@@ -114,7 +113,7 @@ REFERENCE_LR, REFERENCE_BATCH = 0.25, 512
 
 
 @dataclass
-class FinetuneConfig(Settings):
+class FinetuneConfig(RunSettings):
     """Everything ``peffnet finetune`` takes; ``None`` means "auto"."""
 
     checkpoint: str | None = setting(None, "parent run: its checkpoint.pt or run directory", positional=True,
@@ -151,18 +150,6 @@ class FinetuneConfig(Settings):
                                   group="speed")
     eval_batch_size: int | None = setting(None, "(default: micro-batch size)", INT, POSITIVE, execution=True,
                                           group="speed")
-    checkpoint_every: int = setting(0, "also checkpoint every this many steps", INT, NON_NEGATIVE, execution=True,
-                                    group="run")
-    keep_checkpoints: int = setting(2, "checkpoints kept: checkpoint.pt and the ones before it", INT, POSITIVE,
-                                    execution=True, group="run")
-    log_every: int = setting(1, "step metrics every this many steps", INT, POSITIVE, execution=True, group="run")
-    resume: str = setting("auto", "auto: continue the run in --out when it holds a checkpoint, else start; "
-                                  "yes (--resume alone): continue, or fail; no: start, or fail", RESUME,
-                          choices=RESUME_MODES, execution=True, group="run", const="yes")
-    dist_timeout: float = setting(DEFAULT_TIMEOUT_S, "seconds a process waits for the others under torchrun "
-                                                     "(joining, every collective)", FLOAT, POSITIVE, execution=True,
-                                  group="run")
-    progress: bool = setting(True, "show a progress bar", BOOL, execution=True, group="run")
     model: str | None = setting(None, "expected model of the checkpoint (an error if it holds another)",
                                 execution=True, group="checks")
     group_size: int | None = setting(None, "expected group size", INT, POSITIVE, execution=True, group="checks")

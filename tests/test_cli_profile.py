@@ -1,4 +1,4 @@
-"""`peffnet models` and `peffnet profile`: output and bad input."""
+"""`peffnet models`, `peffnet profile` and every command's --help: output and bad input."""
 
 from __future__ import annotations
 
@@ -121,3 +121,15 @@ def test_the_command_waits_passively_unless_told_otherwise(policy: str | None) -
     library = subprocess.run([sys.executable, "-c", "import os, peffnet; print(os.environ.get('OMP_WAIT_POLICY'))"],
                              capture_output=True, text=True, env=env)
     assert library.stdout.strip() == str(policy)  # importing the library changes nothing
+
+
+def test_every_command_prints_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from peffnet.cli import build_parser
+
+    commands = list(build_parser()._subparsers._group_actions[0].choices)
+    assert {"train", "finetune", "recipe", "study", "bench", "predict"} <= set(commands)
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0, command
+        assert capsys.readouterr().out.startswith(f"usage: peffnet {command}"), command

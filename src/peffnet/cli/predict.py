@@ -20,6 +20,9 @@ class PredictCommand(Settings):
     top_k: int = setting(5, "classes shown per image (at most all)", INT, POSITIVE)
     json: bool = setting(False, "print one JSON record (docs/formats.md) instead of a line per image", BOOL)
     batch_size: int = setting(32, "images per forward pass", INT, POSITIVE)
+    index_labels: bool = setting(False, "a checkpoint of an older peffnet without class names: predict with class "
+                                        "indices and its model's pretrained_cfg preprocessing (else: an error)",
+                                 BOOL)
     fold: bool = setting(True, "checkpoints: fold proxy norm into constants first, as export does (faster; "
                                "--no-fold runs the model as evaluation does)", BOOL)
 
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from peffnet.serving.predict import load_predictor, predict
 
     c = PredictCommand.from_args(args)
-    predictor = load_predictor(c.model, fold=c.fold)
+    predictor = load_predictor(c.model, fold=c.fold, index_labels=c.index_labels)
     if predictor.description.note:
         print(f"peffnet predict: note: {predictor.description.note}", file=sys.stderr)
     results = predict(predictor, c.images, c.top_k, c.batch_size)

@@ -13,8 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "recipe", help="the paper's pipeline: train at half resolution, fine-tune higher, sweep test sizes",
         description="Train at half resolution, fine-tune the last parts at a higher resolution, evaluate over the "
                     "test sizes = r_train (mod 32), and write OUT/summary.md + OUT/summary.json with accuracy, time "
-                    "and throughput per stage. Defaults: G16 LN+PN B0 on Fashion-MNIST (native 64, half 32), about "
-                    "5 minutes on 2 CPU cores.")
+                    "and throughput per stage. Defaults: G16 LN+PN B0 on Fashion-MNIST (native 64, half 32): 5-8 "
+                    "minutes on 2 CPU cores.")
     RecipeConfig.add_arguments(p)
     p.set_defaults(func=run)
 

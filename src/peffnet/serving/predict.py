@@ -65,10 +65,13 @@ class Prediction:
                                                for name, i, p in self.top]}
 
 
-def _checkpoint_predictor(path: Path, fold: bool) -> Predictor:
+def _checkpoint_predictor(path: Path, fold: bool, index_labels: bool) -> Predictor:
     path = checkpoint_file(path)
     model, state = model_from_checkpoint(path)
     what = f"checkpoint {path}"
+    if "classes" not in state and not index_labels:
+        raise ConfigError(f"{what} records no class names (written by an older peffnet); --index-labels "
+                          "predicts with class indices instead")
     if model.cfg.num_classes == 0:
         raise ConfigError(f"{what} holds a model without a classifier (num_classes 0): nothing to predict")
     description = describe_checkpoint(state, what)
@@ -112,17 +115,20 @@ def _onnx_predictor(path: Path) -> Predictor:
     return Predictor(path, "onnx", description, logits)
 
 
-def load_predictor(path: str | Path, fold: bool = True) -> Predictor:
+def load_predictor(path: str | Path, fold: bool = True, index_labels: bool = False) -> Predictor:
     """A predictor of an ``.onnx`` file written by ``peffnet export``, or else of a checkpoint (a file or a
     run directory: its final weights, proxy norm folded unless ``fold=False``).
 
     Raises:
         ConfigError: one line: the file cannot be read, or carries no description (an ONNX file of another
-            exporter); a checkpoint of an older peffnet is described by ``pretrained_cfg`` instead, and
-            ``predictor.description.note`` says so.
+            exporter), or is a checkpoint of an older peffnet without class names. With ``index_labels``
+            such a checkpoint predicts with class indices and its model's ``pretrained_cfg`` preprocessing,
+            and ``predictor.description.note`` says so.
     """
     path = Path(path)
-    return _onnx_predictor(path) if path.suffix.lower() == ".onnx" else _checkpoint_predictor(path, fold)
+    if path.suffix.lower() == ".onnx":
+        return _onnx_predictor(path)
+    return _checkpoint_predictor(path, fold, index_labels)
 
 
 def read_image(path: str | Path, preprocessing: Preprocessing, max_pixels: int | None = None) -> torch.Tensor:

@@ -54,7 +54,7 @@ made the loss jump to 19 within 10 steps and end at 42.6 % top-1 (0.05: 84.7 %);
 
 @dataclass
 class RecipeConfig(Settings):
-    """Settings of ``peffnet recipe``; the defaults take about 5 minutes on 2 CPU cores (Fashion-MNIST)."""
+    """Settings of ``peffnet recipe``; the defaults take 5-8 minutes on 2 CPU cores (Fashion-MNIST)."""
 
     out: str | None = setting(None, "recipe directory (train/, finetune/, native/, summaries)", execution=True,
                               required=True)

@@ -163,13 +163,16 @@ def test_image_folder_files_get_the_validation_transform(tmp_path: Path) -> None
         torch.testing.assert_close(read_image(path, val.preprocessing), val[i][0], rtol=0, atol=0)
 
 
-def test_older_checkpoints_fall_back_to_the_pretrained_cfg(run_dir: Path, images: list[str], tmp_path: Path,
-                                                          capsys) -> None:
+def test_older_checkpoints_are_refused_or_fall_back_to_indices_and_the_pretrained_cfg(
+        run_dir: Path, images: list[str], tmp_path: Path, capsys) -> None:
     state = load_checkpoint(run_dir / "checkpoint.pt")
     del state["classes"], state["preprocessing"]
     old = tmp_path / "old.pt"
     torch.save(state, old)
-    assert main(["predict", str(old), images[0], "--top-k", "1"]) == 0
+    assert main(["predict", str(old), images[0]]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "records no class names" in err and "--index-labels" in err
+    assert main(["predict", str(old), images[0], "--top-k", "1", "--index-labels"]) == 0
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and "records no classes and no preprocessing" in err and "pretrained_cfg" in err
     assert out.split(": ")[1].split()[0] in [str(i) for i in range(10)]

@@ -110,4 +110,4 @@ def environment(device: torch.device) -> dict:
     return {"device": device.type, "device_name": device_name(device), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm.__version__, "peffnet": __version__,
             "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}

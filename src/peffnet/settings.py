@@ -245,7 +245,8 @@ class Settings:
             if name in skip or not m["flag"]:
                 continue
             target = groups.get(m["group"]) or groups.setdefault(m["group"], parser.add_argument_group(m["group"]))
-            help_text = m["help"].replace("%", "%%")  # argparse %-formats help texts
+            escaped = m["help"].replace("%", "%%")  # argparse %-formats help texts
+            help_text = escaped
             if f.default == "" or m["required"]:
                 help_text += " [required]"
             elif f.default not in (None, False, ()) and "(default" not in help_text:
@@ -254,7 +255,7 @@ class Settings:
             metavar = m["metavar"] or ("{" + ",".join(m["choices"]) + "}" if m["choices"] else name.upper())
             if m["positional"]:
                 nargs = ("+" if m["required"] else "*") if m["kind"].many else (None if m["required"] else "?")
-                target.add_argument(name, nargs=nargs, help=m["help"].replace("%", "%%"), metavar=metavar)
+                target.add_argument(name, nargs=nargs, help=escaped, metavar=metavar)
             elif m["kind"] is BOOL:
                 target.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction,
                                     default=None, help=help_text)

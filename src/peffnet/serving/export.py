@@ -110,11 +110,11 @@ def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", resolution: int
     """
     from peffnet.checkpoint import model_from_checkpoint
     from peffnet.resolution import check_resolution, mod32_ok
+    from peffnet.training.evaluate import checkpoint_file
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    checkpoint = Path(checkpoint)
-    checkpoint = checkpoint / "checkpoint.pt" if checkpoint.is_dir() else checkpoint
+    checkpoint = checkpoint_file(checkpoint)
     model, state = model_from_checkpoint(checkpoint, averaged=averaged)
     train_res = int(state["train_resolution"])
     description = describe_checkpoint(state, f"checkpoint {checkpoint}")

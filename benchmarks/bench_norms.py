@@ -2,22 +2,32 @@
 
     python benchmarks/bench_norms.py                     # CPU, 64 px, batch 32, 1 thread: 4-6 minutes
     python benchmarks/bench_norms.py --resolution 224 --batch-size 8 --modes infer   # B0's native resolution
-    python benchmarks/bench_norms.py --profile "lnpn fused"   # torch.profiler table of one training step, no files
+    python benchmarks/bench_norms.py --profile "lnpn fused"   # torch.profiler table of training steps, no files
+    python benchmarks/bench_norms.py --profile "lnpn folded" --modes infer --resolution 224 --batch-size 8
     python benchmarks/bench_norms.py --compile --modes infer   # every model torch.compile'd (minutes)
 
-One process builds ``g16_efficientnet_b0`` with each normalization, then, after warm-up rounds, alternates:
-every round times one step of every model. A training step is forward + backward + RMSProp step of GN (the
-reference), LN, LN+PN as built (the plain model) and LN+PN after ``peffnet.fuse_proxy_norm`` (what eager CPU
-training uses); an inference step is an eval, ``torch.inference_mode`` forward of LN (the reference), GN,
-LN+PN as built (moments cached) and LN+PN after ``peffnet.fold_proxy_norm``; with ``--compile`` also the fused
-LN+PN, to compare compiled plain with compiled fused. The table gives each model's median img/s and its median
-per-round ratio to the reference, which is fair even when the machine's load drifts. Process CPU time is
-recorded beside wall time: with one intra-op thread (the default) it counts the work done and not the time the
-process waited for a core, so its ratios stay meaningful on a shared, loaded machine.
+One process builds ``g16_efficientnet_b0`` with each normalization, ``--copies`` times each (default 2), then,
+after warm-up rounds, alternates: every round times one step of every copy of every model, starting one step
+later than the round before, and a model's time in a round is the mean over its copies. A training step is
+forward + backward + RMSProp step of GN (the reference), LN, LN+PN as built (the plain model) and LN+PN after
+``peffnet.fuse_proxy_norm`` (what eager CPU training uses); an inference step is an eval,
+``torch.inference_mode`` forward of LN (the reference), GN, LN+PN as built (moments cached), LN+PN after
+``peffnet.fold_proxy_norm``, and a control that no goal refers to: LN with its squeeze-excite gate multiplied
+in place, as the folded model multiplies it (the plain model multiplies out of place, so that a hook holding a
+layer's output keeps it unchanged); with ``--compile`` also the fused LN+PN, to compare compiled plain with
+compiled fused. The table gives each model's median img/s and its median per-round ratio to the reference,
+which is fair even when the machine's load drifts. Process CPU time is recorded beside wall time: with one
+intra-op thread (the default) it counts the work done and not the time the process waited for a core, so its
+ratios stay meaningful on a shared, loaded machine.
 
 Goals (paper Section 3.2, Eq. 4: PN's moments are O(channels), so PN should cost little): fused LN+PN training
 >= 0.92x GN, folded LN+PN inference >= 1.0x LN, and with ``--compile`` plain LN+PN inference >= 1.0x fused
 (met only if the wall-clock and the CPU-time ratio both reach them).
+
+Copies and rotation: where a model's weights and tensors land in memory moves its step time by up to about
+1 % (each copy's ratio is in the table), and in a fixed order within the round a model's time depends on the
+models before it: with one copy per model in a fixed order, folded LN+PN moved by more than 1 % against LN
+between orderings (docs/proxy_norm.md). Copies built interleaved and a rotating order average both out.
 
 Allocator: glibc hands large freed blocks back to the kernel (``munmap``, heap trimming), and every later
 tensor that lands there faults its pages in again. At 224 px that was 15-20 % of an inference step, and how
@@ -51,12 +61,14 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import peffnet  # noqa: E402
+from peffnet.layers.blocks import SqueezeExcite  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODEL = "g16_efficientnet_b0"
 # label -> (norm, pass applied after building); the first label of each mode is its reference
 TRAIN = {"gn": ("gn", None), "ln": ("ln", None), "lnpn": ("lnpn", None), "lnpn fused": ("lnpn", "fuse")}
-INFER = {"ln": ("ln", None), "gn": ("gn", None), "lnpn": ("lnpn", None), "lnpn folded": ("lnpn", "fold")}
+INFER = {"ln": ("ln", None), "gn": ("gn", None), "lnpn": ("lnpn", None), "lnpn folded": ("lnpn", "fold"),
+         "ln, gate in place": ("ln", "inplace-gate")}
 COMPILED_INFER = {"lnpn fused": ("lnpn", "fuse")}  # added with --compile
 # (mode, label, reference, goal, needs --compile)
 GOALS = [("train", "lnpn fused", "gn", 0.92, False), ("infer", "lnpn folded", "ln", 1.0, False),
@@ -87,6 +99,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class InPlaceGate(SqueezeExcite):
+    """The control's squeeze-excite: gates its input in place without gradients, as the folded model's does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.gate(x.mean((2, 3), keepdim=True))
+        return x * gate if torch.is_grad_enabled() else x.mul_(gate)
+
+
 def build(norm: str, transform: str | None, args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     model = peffnet.create_model(MODEL, norm=norm, num_classes=10, drop_rate=0, drop_path_rate=0)
@@ -95,6 +115,10 @@ def build(norm: str, transform: str | None, args: argparse.Namespace, device: to
         model = peffnet.fuse_proxy_norm(model)
     elif transform == "fold":
         model = peffnet.fold_proxy_norm(model.eval())
+    elif transform == "inplace-gate":
+        for module in model.modules():
+            if type(module) is SqueezeExcite:
+                module.__class__ = InPlaceGate
     return torch.compile(model, dynamic=False) if args.compile else model
 
 
@@ -120,21 +144,42 @@ def infer_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def measure(steps: dict[str, Callable[[], None]], rounds: int, warmup: int, batch: int, device: torch.device,
-            desc: str) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Alternate the steps round by round; per label, the wall-clock and process-CPU seconds of every timed round."""
-    wall: dict[str, list[float]] = {k: [] for k in steps}
-    cpu: dict[str, list[float]] = {k: [] for k in steps}
+def build_copies(models: dict[str, tuple[str, str | None]], copies: int, step: Callable[..., Callable[[], None]],
+                 args: argparse.Namespace, device: torch.device, *inputs: torch.Tensor) -> list[tuple[str, Callable]]:
+    """``copies`` steps per label, built interleaved (labels in order, then in reverse order, ...)."""
+    built = []
+    for c in range(copies):
+        labels = list(models) if c % 2 == 0 else list(reversed(models))
+        built += [(label, step(build(*models[label], args, device), *inputs)) for label in labels]
+    return built
+
+
+def measure(steps: list[tuple[str, Callable[[], None]]], rounds: int, warmup: int, device: torch.device,
+            desc: str) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[list[float]]]]:
+    """Run every step once per round, round ``r`` starting at step ``r``; per label, the mean over its copies of
+    the wall-clock and of the process-CPU seconds of every timed round, and each copy's wall-clock seconds."""
+    labels = list(dict.fromkeys(label for label, _ in steps))
+    per_copy: dict[str, list[list[float]]] = {k: [[] for label, _ in steps if label == k] for k in labels}
+    wall: dict[str, list[float]] = {k: [] for k in labels}
+    cpu: dict[str, list[float]] = {k: [] for k in labels}
     for r in tqdm(range(warmup + rounds), desc=desc, leave=False):
-        for label, step in steps.items():
+        round_wall: dict[int, float] = {}
+        round_cpu: dict[int, float] = {}
+        for i in [(r + j) % len(steps) for j in range(len(steps))]:
             sync(device)
             tick, tock = time.perf_counter(), time.process_time()
-            step()
+            steps[i][1]()
             sync(device)
-            if r >= warmup:
-                wall[label].append(time.perf_counter() - tick)
-                cpu[label].append(time.process_time() - tock)
-    return wall, cpu
+            round_wall[i], round_cpu[i] = time.perf_counter() - tick, time.process_time() - tock
+        if r < warmup:
+            continue
+        for label in labels:
+            idx = [i for i, (k, _) in enumerate(steps) if k == label]
+            wall[label].append(statistics.fmean(round_wall[i] for i in idx))
+            cpu[label].append(statistics.fmean(round_cpu[i] for i in idx))
+            for times, i in zip(per_copy[label], idx, strict=True):
+                times.append(round_wall[i])
+    return wall, cpu, per_copy
 
 
 def ratio(times: dict[str, list[float]], label: str, reference: str) -> float:
@@ -142,24 +187,31 @@ def ratio(times: dict[str, list[float]], label: str, reference: str) -> float:
     return statistics.median(ref / t for ref, t in zip(times[reference], times[label], strict=True))
 
 
-def summarize(wall: dict[str, list[float]], cpu: dict[str, list[float]], reference: str,
-              batch: int) -> dict[str, dict[str, float]]:
-    """Per label: median img/s by wall clock and by process CPU time, and the ratios to ``reference``."""
+def summarize(wall: dict[str, list[float]], cpu: dict[str, list[float]], per_copy: dict[str, list[list[float]]],
+              reference: str, batch: int) -> dict[str, dict]:
+    """Per label: median img/s by wall clock and by process CPU time, the ratios to ``reference`` (the mean of
+    its copies), and each copy's wall-clock ratio to it."""
     return {label: {"img_per_s": batch / statistics.median(wall[label]), "ratio": ratio(wall, label, reference),
                     "cpu_img_per_s": batch / statistics.median(cpu[label]), "cpu_ratio": ratio(cpu, label, reference),
-                    "step_ms": 1e3 * statistics.median(wall[label])} for label in wall}
+                    "step_ms": 1e3 * statistics.median(wall[label]),
+                    "copy_ratios": [statistics.median(ref / t for ref, t in zip(wall[reference], times, strict=True))
+                                    for times in per_copy[label]]} for label in wall}
 
 
 def profile(label: str, args: argparse.Namespace, device: torch.device, x: torch.Tensor, y: torch.Tensor) -> None:
     from torch.profiler import profile as torch_profile
 
-    step = train_step(build(*TRAIN[label], args, device), x, y)
+    mode = "training" if "train" in args.modes else "inference"
+    if mode == "training" and label not in TRAIN:
+        raise SystemExit(f"bench_norms.py: {label!r} has no training step; add --modes infer")
+    step = (train_step(build(*TRAIN[label], args, device), x, y) if mode == "training"
+            else infer_step(build(*INFER[label], args, device), x))
     for _ in range(2):
         step()
     with torch_profile() as prof:
         for _ in range(3):
             step()
-    print(f"3 training steps of {MODEL} {label}, batch {args.batch_size}, {args.resolution} px, {device_name(device)}")
+    print(f"3 {mode} steps of {MODEL} {label}, batch {args.batch_size}, {args.resolution} px, {device_name(device)}")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
@@ -169,18 +221,20 @@ def markdown(result: dict) -> str:
              f"Device: {result['device']}; torch {result['torch']}; batch {result['batch_size']}, "
              f"{result['resolution']} px, {'channels-last' if result['channels_last'] else 'NCHW'}, "
              f"{'torch.compile' if result['compile'] else 'eager'}; "
-             f"{result['rounds']} (training) / {result['infer_rounds']} (inference) alternating rounds after "
-             f"{result['warmup']} warm-up rounds; medians; allocator: {result['allocator']}; "
+             f"{result['copies']} copies of each model; {result['rounds']} (training) / {result['infer_rounds']} "
+             f"(inference) rounds in rotating order after {result['warmup']} warm-up rounds; medians; "
+             f"allocator: {result['allocator']}; "
              f"1-min load average {result['load_average'][0]:.1f} before, {result['load_average'][1]:.1f} after.", ""]
     for mode, title in (("train", "Training (forward + backward + RMSProp step)"), ("infer", "Inference (eval)")):
         if mode not in result:
             continue
         ref = next(iter(result[mode]))
-        lines += [f"## {title}", "", f"| model | img/s | step ms | ratio to {ref} | CPU-time img/s | CPU-time ratio |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"## {title}", "", f"| model | img/s | step ms | ratio to {ref} | CPU-time img/s | CPU-time ratio "
+                  "| each copy's ratio |", "|---|---|---|---|---|---|---|"]
         for label, r in result[mode].items():
+            copies = " / ".join(f"{c:.3f}" for c in r["copy_ratios"])
             lines.append(f"| {label} | {r['img_per_s']:.1f} | {r['step_ms']:.1f} | {r['ratio']:.3f}x "
-                         f"| {r['cpu_img_per_s']:.1f} | {r['cpu_ratio']:.3f}x |")
+                         f"| {r['cpu_img_per_s']:.1f} | {r['cpu_ratio']:.3f}x | {copies} |")
         lines.append("")
     lines += ["## Goals", "", "Met only if both the wall-clock and the CPU-time ratio reach the goal.", "",
               "| goal | wall-clock ratio | CPU-time ratio | met |", "|---|---|---|---|"]
@@ -199,6 +253,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=30, help="training rounds")
     parser.add_argument("--infer-rounds", type=int, default=90, help="inference rounds (steps are ~5x shorter)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--copies", type=int, default=2, help="instances of each model (see the module docstring)")
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads (default 1: on a shared CPU, CPU time then measures the work)")
     parser.add_argument("--channels-last", action="store_true")
@@ -206,8 +261,9 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train", "infer"])
     parser.add_argument("--system-malloc", action="store_true",
                         help="measure with glibc's default allocator settings (see the module docstring)")
-    parser.add_argument("--profile", metavar="MODEL", choices=list(TRAIN),
-                        help="print a torch.profiler table of a training step of one model instead")
+    parser.add_argument("--profile", metavar="MODEL", choices=list(dict.fromkeys([*TRAIN, *INFER])),
+                        help="print a torch.profiler table of 3 steps of one model instead: training steps, or "
+                             "inference steps with --modes infer")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -223,18 +279,18 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     results, times = {}, {}
     if "train" in args.modes:
-        steps = {k: train_step(build(*spec, args, device), x, y) for k, spec in TRAIN.items()}
-        times["train"] = measure(steps, args.rounds, args.warmup, args.batch_size, device, "training")
+        steps = build_copies(TRAIN, args.copies, train_step, args, device, x, y)
+        times["train"] = measure(steps, args.rounds, args.warmup, device, "training")
     if "infer" in args.modes:
         models = {**INFER, **(COMPILED_INFER if args.compile else {})}
-        steps = {k: infer_step(build(*spec, args, device), x) for k, spec in models.items()}
-        times["infer"] = measure(steps, args.infer_rounds, args.warmup, args.batch_size, device, "inference")
-    for mode, (wall, cpu) in times.items():
-        results[mode] = summarize(wall, cpu, next(iter(wall)), args.batch_size)
+        steps = build_copies(models, args.copies, infer_step, args, device, x)
+        times["infer"] = measure(steps, args.infer_rounds, args.warmup, device, "inference")
+    for mode, (wall, cpu, per_copy) in times.items():
+        results[mode] = summarize(wall, cpu, per_copy, next(iter(wall)), args.batch_size)
     goals = []
     for mode, label, ref, goal, compiled in GOALS:
         if mode in times and compiled == args.compile:
-            wall, cpu = times[mode]
+            wall, cpu, _ = times[mode]
             measured, cpu_measured = ratio(wall, label, ref), ratio(cpu, label, ref)
             goals.append({"what": f"{label} / {ref}, {'training' if mode == 'train' else 'inference'}",
                           "goal": goal, "measured": measured, "cpu_measured": cpu_measured,
@@ -243,7 +299,7 @@ def main() -> int:
               "command": " ".join(["python", "benchmarks/bench_norms.py", *map(shlex.quote, sys.argv[1:])]),
               "batch_size": args.batch_size, "resolution": args.resolution, "channels_last": args.channels_last,
               "compile": args.compile,
-              "rounds": args.rounds, "infer_rounds": args.infer_rounds, "warmup": args.warmup,
+              "rounds": args.rounds, "infer_rounds": args.infer_rounds, "warmup": args.warmup, "copies": args.copies,
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "allocator": allocator,
               "threads": torch.get_num_threads(), "load_average": [load_before, os.getloadavg()[0]],
               **results, "goals": goals}

@@ -203,7 +203,8 @@ def profile(label: str, args: argparse.Namespace, device: torch.device, x: torch
 
     mode = "training" if "train" in args.modes else "inference"
     if mode == "training" and label not in TRAIN:
-        raise SystemExit(f"bench_norms.py: {label!r} has no training step; add --modes infer")
+        print(f"bench_norms.py: {label!r} has no training step; add --modes infer", file=sys.stderr)
+        raise SystemExit(2)
     step = (train_step(build(*TRAIN[label], args, device), x, y) if mode == "training"
             else infer_step(build(*INFER[label], args, device), x))
     for _ in range(2):

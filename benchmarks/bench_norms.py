@@ -158,27 +158,27 @@ def measure(steps: list[tuple[str, Callable[[], None]]], rounds: int, warmup: in
             desc: str) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[list[float]]]]:
     """Run every step once per round, round ``r`` starting at step ``r``; per label, the mean over its copies of
     the wall-clock and of the process-CPU seconds of every timed round, and each copy's wall-clock seconds."""
-    labels = list(dict.fromkeys(label for label, _ in steps))
-    per_copy: dict[str, list[list[float]]] = {k: [[] for label, _ in steps if label == k] for k in labels}
-    wall: dict[str, list[float]] = {k: [] for k in labels}
-    cpu: dict[str, list[float]] = {k: [] for k in labels}
+    n = len(steps)
+    wall_runs: list[list[float]] = [[] for _ in steps]
+    cpu_runs: list[list[float]] = [[] for _ in steps]
     for r in tqdm(range(warmup + rounds), desc=desc, leave=False):
-        round_wall: dict[int, float] = {}
-        round_cpu: dict[int, float] = {}
-        for i in [(r + j) % len(steps) for j in range(len(steps))]:
+        for j in range(n):
+            i = (r + j) % n
             sync(device)
             tick, tock = time.perf_counter(), time.process_time()
             steps[i][1]()
             sync(device)
-            round_wall[i], round_cpu[i] = time.perf_counter() - tick, time.process_time() - tock
-        if r < warmup:
-            continue
-        for label in labels:
-            idx = [i for i, (k, _) in enumerate(steps) if k == label]
-            wall[label].append(statistics.fmean(round_wall[i] for i in idx))
-            cpu[label].append(statistics.fmean(round_cpu[i] for i in idx))
-            for times, i in zip(per_copy[label], idx, strict=True):
-                times.append(round_wall[i])
+            if r >= warmup:
+                wall_runs[i].append(time.perf_counter() - tick)
+                cpu_runs[i].append(time.process_time() - tock)
+    copies = {label: [i for i, (k, _) in enumerate(steps) if k == label] for label, _ in steps}
+    per_copy = {label: [wall_runs[i] for i in idx] for label, idx in copies.items()}
+
+    def mean_of_copies(runs: list[list[float]], idx: list[int]) -> list[float]:
+        return [statistics.fmean(round_times) for round_times in zip(*(runs[i] for i in idx), strict=True)]
+
+    wall = {label: mean_of_copies(wall_runs, idx) for label, idx in copies.items()}
+    cpu = {label: mean_of_copies(cpu_runs, idx) for label, idx in copies.items()}
     return wall, cpu, per_copy
 
 

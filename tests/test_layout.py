@@ -67,6 +67,23 @@ def test_modules_are_small_and_the_top_level_is_short() -> None:
         "layers", "models", "fusion", "data", "training", "measure", "serving", "study", "cli"}
 
 
+def test_modules_with_a_forward_do_not_postpone_annotations() -> None:
+    """``torch.fx`` copies the annotations of a traced ``forward`` into the code it generates, and TorchScript
+    cannot resolve them there as strings (``from __future__ import annotations``): a traced model would not
+    script (docs/architecture.md)."""
+    def postpones(tree: ast.Module) -> bool:
+        return any(isinstance(n, ast.ImportFrom) and n.module == "__future__" and
+                   any(a.name == "annotations" for a in n.names) for n in tree.body)
+
+    def has_forward(tree: ast.Module) -> bool:
+        return any(isinstance(n, ast.ClassDef) and any(isinstance(f, ast.FunctionDef) and f.name == "forward"
+                                                       for f in n.body) for n in ast.walk(tree))
+
+    trees = {p: ast.parse(p.read_text()) for p in SOURCES}
+    assert any(has_forward(t) for t in trees.values())
+    assert [str(p.relative_to(PACKAGE)) for p, t in trees.items() if has_forward(t) and postpones(t)] == []
+
+
 def test_no_comment_cites_an_issue() -> None:
     roots = [PACKAGE, PACKAGE.parents[1] / "tests", PACKAGE.parents[1] / "benchmarks", PACKAGE.parents[1] / "scripts"]
     cited = [str(p) for root in roots for p in root.rglob("*.py") if re.search(r"\bissues? #?\d", p.read_text(), re.I)]

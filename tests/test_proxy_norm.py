@@ -135,15 +135,15 @@ def test_projection_norm_has_scale_no_shift_no_pn(groups: int) -> None:
 
 @pytest.mark.parametrize("train", [True, False])
 def test_layer_traces_with_the_moments_as_one_leaf_call(train: bool) -> None:
-    """Under ``torch.fx`` symbolic tracing the moments are one call of ``proxy_affine`` (not traced into, and not
-    served from the eval cache): the traced layer computes the layer's output and gradients."""
+    """Under ``torch.fx`` symbolic tracing the moments are one call of ``swish_proxy_affine`` (not traced into,
+    and not served from the eval cache): the traced layer computes the layer's output and gradients."""
     layer = randomize(ProxyNormAct2d(8, groups=4).double()).train(train)
     x = torch.randn(3, 8, 5, 5, dtype=torch.float64)
     with torch.no_grad():
         ref = layer(x.clone())  # in eval mode: fills the cache before tracing
     graph = torch.fx.symbolic_trace(layer)
     calls = [n.target for n in graph.graph.nodes if n.op == "call_function"]
-    assert calls.count(peffnet.layers.proxy_affine) == 1
+    assert calls.count(peffnet.layers.swish_proxy_affine) == 1
     out = graph(x.clone())
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     out.square().sum().backward()

@@ -33,8 +33,6 @@ Any other PN layer keeps its cached affine as a constant (:class:`FoldedNormAct2
 export only.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -30,8 +30,6 @@ the channels of all 33 layers of a B0 changes nothing but the number of (tiny) o
 is what the moments cost. Gradients flow back through the concatenation to each layer's parameters.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn

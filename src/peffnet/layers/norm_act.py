@@ -7,8 +7,6 @@
 ``gnpn`` GN (4 groups) without affine, then a proxy-normalized activation.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn

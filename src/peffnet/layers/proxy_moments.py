@@ -24,8 +24,6 @@ quadrature itself (:func:`_quadrature` and the helpers it calls) is written so t
 no globals but functions (TorchScript reads none), which is why a few constants appear as literals there.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 from typing import Final
@@ -245,6 +243,18 @@ def proxy_affine_ops(gamma: torch.Tensor, beta: torch.Tensor, gamma_tilde: torch
     var = (m[1] - m[0] * m[0]).clamp_min(0)
     scale = torch.rsqrt(var + eps)
     return scale, -m[0] * scale
+
+
+def swish_proxy_affine(gamma: torch.Tensor, beta: torch.Tensor, gamma_tilde: torch.Tensor, beta_tilde: torch.Tensor,
+                       eps: float, table: torch.Tensor, sizes: tuple[int, int],
+                       split_at: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 4's affine for swish as one call that both Python and TorchScript run: :func:`proxy_affine` (one
+    autograd node) in Python, :func:`proxy_affine_ops` (which takes ``table``, ``sizes`` and ``split_at``) when
+    compiled by TorchScript. It is the leaf call that ``torch.fx`` records for a proxy norm, so a traced model
+    runs exactly like the eager one and also scripts."""
+    if torch.jit.is_scripting():  # TorchScript compiles this branch only
+        return proxy_affine_ops(gamma, beta, gamma_tilde, beta_tilde, eps, table, sizes, split_at)
+    return proxy_affine("swish", gamma, beta, gamma_tilde, beta_tilde, eps)
 
 
 def proxy_norm_moments(

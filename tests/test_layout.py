@@ -58,6 +58,43 @@ def test_imports_flow_one_way(module: Path) -> None:
         assert LEVELS[other] < LEVELS[own], f"{module.relative_to(PACKAGE)} imports peffnet.{other}"
 
 
+def module_name(path: Path) -> str:
+    """``peffnet.layers.norm_act`` for ``layers/norm_act.py``, ``peffnet.layers`` for its ``__init__.py``."""
+    parts = ("peffnet", *path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_modules_import_each_other() -> None:
+    """Imports flow one way between modules too, inside a package (function-level imports included): no
+    cycle of modules importing each other, such as a layer module and the module of the layers it builds."""
+    modules = {module_name(p): p for p in SOURCES}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                            for a in node.names)
+        graph[name] = deps & modules.keys() - {name}
+    done: set[str] = set()
+
+    def cycle_from(name: str, path: list[str]) -> list[str] | None:
+        if name in path:
+            return path[path.index(name):] + [name]
+        if name in done:
+            return None
+        for dep in sorted(graph[name]):
+            if found := cycle_from(dep, path + [name]):
+                return found
+        done.add(name)
+        return None
+
+    cycles = (cycle_from(name, []) for name in sorted(graph))
+    assert next((c for c in cycles if c), None) is None
+
+
 def test_modules_are_small_and_the_top_level_is_short() -> None:
     too_long = {str(p.relative_to(PACKAGE)): n for p in SOURCES if (n := len(p.read_text().splitlines())) > 400}
     assert not too_long

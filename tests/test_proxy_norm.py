@@ -419,7 +419,8 @@ def test_appendix_c_pre_activations_stay_normalized_only_with_pn() -> None:
 def test_norms_under_autocast_keep_float32_statistics_and_half_activations(norm: str) -> None:
     """The path CUDA's autocast takes (group_norm in float32), on the CPU too: the statistics in float32, the
     activations handed on in the autocast dtype (bfloat16 here), close to a float32 forward."""
-    from peffnet.layers.norm_act import group_norm, norm_act
+    from peffnet.layers.norm_act import norm_act
+    from peffnet.layers.normalization import group_norm
 
     torch.manual_seed(0)
     layer = norm_act(norm, 16)

@@ -36,7 +36,7 @@ from torch import nn
 
 from peffnet.fusion.ops import ChannelAffine, ChannelShift, channel_affine_, channel_view, scale_inputs
 from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
-from peffnet.layers.norm_act import group_norm
+from peffnet.layers.normalization import group_norm
 from peffnet.layers.proxy_moments import proxy_affine
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 from peffnet.models.efficientnet import EfficientNet

@@ -11,26 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORM_EPS = 1e-3  # paper Section 3.4: epsilon of BN/GN/LN
+from peffnet.layers.normalization import NORM_EPS, group_norm
+from peffnet.layers.proxy_norm import ProxyNormAct2d
+
 GN_GROUPS = 4
-
-
-def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-               eps: float) -> torch.Tensor:
-    """``F.group_norm`` with its statistics in float32 and its output in ``x``'s dtype, the same on every device.
-
-    Under mixed precision the two autocast policies differ: CUDA's runs ``group_norm`` in float32 and hands
-    on float32, so the swish, proxy norm's affine (Eq. 4) and the activations kept for the backward pass would
-    all run and be stored in float32; CPU's runs it on the bfloat16 input and hands on bfloat16. So the path
-    tested on a CPU was not the one a GPU took. Here both normalize a float32 copy (neither policy casts a
-    float32 input down) and pass on the half-precision activations the next convolution takes anyway.
-    """
-    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
-        w = weight.float() if weight is not None else None
-        b = bias.float() if bias is not None else None
-        return F.group_norm(x.float(), groups, w, b, eps).to(x.dtype)
-    return F.group_norm(x, groups, weight, bias, eps)
-
 
 torch.fx.wrap("group_norm")  # a leaf for torch.fx: its dtype test is not traced
 
@@ -106,7 +90,5 @@ def norm_act(norm: str, channels: int, act: bool = True) -> nn.Module:
         groups = 1 if norm == "lnpn" else GN_GROUPS
         if not act:
             return ScaledGroupNorm(channels, groups)
-        from peffnet.layers.proxy_norm import ProxyNormAct2d  # it imports NORM_EPS from here
-
         return ProxyNormAct2d(channels, groups)
     raise ValueError(f"unknown norm {norm!r}")

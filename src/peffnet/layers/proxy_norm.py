@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peffnet.layers.norm_act import NORM_EPS, group_norm
+from peffnet.layers.normalization import NORM_EPS, group_norm
 from peffnet.layers.proxy_moments import SIGMA_SPLIT, SWISH_TABLE, SWISH_TABLE_SIZES, swish_proxy_affine
 
 PROXY_EPS = 3e-2  # eps~ of Eq. 4 (REFERENCE.md)
 torch.fx.wrap("swish_proxy_affine")  # symbolic tracing records the moments as one call instead of tracing into them
-torch.fx.wrap("group_norm")  # and the norm's dtype test as one call (layers.norm_act)
+torch.fx.wrap("group_norm")  # and the norm's dtype test as one call (layers.normalization)
 
 
 def _values_key(t: torch.Tensor) -> tuple:

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "peffnet"
 # Lower levels never import higher ones; two packages on one level never import each other.
 LEVELS = {
     "errors": 0, "version": 0,
-    "settings": 1, "layers": 1,
+    "settings": 1, "layers": 1, "files": 1,
     "models": 2, "data": 2,
     "fusion": 3, "resolution": 3, "checkpoint": 3,
     "training": 4, "measure": 4,

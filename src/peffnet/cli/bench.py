@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
+from peffnet.files import write_file
 from peffnet.measure.bench import BenchOptions
 from peffnet.models import ModelOverrides
 from peffnet.resolution import RESOLUTION
@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_bench(specs, cfg)
     result["command"] = cfg.command_line("bench")
     if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(result, indent=1) + "\n")
+        write_file(cfg.out, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result) if cfg.json else format_result(result))
     return 0
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from peffnet.checkpoint import model_from_checkpoint
 from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
+from peffnet.files import write_file
 from peffnet.models import ModelConfig
 from peffnet.resolution import MAX_SWEEP_RESOLUTION, MIN_RESOLUTION, check_resolution, mod32_ok, test_resolutions
 from peffnet.training import distributed
@@ -107,7 +108,7 @@ def eval_json_path(checkpoint: str | Path, out: str | Path | None) -> Path | Non
 def write_eval(record: dict[str, Any], path: Path) -> None:
     """Write the ``eval.json`` record (creating its directory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_file(path, json.dumps(record, indent=2) + "\n")
 
 
 def format_table(record: dict[str, Any]) -> str:

@@ -26,6 +26,7 @@ import torch
 
 from peffnet.data import parse_spec
 from peffnet.errors import ConfigError
+from peffnet.files import write_file
 from peffnet.models import preset
 from peffnet.resolution import RESOLUTION, half_resolution, mod32_ok, test_resolutions
 from peffnet.settings import BOOL, FLOAT, INT, INTS, NON_NEGATIVE, POSITIVE, Settings, setting
@@ -154,7 +155,7 @@ def _evaluate(cfg: RecipeConfig, run_dir: Path, resolutions: list[int]) -> dict[
                                  device=cfg.device, amp=cfg.amp, progress=cfg.progress)
     record["wall_time_s"] = time.perf_counter() - start
     if distributed.rank() == 0:  # under torchrun every rank evaluates its shard; one writes
-        (run_dir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_file(run_dir / "eval.json", json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -194,8 +195,8 @@ def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
         "device": stages["train"]["device"], "torch": torch.__version__,
     }
     if distributed.rank() == 0:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (out / "summary.md").write_text(format_summary(summary))
+        write_file(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_file(out / "summary.md", format_summary(summary))
     return summary
 
 

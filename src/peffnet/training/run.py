@@ -22,7 +22,8 @@ import torch
 import yaml
 
 from peffnet.checkpoint import FORMAT, load_weights, non_finite
-from peffnet.errors import ConfigError, RunFailure
+from peffnet.errors import ConfigError, RunFailure, WriteFailure
+from peffnet.files import write_file
 from peffnet.models import build
 from peffnet.models.config import DEFAULT_NORM, split_norm
 from peffnet.models.profile import profile_model
@@ -130,7 +131,23 @@ def banner(job: Job) -> str:
 
 def run(job: Job, start: Start) -> dict[str, Any]:
     """Run ``job`` from ``start`` (a new run, or the checkpoint to continue) and return its ``summary.json``
-    record. SIGTERM, SIGINT and SIGUSR1 stop it after the current step, with a checkpoint."""
+    record. SIGTERM, SIGINT and SIGUSR1 stop it after the current step, with a checkpoint.
+
+    Raises:
+        WriteFailure: a file of the run could not be written; the line says which checkpoint the same command
+            resumes from.
+    """
+    try:
+        return _run(job, start)
+    except WriteFailure as err:
+        if err.note:  # a checkpoint's failure names the intact checkpoints itself
+            raise
+        last = start.checkpoints.describe_last()
+        raise err.noting(f"the same command resumes from {last}" if start.checkpoints.records
+                         else "no checkpoint was written yet") from None
+
+
+def _run(job: Job, start: Start) -> dict[str, Any]:
     t0, ctx, state, checkpoint = time.perf_counter(), job.ctx, job.state, start.checkpoint
     reset_peak_memory(ctx.device)
     notes = []
@@ -145,7 +162,7 @@ def run(job: Job, start: Start) -> dict[str, Any]:
         for note in notes:
             print(f"peffnet {job.name}: {note}", flush=True)
         job.out.mkdir(parents=True, exist_ok=True)
-        (job.out / "config.yaml").write_text(yaml.safe_dump(job.config.to_dict(), sort_keys=False))
+        write_file(job.out / "config.yaml", yaml.safe_dump(job.config.to_dict(), sort_keys=False))
         if state.step < job.epochs * job.steps_per_epoch:  # a summary describes a finished run only
             (job.out / "summary.json").unlink(missing_ok=True)
     logger = MetricsLogger(job.out, ctx.is_main, resume_step=state.step if checkpoint is not None else None)
@@ -179,7 +196,7 @@ def run(job: Job, start: Start) -> dict[str, Any]:
         if error is not None:
             raise RunFailure(error)
 
-    with StopRequests(announce=ctx.is_main) as stop, contextlib.closing(logger):
+    with StopRequests(announce=ctx.is_main) as stop:
         hooks = Hooks(save, start.checkpoints.describe_last, elapsed, stop.agreed)
         live = fit(job, logger, hooks)
         if live is None:  # nothing was left to run (a finished run resumed): measure the live weights here
@@ -189,7 +206,7 @@ def run(job: Job, start: Start) -> dict[str, Any]:
         save()
     summary = make_summary(job, final, live, peak_memory_bytes(ctx.device))
     if ctx.is_main:
-        (job.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_file(job.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -55,7 +55,7 @@ def test_baselines_build_randomly_initialised_with_b0_cost(name: str) -> None:
     model, res, _ = build_model(BenchSpec(name))
     ours, _, _ = build_model(BenchSpec("efficientnet_b0"))
     assert res == 224
-    assert sum(p.numel() for p in model.parameters()) == pytest.approx(5.29e6, rel=0.01)  # REFERENCE.md "Peers"
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(5.29e6, rel=0.01)  # docs/reference.md, "Peers"
     # Same architecture, same count: within 1 % of our G1 B0 (0.40 GMACs).
     assert model_macs(model, 224) == pytest.approx(model_macs(ours, 224), rel=0.01)
     assert model_macs(ours, 224) == pytest.approx(0.40e9, rel=0.05)  # published 0.40 also counts SE/pool ops

@@ -80,7 +80,7 @@ def check_line(err: str, command: str, file: str, directory: Path, at_least: int
 
 
 def test_train_into_a_3_mib_disk_is_one_line_and_exit_1(small_disk: Callable[[str], Path]) -> None:
-    """The issue's case, as a user meets it: ``peffnet train`` into a 3 MiB tmpfs (no checkpoint fits)."""
+    """As a user meets it: ``peffnet train`` into a 3 MiB tmpfs, where no checkpoint fits."""
     disk = small_disk("3m")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.run([sys.executable, "-m", "peffnet", *tiny_args(disk / "run")], capture_output=True,

@@ -1,4 +1,4 @@
-"""Weight decay where the paper puts it (Section 3.2/3.4; REFERENCE.md): conv/linear weights and PN's
+"""Weight decay where the paper puts it (Section 3.2/3.4; docs/reference.md): conv/linear weights and PN's
 gamma~/beta~ decay; normalization gamma/beta (PN's included) and biases do not."""
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ def exact_moments(act: str, mu: float, sigma: float) -> tuple[float, float]:
 
 
 def box_params(n: int, seed: int = 0) -> np.ndarray:
-    """Corners of the issue's box (gamma [0.1, 5], beta [-3, 3], gamma~ [-0.5, 1], beta~ [-1, 1]) + random."""
+    """Corners of the box proxy_norm_moments is specified for (gamma [0.1, 5], beta [-3, 3], gamma~ [-0.5, 1],
+    beta~ [-1, 1]) + random."""
     rng = np.random.default_rng(seed)
     lo, hi = np.array([0.1, -3, -0.5, -1]), np.array([5, 3, 1, 1])
     corners = np.array(list(itertools.product(*zip(lo, hi, strict=True))))

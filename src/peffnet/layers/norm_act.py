@@ -1,7 +1,7 @@
 """Normalization + activation layers (timm's norm-act pattern), one factory for all five choices.
 
 ``bn``   BatchNorm (batch-dependent; the EfficientNet original).
-``gn``   GroupNorm with 4 *groups* (paper Section 3.4; REFERENCE.md), eps 1e-3.
+``gn``   GroupNorm with 4 *groups* (paper Section 3.4; docs/reference.md), eps 1e-3.
 ``ln``   LayerNorm over (C, H, W) of each image = GroupNorm with one group, eps 1e-3.
 ``lnpn`` LN without affine, then a proxy-normalized activation owning gamma/beta (Eq. 3-4).
 ``gnpn`` GN (4 groups) without affine, then a proxy-normalized activation.
@@ -58,7 +58,7 @@ class ScaledGroupNorm(nn.Module):
     """GroupNorm (LN when ``groups == 1``) with a per-channel scale (``weight``) and no shift, no activation.
 
     The normalization after the projection conv of the PN models (the projection has no activation, so
-    there is nothing for Eq. 4 to proxy), as in the authors' reference (REFERENCE.md, "Placement"): a
+    there is nothing for Eq. 4 to proxy), as in the authors' reference (docs/reference.md, "where PN goes"): a
     per-channel shift there would add a constant offset to the residual stream.
     """
 

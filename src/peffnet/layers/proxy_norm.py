@@ -24,7 +24,7 @@ from torch import nn
 from peffnet.layers.normalization import NORM_EPS, group_norm
 from peffnet.layers.proxy_moments import SIGMA_SPLIT, SWISH_TABLE, SWISH_TABLE_SIZES, swish_proxy_affine
 
-PROXY_EPS = 3e-2  # eps~ of Eq. 4 (REFERENCE.md)
+PROXY_EPS = 3e-2  # eps~ of Eq. 4 (paper Section 3.4; docs/reference.md)
 torch.fx.wrap("swish_proxy_affine")  # symbolic tracing records the moments as one call instead of tracing into them
 torch.fx.wrap("group_norm")  # and the norm's dtype test as one call (layers.normalization)
 

@@ -1,4 +1,4 @@
-"""``peffnet train``'s settings: every flag, its default (the paper's recipe, Section 3.4 and REFERENCE.md),
+"""``peffnet train``'s settings: every flag, its default (the paper's recipe, Section 3.4 and docs/reference.md),
 and the resolution of the "auto" values once the dataset and the number of processes are known.
 
 Precedence: defaults < ``--config FILE.yaml`` < command-line flags (:mod:`peffnet.settings`). The resolved

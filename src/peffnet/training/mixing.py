@@ -8,7 +8,7 @@ are mixed in the same proportions (the box's exact pixel share for CutMix). timm
 express this (it picks one of the two per batch and draws CutMix's lambda from a Beta distribution), so
 this module implements the authors' scheme directly.
 
-Per-size strengths (REFERENCE.md): Mixup alpha 0.1 for B0-B2 and 0.2 from B3; CutMix off at B0, lambda
+Per-size strengths (docs/reference.md): Mixup alpha 0.1 for B0-B2 and 0.2 from B3; CutMix off at B0, lambda
 0.95 at B1 falling to 0.8 at B5 (0.85 at B4 as in the authors' B4 config; B2/B3 interpolated; B6/B7
 keep B5's values).
 """

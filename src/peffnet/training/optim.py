@@ -1,4 +1,4 @@
-"""The recipe's optimization pieces (paper Section 3.4; REFERENCE.md): parameter groups, TensorFlow-style RMSProp,
+"""The recipe's optimization pieces (paper Section 3.4; docs/reference.md): parameter groups, TensorFlow-style RMSProp,
 the warm-up + staircase schedule, and the exponential average of per-epoch weights.
 
 Weight decay: convolution and linear weights, and proxy normalization's gamma~/beta~ (their decay expresses

@@ -67,6 +67,9 @@ def test_rerun_skips_finished_runs_and_a_new_seed_extends(study: Path) -> None:
     g16 = next(c for c in record["configurations"] if c["label"] == "G16-GN-Native")
     assert g16["seeds"] == [0, 1] and g16["top1_min"] <= g16["top1"] <= g16["top1_max"]
     assert len(record["commands"]) == 2 and "--seeds 1" in record["commands"][1]  # the study's pieces
+    assert all("--out . " in c for c in record["commands"])  # relative to the study directory
+    for name in ("plan.json", "study.json", "study.md"):
+        assert str(study) not in (study / name).read_text()
 
 
 def test_time_to_target_is_the_first_epoch_that_reached_it() -> None:

@@ -146,6 +146,13 @@ def replacing(path: str | os.PathLike, needs: Size, about: bool = False) -> Iter
             tmp.unlink(missing_ok=True)
 
 
+def relative_to(path: str | os.PathLike, directory: str | os.PathLike) -> str:
+    """``path`` as a file in ``directory`` records it: relative to ``directory`` (``checkpoint.pt``,
+    ``../train/checkpoint.pt``), so that results moved or shipped elsewhere name no folder of the machine that
+    made them."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(directory))
+
+
 def write_file(path: str | os.PathLike, content: bytes | str | Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` whole or not at all: ``content`` as bytes, as UTF-8 text, or what ``content(f)``
     writes into a binary file ``f`` (``torch.save``, ``fig.savefig``).

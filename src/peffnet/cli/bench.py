@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 
 from peffnet.files import write_file
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                         channels_last=cfg.channels_last, compile=cfg.compile, fold_pn=cfg.fold_pn)
              for m in cfg.models]
     result = run_bench(specs, cfg)
-    result["command"] = cfg.command_line("bench")
+    result["command"] = cfg.recorded_in(os.path.dirname(cfg.out) or ".").command_line("bench")
     if cfg.out:
         write_file(cfg.out, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result) if cfg.json else format_result(result))

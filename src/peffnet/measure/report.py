@@ -163,7 +163,7 @@ def load_run(run_dir: str | Path) -> tuple[list[Point], ModelConfig]:
     series = series_label(cfg, int(summary["parent_train_resolution" if finetuned else "train_resolution"]))
     train_img_per_s = summary.get("train_img_per_s")
     if finetuned:
-        parent = Path(summary["parent"]).parent / "summary.json"
+        parent = (run_dir / summary["parent"]).parent / "summary.json"  # relative to the run (or absolute)
         train_img_per_s = _read_json(parent, "parent run summary").get("train_img_per_s") if parent.is_file() else None
     points = []
     for res, top1 in sorted(accuracy.items()):

@@ -49,7 +49,7 @@ def check_plan(out: Path, cfg: StudyConfig) -> None:
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty and holds no study ({PLAN}); use another --out")
     out.mkdir(parents=True, exist_ok=True)
-    command = cfg.command_line("study")
+    command = cfg.recorded_in(out).command_line("study")
     write_file(path, json.dumps({**cfg.recipe(), "commands": [*commands, *([command] if command not in commands
                                                                            else [])]}, indent=1) + "\n")
 

@@ -34,6 +34,7 @@ from torch import nn
 from peffnet.checkpoint import model_from_checkpoint
 from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
+from peffnet.files import relative_to
 from peffnet.fusion import training_form
 from peffnet.models import EfficientNet, ModelConfig, preset
 from peffnet.models.config import B0_STAGES
@@ -218,9 +219,10 @@ def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
     record = {"train_resolution": c.resolution, "num_classes": train_set.num_classes,
               "data": {"spec": spec, "in_chans": train_set.in_chans, "subset": c.subset},
               "classes": list(train_set.classes), "preprocessing": val_set.preprocessing.to_dict(),
-              "parent": str(parent_path), "parent_train_resolution": parent_res, "finetune_stages": c.stages}
+              "parent": relative_to(parent_path, c.out), "parent_train_resolution": parent_res,
+              "finetune_stages": c.stages}
     summary = {"trainable_params": sum(p.numel() for n, p in model.named_parameters() if n in trainable),
-               "lr": c.lr, "parent": str(parent_path), "parent_train_resolution": parent_res,
+               "lr": c.lr, "parent": relative_to(parent_path, c.out), "parent_train_resolution": parent_res,
                "finetune_stages": c.stages}
     return Job("finetune", Path(c.out), c, state, net, form, train_loader, val_loader, step, c.epochs,
                c.batch_size, c.seed, c.log_every, c.checkpoint_every, c.progress, ctx, record, summary,

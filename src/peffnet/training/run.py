@@ -23,7 +23,7 @@ import yaml
 
 from peffnet.checkpoint import FORMAT, load_weights, non_finite
 from peffnet.errors import ConfigError, RunFailure, WriteFailure
-from peffnet.files import write_file
+from peffnet.files import relative_to, write_file
 from peffnet.models import build
 from peffnet.models.config import DEFAULT_NORM, split_norm
 from peffnet.models.profile import profile_model
@@ -45,7 +45,8 @@ def checkpoint_entries(job: Job) -> dict[str, Any]:
             "averaged": s.final_model().state_dict(), "optimizer": s.optimizer.state_dict(),
             "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
             "epoch": s.step // job.steps_per_epoch, "step": s.step, "progress": dataclasses.asdict(s.progress),
-            "rng": {"seed": job.seed, "scheme": RNG_SCHEME}, "config": job.config.to_dict(), **job.record}
+            "rng": {"seed": job.seed, "scheme": RNG_SCHEME}, "config": job.config.recorded_in(job.out).to_dict(),
+            **job.record}
 
 
 def restore(state: TrainState, checkpoint: dict[str, Any], steps_per_epoch: int, what: str) -> None:
@@ -162,7 +163,7 @@ def _run(job: Job, start: Start) -> dict[str, Any]:
         for note in notes:
             print(f"peffnet {job.name}: {note}", flush=True)
         job.out.mkdir(parents=True, exist_ok=True)
-        write_file(job.out / "config.yaml", yaml.safe_dump(job.config.to_dict(), sort_keys=False))
+        write_file(job.out / "config.yaml", yaml.safe_dump(job.config.recorded_in(job.out).to_dict(), sort_keys=False))
         if state.step < job.epochs * job.steps_per_epoch:  # a summary describes a finished run only
             (job.out / "summary.json").unlink(missing_ok=True)
     logger = MetricsLogger(job.out, ctx.is_main, resume_step=state.step if checkpoint is not None else None)
@@ -235,5 +236,5 @@ def make_summary(job: Job, final: tuple[float, float], live: tuple[float, float]
         "skipped_images": len(s.progress.skipped), "skipped_files": s.progress.skipped[:100],
         "oversized_images": len(s.progress.oversized), "resumes": s.progress.resumes,
         "config_hash": c.config_hash(), "device": device_name(job.ctx.device), "torch": torch.__version__,
-        "peffnet": __version__, "checkpoint": str(job.out / "checkpoint.pt"), **job.summary,
+        "peffnet": __version__, "checkpoint": relative_to(job.out / "checkpoint.pt", job.out), **job.summary,
     }

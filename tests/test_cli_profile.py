@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import meta_model
+from conftest import COMMAND_ENV, meta_model
 from peffnet.cli import main
 from peffnet.models import DEFAULT_NORM, NORMS
 from peffnet.models.profile import profile_model
@@ -98,10 +98,11 @@ def test_bad_input_exit_2_one_line(argv: list[str], message: str, capsys: pytest
 
 
 def test_console_script_usage_error_is_one_line() -> None:
-    proc = subprocess.run([sys.executable, "-m", "peffnet", "profile"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "peffnet", "profile"], capture_output=True, text=True, env=COMMAND_ENV)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "MODEL" in proc.stderr.upper()
-    proc = subprocess.run([sys.executable, "-m", "peffnet", "profile", "nope"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "peffnet", "profile", "nope"], capture_output=True, text=True,
+                          env=COMMAND_ENV)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "peffnet profile: error: unknown model 'nope'; run `peffnet models` for the list")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import COMMAND_ENV
 from peffnet.checkpoint import load_checkpoint, read_manifest
 from peffnet.cli import main
 from peffnet.training.lock import LOCK_NAME
@@ -37,7 +38,7 @@ def torchrun(out: Path, *extra: str, restarts: int = 0) -> subprocess.Popen:
            "--max-restarts", str(restarts), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            "-m", "peffnet", *tiny_args(out, *extra, epochs=2)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**COMMAND_ENV, "OMP_NUM_THREADS": "1"})
 
 
 def finish(proc: subprocess.Popen) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import COMMAND_ENV
 from peffnet.checkpoint import load_checkpoint, save_checkpoint
 from peffnet.cli import main
 from peffnet.errors import WriteFailure
@@ -82,7 +83,7 @@ def check_line(err: str, command: str, file: str, directory: Path, at_least: int
 def test_train_into_a_3_mib_disk_is_one_line_and_exit_1(small_disk: Callable[[str], Path]) -> None:
     """As a user meets it: ``peffnet train`` into a 3 MiB tmpfs, where no checkpoint fits."""
     disk = small_disk("3m")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**COMMAND_ENV, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "peffnet", *tiny_args(disk / "run")], capture_output=True,
                           text=True, env=env)
     assert proc.returncode == 1, proc.stderr

@@ -88,7 +88,7 @@ def test_no_sync_reaches_a_compiled_ddp_model(monkeypatch: pytest.MonkeyPatch) -
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from peffnet.training.loop import _no_sync
+    from peffnet.runtime.step import no_sync
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
@@ -96,7 +96,7 @@ def test_no_sync_reaches_a_compiled_ddp_model(monkeypatch: pytest.MonkeyPatch) -
     try:
         ddp = DistributedDataParallel(torch.nn.Linear(2, 2))
         for net in (ddp, torch.compile(ddp)):  # compiling is lazy: nothing is compiled here
-            with _no_sync(net):
+            with no_sync(net):
                 assert not ddp.require_backward_grad_sync
             assert ddp.require_backward_grad_sync
     finally:

@@ -18,9 +18,9 @@ from peffnet.cli import main
 from peffnet.data import build_dataset
 from peffnet.errors import ConfigError
 from peffnet.models import create_model
+from peffnet.runtime.step import train_step
 from peffnet.training import loop as engine
 from peffnet.training.finetune import finetuned_stage_indices, freeze_for_finetune
-from peffnet.training.loop import train_step
 from resolution_helpers import TINY_FINETUNE
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")

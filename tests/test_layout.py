@@ -16,7 +16,7 @@ LEVELS = {
     "errors": 0, "version": 0,
     "settings": 1, "layers": 1, "files": 1,
     "models": 2, "data": 2,
-    "fusion": 3, "resolution": 3, "checkpoint": 3,
+    "fusion": 3, "resolution": 3, "checkpoint": 3, "runtime": 3,
     "training": 4, "measure": 4,
     "serving": 5, "study": 5,
     "cli": 6,
@@ -101,7 +101,7 @@ def test_modules_are_small_and_the_top_level_is_short() -> None:
     top = [p.name for p in PACKAGE.glob("*.py")]
     assert len(top) <= 8, top
     assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == {
-        "layers", "models", "fusion", "data", "training", "measure", "serving", "study", "cli"}
+        "layers", "models", "fusion", "data", "runtime", "training", "measure", "serving", "study", "cli"}
 
 
 def test_modules_with_a_forward_do_not_postpone_annotations() -> None:

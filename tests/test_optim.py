@@ -9,7 +9,7 @@ from timm.optim import RMSpropTF
 from torch import nn
 
 from peffnet import create_model
-from peffnet.training.optim import param_groups
+from peffnet.runtime.optim import param_groups
 
 
 def groups_by_name(model: nn.Module, weight_decay: float = 1e-5) -> tuple[set[str], set[str]]:

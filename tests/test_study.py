@@ -39,10 +39,13 @@ def test_grid_rows_speed_and_report(study: Path) -> None:
     settings = {(c["cell"], c["stage"]) for c in speed["candidates"]}
     assert ("g16-gn-half", "finetune") in settings and ("g1-gn-native", "finetune") not in settings
     tried = [c["setting"] for c in speed["candidates"] if (c["cell"], c["stage"]) == ("g16-gn-native", "train")]
-    assert sorted(tried) == ["NCHW bf16", "NCHW fp32", "channels_last bf16", "channels_last fp32"]
+    bf16 = speed["precisions"].startswith("bf16 tried")  # else: "bf16 not tried: its measured peak is 0.1x fp32's"
+    assert sorted(tried) == ["NCHW bf16", "NCHW fp32", "channels_last bf16", "channels_last fp32"] if bf16 else \
+        ["NCHW fp32", "channels_last fp32"]
     for stages in speed["chosen"].values():  # each stage runs with its fastest candidate
         for stage, best in stages.items():
-            rivals = [c["img_per_s"] for c in speed["candidates"] if (c["cell"], c["stage"]) == (best["cell"], stage)]
+            rivals = [c["img_per_s"] for c in speed["candidates"]
+                      if (c["cell"], c["stage"]) == (best["cell"], stage) and c["rounds"]]
             assert best["img_per_s"] == max(rivals)
     infer = [c["cell"] for c in speed["candidates"] if c["stage"] == "infer"]  # timed once for both regimes
     assert sorted(set(infer)) == ["g1-gn-native", "g16-gn-native"]

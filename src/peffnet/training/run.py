@@ -9,13 +9,9 @@ the settings that may change on resume), print the banner, write ``config.yaml``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import re
-import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +23,7 @@ from peffnet.files import relative_to, write_file
 from peffnet.models import build
 from peffnet.models.config import DEFAULT_NORM, split_norm
 from peffnet.models.profile import profile_model
+from peffnet.runtime.device import device_name, peak_memory_bytes, reset_peak_memory
 from peffnet.training import distributed
 from peffnet.training.loop import Hooks, Job, Progress, TrainState, diverged, evaluate, fit
 from peffnet.training.metrics import MetricsLogger
@@ -93,30 +90,6 @@ def apply_changes(job: Job, changes: dict[str, tuple[Any, Any]], what: str) -> l
     notes += [f"{name} {old!r} -> {new!r}" for name, (old, new) in changes.items() if name not in ("lr", "epochs")]
     state.progress.resumes.append({"step": state.step, "changed": {k: list(v) for k, v in changes.items()}})
     return notes
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak-memory window (so each stage of a pipeline reports its own peak)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):  # Linux: "5" resets the peak resident set size (VmHWM) to the current one
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak CUDA memory allocated, or on the CPU the process's peak resident set size, since the last
-    :func:`reset_peak_memory`."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    try:
-        return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
-    except (OSError, AttributeError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
 
 
 def banner(job: Job) -> str:

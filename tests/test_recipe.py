@@ -14,8 +14,8 @@ from peffnet.training.recipe import SHORT_RUN_FINETUNE_LR, SMALL_IMAGE_NATIVE, R
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 TINY = ["--data", "synthetic", "--model", "efficientnet_b0", "--norm", "gn", "--subset", "16",
-        "--finetune-subset", "16", "--val-subset", "8", "--test-subset", "8", "--batch-size", "8",
-        "--finetune-batch-size", "8", "--no-progress"]
+        "--finetune-subset", "16", "--val-subset", "8", "--sweep-subset", "8", "--test-subset", "16",
+        "--batch-size", "8", "--finetune-batch-size", "8", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,9 @@ def test_stages_and_summary(recipe: Path) -> None:
     assert [r["resolution"] for r in ev["finetuned"]["results"]] == [32, 64, 96]
     assert [r["resolution"] for r in ev["native"]["results"]] == [32, 64, 96]
     assert [r["resolution"] for r in ev["half"]["results"]] == [32, 64]
-    for e in ev.values():
-        assert e["best"] == max(e["results"], key=lambda r: (r["top1"], -r["resolution"]))
+    for e in ev.values():  # every size on the sweep's 8 images, the best of them on all 16 test images
+        assert {r["images"] for r in e["results"]} == {8} and e["best"]["images"] == 16
+        assert e["best"]["resolution"] == max(e["results"], key=lambda r: (r["top1"], -r["resolution"]))["resolution"]
     assert s["half_wall_time_s"] == pytest.approx(train["wall_time_s"] + ft["wall_time_s"])
     # each stage is a complete run directory, chained through the checkpoint's parent
     summary_ft = json.loads((recipe / "finetune" / "summary.json").read_text())

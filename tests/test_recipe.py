@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import documented_keys
 from peffnet.cli import main
+from peffnet.training.config import SMALL_DATA_DEFAULTS
 from peffnet.training.recipe import SHORT_RUN_FINETUNE_LR, SMALL_IMAGE_NATIVE, RecipeConfig, result_at
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -59,6 +61,16 @@ def test_stages_and_summary(recipe: Path) -> None:
     assert set(s) == documented_keys("Recipe directory")  # docs/formats.md
     md = (recipe / "summary.md").read_text()
     assert "| train | 32 |" in md and "| finetune | 64 |" in md and "| half + fine-tuned |" in md and "*" in md
+
+
+def test_training_stages_take_train_s_small_dataset_defaults(recipe: Path) -> None:
+    """One set of defaults: the recipe's training stages get `peffnet train`'s (as the study's runs do); only
+    what the recipe declares itself (epochs, batch, resolution, ...) differs."""
+    for stage in ("train", "native"):
+        config = yaml.safe_load((recipe / stage / "config.yaml").read_text())
+        assert {k: config[k] for k in SMALL_DATA_DEFAULTS if k != "batch_size"} == {
+            k: v for k, v in SMALL_DATA_DEFAULTS.items() if k != "batch_size"}
+        assert (config["batch_size"], config["epochs"]) == (8, 1)
 
 
 def test_resume_keeps_finished_stages(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:

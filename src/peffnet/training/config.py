@@ -31,6 +31,7 @@ from peffnet.settings import (
 )
 from peffnet.training.distributed import DEFAULT_TIMEOUT_S
 from peffnet.training.mixing import CUTMIX_LAMBDA, MIXUP_ALPHA
+from peffnet.training.optim import OPTIMIZERS
 from peffnet.training.rundir import RESUME, RESUME_MODES
 
 LR_PER_SAMPLE = 2.0**-14
@@ -115,6 +116,9 @@ class TrainConfig(ModelOverrides, RunSettings):
                               resumable=True, group="schedule")
     rmsprop_decay: float | None = setting(None, "RMSProp decay rho (default: 1 - B * 2^-14)", FLOAT, OPEN_UNIT,
                                           group="schedule")
+    optimizer: str | None = setting(None, "rmsprop_tf (the paper's) or adam (default: rmsprop_tf; adam on small "
+                                          "datasets, where runs are a few hundred steps: docs/training.md)",
+                                    choices=OPTIMIZERS, group="schedule")
     momentum: float = setting(0.9, "RMSProp momentum", FLOAT, FRACTION, group="schedule")
     eps: float = setting(1e-3, "RMSProp epsilon (TensorFlow form, inside the square root)", FLOAT, POSITIVE,
                          group="schedule")
@@ -186,10 +190,11 @@ def split_batch(batch: int, micro: int | None, world_size: int) -> int:
     return micro
 
 
-PAPER_DEFAULTS = {"batch_size": 768, "lr_scale": 1.0, "head_init_scale": 1.0, "translate": DEFAULT_TRANSLATE}
+PAPER_DEFAULTS = {"batch_size": 768, "lr_scale": 1.0, "head_init_scale": 1.0, "translate": DEFAULT_TRANSLATE,
+                  "optimizer": "rmsprop_tf"}
 """The "auto" values for image folders: the paper's ImageNet recipe (Section 3.4)."""
 SMALL_DATA_DEFAULTS = {"batch_size": 256, "lr_scale": 0.25, "head_init_scale": 0.0, "translate": 2,
-                       "drop_rate": 0.0, "drop_path_rate": 0.0, "mixup_alpha": 0.0}
+                       "drop_rate": 0.0, "drop_path_rate": 0.0, "mixup_alpha": 0.0, "optimizer": "adam"}
 """The "auto" values for the 28/32 px in-memory datasets (fashion-mnist, synthetic): those of
 ``configs/fashion_mnist.yaml``, which reached 92.3 % in 25 epochs (docs/training.md). With the paper's
 ImageNet settings a short run diverges (lr B * 2^-14 and half of it) or underfits (dropout, stochastic depth

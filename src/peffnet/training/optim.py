@@ -47,6 +47,20 @@ def rmsprop_tf(model: nn.Module, lr: float, decay: float, momentum: float = 0.9,
     return RMSpropTF(param_groups(model, weight_decay), lr=lr, alpha=decay, eps=eps, momentum=momentum)
 
 
+OPTIMIZERS = ("rmsprop_tf", "adam")
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, decay: float, momentum: float = 0.9, eps: float = 1e-3,
+                    weight_decay: float = 1e-5) -> torch.optim.Optimizer:
+    """``rmsprop_tf``: the paper's optimizer (:func:`rmsprop_tf`); ``adam``: Adam (PyTorch's: betas 0.9, 0.999, eps
+    1e-8; ``decay``, ``momentum`` and ``eps`` are RMSProp's and unused), whose per-parameter steps are normalized
+    from the first step on, which the short runs of docs/training.md ("Short runs and BatchNorm") need. Both
+    with the L2 weight decay of :func:`param_groups`."""
+    if name == "adam":
+        return torch.optim.Adam(param_groups(model, weight_decay), lr=lr)
+    return rmsprop_tf(model, lr, decay, momentum, eps, weight_decay)
+
+
 def recipe_lr_factor(step: int, steps_per_epoch: int, warmup_epochs: float, decay_epochs: float,
                      decay_rate: float) -> float:
     """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warm-up over ``warmup_epochs``,

@@ -39,15 +39,6 @@ from peffnet.training.train import train
 SMALL_IMAGE_NATIVE = 64
 """The "native" size we give the 28/32 px datasets (fashion-mnist, synthetic): half = 32, the canvas."""
 
-SHORT_RUN_TRAINING = {"head_init_scale": 0.0, "drop_path_rate": 0.0, "mixup_alpha": 0.0, "lr_scale": 1.0,
-                      "translate": 4}
-"""``peffnet train`` settings of the recipe's short runs on the small datasets: the paper's optimizer, lr and
-schedule (stretched to the run) with a zero-initialised classifier (the EfficientNet init gives 10-class
-logits of std ~7), without stochastic depth and Mixup (regularizers for 350-epoch runs that slow a
-one-epoch run down), the size's dropout and 4-px shifts: the settings docs/resolution.md's figures were
-measured with (``peffnet train``'s own small-dataset defaults differ: they are tuned for longer runs).
-``--train-config`` overrides them; image folders get the paper's recipe unchanged."""
-
 SHORT_RUN_FINETUNE_LR = 0.05
 """Fine-tuning lr of the recipe on the small datasets (at batch 256). The paper's 0.25 x 256 / 512 = 0.125
 made the loss jump to 19 within 10 steps and end at 42.6 % top-1 (0.05: 84.7 %); see docs/resolution.md."""
@@ -73,9 +64,8 @@ class RecipeConfig(Settings):
     batch_size: int = setting(128, "training global batch", INT, POSITIVE, group="schedule")
     subset: int | None = setting(None, "train on a fixed random subset of this many images", INT, POSITIVE,
                                  group="schedule")
-    train_config: str | None = setting(None, "YAML of `peffnet train` settings (over the recipe's short-run "
-                                             "defaults for fashion-mnist/synthetic, see docs/resolution.md)",
-                                       group="schedule")
+    train_config: str | None = setting(None, "YAML of `peffnet train` settings of the training stages (over "
+                                             "`peffnet train`'s defaults for the dataset)", group="schedule")
     finetune_stages: int = setting(2, "parts to fine-tune: 1, 2 or 3", INT, DEPTH, group="schedule")
     finetune_epochs: int = setting(2, "fine-tuning epochs", INT, POSITIVE, group="schedule")
     finetune_batch_size: int = setting(256, "fine-tuning global batch", INT, POSITIVE, group="schedule")
@@ -129,11 +119,10 @@ def _stage_state(run_dir: Path, resume: bool) -> tuple[dict[str, Any] | None, bo
 
 
 def _train_config(cfg: RecipeConfig, run_dir: Path, resolution: int, resume: bool) -> TrainConfig:
-    """The ``peffnet train`` settings of a training stage (validated now, before anything runs)."""
-    small = parse_spec(cfg.data)[0] != "imagefolder"
-    short = {**SHORT_RUN_TRAINING, "drop_rate": preset(cfg.model).drop_rate}
-    settings = {**(short if small else {}),
-                **(TrainConfig.read_yaml(cfg.train_config) if cfg.train_config else {})}
+    """The ``peffnet train`` settings of a training stage (validated now, before anything runs): ``peffnet
+    train``'s defaults for the dataset (:data:`~peffnet.training.config.SMALL_DATA_DEFAULTS` on the small
+    datasets), under ``--train-config``, under the recipe's own settings."""
+    settings = TrainConfig.read_yaml(cfg.train_config) if cfg.train_config else {}
     flags = {"model": cfg.model, "norm": cfg.norm, "data": cfg.data, "data_dir": cfg.data_dir,
              "resolution": str(resolution), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
              "subset": cfg.subset, "val_subset": cfg.val_subset, "seed": cfg.seed, "device": cfg.device,

@@ -21,7 +21,7 @@ from peffnet.models import EfficientNet, build, preset
 from peffnet.training import distributed
 from peffnet.training.config import Resolved, TrainConfig, resolve, resolve_resolution, with_dataset_defaults
 from peffnet.training.loop import Job, StepSettings, TrainState
-from peffnet.training.optim import EpochAverage, recipe_scheduler, rmsprop_tf
+from peffnet.training.optim import EpochAverage, build_optimizer, recipe_scheduler
 from peffnet.training.run import run
 from peffnet.training.rundir import claim
 
@@ -70,7 +70,7 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
     model.set_grad_checkpointing(c.recompute)
     form = training_form(model, ctx.device, c.compile)
     net = prepare(model, form, ctx, c.compile)
-    optimizer = rmsprop_tf(model, c.lr, c.rmsprop_decay, c.momentum, c.eps, c.weight_decay)
+    optimizer = build_optimizer(c.optimizer, model, c.lr, c.rmsprop_decay, c.momentum, c.eps, c.weight_decay)
     s = run_cfg.time_scale
     scheduler = recipe_scheduler(optimizer, len(train_loader), c.warmup_epochs * s, c.decay_epochs * s,
                                  c.decay_rate)

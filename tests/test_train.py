@@ -67,10 +67,17 @@ def test_small_datasets_get_settings_that_train() -> None:
     c = resolve(TrainConfig.from_layers({"data": "fashion-mnist", "out": "x"}), 1, 10, 1).config
     assert (c.model, c.norm, c.group_size, c.expansion) == ("g16_efficientnet_b0_lnpn", "lnpn", 16, 4)
     assert (c.batch_size, c.lr, c.head_init_scale, c.translate) == (256, 0.25 * 256 * 2**-14, 0.0, 2)
-    assert (c.drop_rate, c.drop_path_rate, c.mixup_alpha, c.resolution, c.optimizer) == (0.0, 0.0, 0.0, "32", "adam")
+    assert (c.drop_rate, c.drop_path_rate, c.mixup_alpha, c.resolution, c.optimizer) == (0.0, 0.0, 0.0, "32",
+                                                                                         "rmsprop_tf")
     given = resolve(TrainConfig.from_layers({"data": "fashion-mnist", "out": "x", "lr_scale": 1, "drop_rate": 0.1,
                                              "model": "g16_efficientnet_b0"}), 1, 10, 1).config
     assert (given.lr, given.drop_rate, given.norm) == (256 * 2**-14, 0.1, "bn")  # what is given stays given
+    assert given.optimizer == "adam"  # BN's on small data (SMALL_DATA_OPTIMIZER); image folders: the paper's
+    for data, norm, optimizer in (("imagefolder:/d", "bn", "rmsprop_tf"), ("synthetic", "bn", "adam"),
+                                  ("synthetic", "bn", "rmsprop_tf")):
+        told = {"optimizer": optimizer} if (data, optimizer) == ("synthetic", "rmsprop_tf") else {}
+        c = resolve(TrainConfig.from_layers({"data": data, "out": "x", "norm": norm, **told}), 1, 10, 1).config
+        assert c.optimizer == optimizer
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -253,5 +260,4 @@ def test_train_config_defaults_are_the_paper_recipe() -> None:
     c = TrainConfig()
     assert (c.epochs, c.momentum, c.eps, c.weight_decay, c.label_smoothing) == (350, 0.9, 1e-3, 1e-5, 0.1)
     assert PAPER_DEFAULTS["batch_size"] == 768 and PAPER_DEFAULTS["lr_scale"] == 1.0  # auto on image folders
-    assert PAPER_DEFAULTS["optimizer"] == "rmsprop_tf"
     assert (c.warmup_epochs, c.decay_epochs, c.decay_rate, c.average_decay) == (5.0, 2.4, 0.97, 0.97)

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = RecipeConfig(out=str(out / f"seed{seed}"), data=args.data, model=args.model, norm=args.norm,
                                epochs=args.epochs, subset=args.subset, finetune_subset=args.finetune_subset,
                                val_subset=args.val_subset, test_subset=args.test_subset, threads=args.threads,
-                               seed=seed, baseline=True, resume=True, progress=False)
+                               seed=seed, baseline=True, resume=True, progress=False,
+                               sweep_subset=0)  # every test size on every test image: top-1 at native
             finished = Path(cfg.out) / "summary.json"
             summary = json.loads(finished.read_text()) if finished.exists() else {}
             if summary.get("native_wall_time_s") is None:  # a seed's recipe (with its baseline) is unfinished

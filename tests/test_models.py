@@ -267,3 +267,32 @@ def test_names_with_a_norm_suffix() -> None:
         peffnet.create_model("g16_efficientnet_b0_lnpn", norm="gn")
     with pytest.raises(ValueError, match="unknown model 'g16_efficientnet_b0_xn'"):
         peffnet.create_model("g16_efficientnet_b0_xn")
+
+
+@pytest.mark.parametrize(("name", "features_only"), [("efficientnet_b0", False), ("g16_efficientnet_b0", False),
+                                                     ("g4_efficientnet_b0", True)])
+def test_init_follows_the_efficientnet_reference(name: str, features_only: bool) -> None:
+    # conv kernels ~ N(0, 2 / fan_out) with fan_out = k*k*out/groups (one group's fan-out, as TensorFlow's
+    # reference and timm); a groups-ignoring init is sqrt(out/fan-in channels) = sqrt(groups)-times narrower:
+    # 1.41x for G16's first block, 5.7x or more for depthwise kernels, far outside the tolerance below
+    torch.manual_seed(0)
+    model = peffnet.create_model(name, **({"features_only": True} if features_only else {"num_classes": 10}))
+    kinds = {"depthwise": 0, "grouped": 0, "dense": 0}
+    for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
+        k = conv.kernel_size[0] * conv.kernel_size[1]
+        expected = (2.0 / (k * conv.out_channels / conv.groups)) ** 0.5
+        n = conv.weight.numel()
+        # the sample std of n normal values has a relative standard error ~1/sqrt(2n): 4 of them, at least 10 %
+        tolerance = max(0.1, 4 / (2 * n) ** 0.5)
+        assert abs(conv.weight.std().item() / expected - 1) < tolerance, (conv, conv.weight.std().item(), expected)
+        assert abs(conv.weight.mean().item()) < 4 * expected / n**0.5, conv
+        if conv.bias is not None:  # squeeze-excite
+            assert not conv.bias.any()
+        kind = "dense" if conv.groups == 1 else "depthwise" if conv.in_channels == conv.groups else "grouped"
+        kinds[kind] += 1
+    assert kinds["dense"] and (kinds["grouped"] if name[0] == "g" else kinds["depthwise"]), kinds
+    if not features_only:  # the classifier: U(+-1/sqrt(classes)), zero bias
+        bound = 1 / 10**0.5
+        w = model.classifier.weight
+        assert w.abs().max().item() <= bound and abs(w.std().item() / (bound / 3**0.5) - 1) < 0.05
+        assert not model.classifier.bias.any()

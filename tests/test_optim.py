@@ -9,7 +9,7 @@ from timm.optim import RMSpropTF
 from torch import nn
 
 from peffnet import create_model
-from peffnet.runtime.optim import param_groups
+from peffnet.runtime.optim import OPTIMIZERS, build_optimizer, param_groups
 
 
 def groups_by_name(model: nn.Module, weight_decay: float = 1e-5) -> tuple[set[str], set[str]]:
@@ -55,7 +55,16 @@ def test_a_step_with_zero_gradients_shrinks_exactly_the_decayed_group(optimizer)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer(groups, lr=0.5).step()
-    for p, old in zip(groups[0]["params"], before[0], strict=True):
-        assert (p.abs() < old.abs()).all()  # pulled towards 0 by the decay alone
+    for p, old in zip(groups[0]["params"], before[0], strict=True):  # pulled towards 0 by the decay alone
+        assert ((p.abs() < old.abs()) | (old == 0)).all()  # (a weight drawn at exactly -0.1 is now 0)
     for p, old in zip(groups[1]["params"], before[1], strict=True):
         assert torch.equal(p, old)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_build_optimizer_uses_the_recipe_s_parameter_groups(name: str) -> None:
+    model = create_model("g16_efficientnet_b0", norm="bn", num_classes=10)
+    opt = build_optimizer(name, model, lr=0.01, decay=0.99, weight_decay=1e-5)
+    assert type(opt) is {"rmsprop_tf": RMSpropTF, "adam": torch.optim.Adam}[name]
+    assert [g["weight_decay"] for g in opt.param_groups] == [1e-5, 0.0]
+    assert all(g["lr"] == 0.01 for g in opt.param_groups)

@@ -12,6 +12,7 @@ import torch
 from conftest import randomize
 from peffnet import create_model, fold_proxy_norm, fuse_proxy_norm
 from peffnet.fusion.fuse import FusedConvNormAct, FusedMBConv, ProxyAffineTable
+from peffnet.fusion.ops import cropped_conv2d
 from peffnet.layers import proxy_moments
 from peffnet.layers.blocks import MBConv
 from peffnet.layers.proxy_norm import ProxyNormAct2d
@@ -181,3 +182,22 @@ def test_fused_block_under_bfloat16_autocast_keeps_float32_gradient_accuracy() -
             grads.append({n: p.grad.clone() for n, p in net.named_parameters() if "norm" in n})
         errors[name] = max(((grads[1][n] - g).norm() / g.norm()).item() for n, g in grads[0].items())
     assert errors["fused"] < 0.05 and errors["plain"] < 0.05, errors
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+def test_cropped_conv_equals_the_full_conv(size: int, stride: int, kernel: int) -> None:
+    # maps smaller than the kernel (the last stages at 32 px) use fewer taps; outputs and gradients are the same
+    gen = torch.Generator().manual_seed(size * 10 + stride)
+    x = torch.randn(2, 8, size, size, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(8, 4, kernel, kernel, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, generator=gen, requires_grad=True)
+    args = ((stride, stride), (kernel // 2, kernel // 2), (1, 1), 2)
+    results = []
+    for conv in (torch.nn.functional.conv2d, cropped_conv2d):
+        out = conv(x, w, b, *args)
+        grads = torch.autograd.grad((out * out.detach().cos()).sum(), (x, w, b))
+        results.append((out, *grads))
+    for ref, got in zip(*results, strict=True):
+        assert got.shape == ref.shape and rel(got, ref) < 1e-12

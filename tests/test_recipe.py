@@ -6,16 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import documented_keys
 from peffnet.cli import main
+from peffnet.training.config import SMALL_DATA_DEFAULTS
 from peffnet.training.recipe import SHORT_RUN_FINETUNE_LR, SMALL_IMAGE_NATIVE, RecipeConfig, result_at
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 TINY = ["--data", "synthetic", "--model", "efficientnet_b0", "--norm", "gn", "--subset", "16",
-        "--finetune-subset", "16", "--val-subset", "8", "--test-subset", "8", "--batch-size", "8",
-        "--finetune-batch-size", "8", "--no-progress"]
+        "--finetune-subset", "16", "--val-subset", "8", "--sweep-subset", "8", "--test-subset", "16",
+        "--batch-size", "8", "--finetune-batch-size", "8", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,9 @@ def test_stages_and_summary(recipe: Path) -> None:
     assert [r["resolution"] for r in ev["finetuned"]["results"]] == [32, 64, 96]
     assert [r["resolution"] for r in ev["native"]["results"]] == [32, 64, 96]
     assert [r["resolution"] for r in ev["half"]["results"]] == [32, 64]
-    for e in ev.values():
-        assert e["best"] == max(e["results"], key=lambda r: (r["top1"], -r["resolution"]))
+    for e in ev.values():  # every size on the sweep's 8 images, the best of them on all 16 test images
+        assert {r["images"] for r in e["results"]} == {8} and e["best"]["images"] == 16
+        assert e["best"]["resolution"] == max(e["results"], key=lambda r: (r["top1"], -r["resolution"]))["resolution"]
     assert s["half_wall_time_s"] == pytest.approx(train["wall_time_s"] + ft["wall_time_s"])
     # each stage is a complete run directory, chained through the checkpoint's parent
     summary_ft = json.loads((recipe / "finetune" / "summary.json").read_text())
@@ -58,6 +61,16 @@ def test_stages_and_summary(recipe: Path) -> None:
     assert set(s) == documented_keys("Recipe directory")  # docs/formats.md
     md = (recipe / "summary.md").read_text()
     assert "| train | 32 |" in md and "| finetune | 64 |" in md and "| half + fine-tuned |" in md and "*" in md
+
+
+def test_training_stages_take_train_s_small_dataset_defaults(recipe: Path) -> None:
+    """One set of defaults: the recipe's training stages get `peffnet train`'s (as the study's runs do); only
+    what the recipe declares itself (epochs, batch, resolution, ...) differs."""
+    for stage in ("train", "native"):
+        config = yaml.safe_load((recipe / stage / "config.yaml").read_text())
+        assert {k: config[k] for k in SMALL_DATA_DEFAULTS if k != "batch_size"} == {
+            k: v for k, v in SMALL_DATA_DEFAULTS.items() if k != "batch_size"}
+        assert (config["batch_size"], config["epochs"]) == (8, 1)
 
 
 def test_resume_keeps_finished_stages(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from peffnet.cli import main
 from peffnet.study.report import time_to_targets
+from peffnet.training.config import SMALL_DATA_DEFAULTS
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -50,6 +52,9 @@ def test_grid_rows_speed_and_report(study: Path) -> None:
     infer = [c["cell"] for c in speed["candidates"] if c["stage"] == "infer"]  # timed once for both regimes
     assert sorted(set(infer)) == ["g1-gn-native", "g16-gn-native"]
     assert speed["chosen"]["g1-gn-half"]["infer"] == speed["chosen"]["g1-gn-native"]["infer"]
+    for run in (study / "runs").glob("*/train"):  # one set of defaults: peffnet train's, as in the recipe
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert all(config[k] == v for k, v in SMALL_DATA_DEFAULTS.items() if k != "batch_size")
     md = (study / "study.md").read_text()
     assert "| G16-GN-Half | 1 |" in md and "into one directory): `peffnet study" in md
     for name in ("macs", "train_img_per_s", "train_time_s", "infer_img_per_s"):

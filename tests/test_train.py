@@ -63,14 +63,21 @@ def test_auto_values_follow_the_paper_on_image_folders() -> None:
 
 def test_small_datasets_get_settings_that_train() -> None:
     """The paper's ImageNet lr diverges on Fashion-MNIST (11.6 % after a run with the old defaults); small data
-    get configs/fashion_mnist.yaml's settings unless told otherwise, and the flagship G16 LN+PN by default."""
+    get SMALL_DATA_DEFAULTS unless told otherwise, and the flagship G16 LN+PN by default."""
     c = resolve(TrainConfig.from_layers({"data": "fashion-mnist", "out": "x"}), 1, 10, 1).config
     assert (c.model, c.norm, c.group_size, c.expansion) == ("g16_efficientnet_b0_lnpn", "lnpn", 16, 4)
     assert (c.batch_size, c.lr, c.head_init_scale, c.translate) == (256, 0.25 * 256 * 2**-14, 0.0, 2)
-    assert (c.drop_rate, c.drop_path_rate, c.mixup_alpha, c.resolution) == (0.0, 0.0, 0.0, "32")
+    assert (c.drop_rate, c.drop_path_rate, c.mixup_alpha, c.resolution, c.optimizer) == (0.0, 0.0, 0.0, "32",
+                                                                                         "rmsprop_tf")
     given = resolve(TrainConfig.from_layers({"data": "fashion-mnist", "out": "x", "lr_scale": 1, "drop_rate": 0.1,
                                              "model": "g16_efficientnet_b0"}), 1, 10, 1).config
     assert (given.lr, given.drop_rate, given.norm) == (256 * 2**-14, 0.1, "bn")  # what is given stays given
+    assert given.optimizer == "adam"  # BN's on small data (SMALL_DATA_OPTIMIZER); image folders: the paper's
+    for data, norm, optimizer in (("imagefolder:/d", "bn", "rmsprop_tf"), ("synthetic", "bn", "adam"),
+                                  ("synthetic", "bn", "rmsprop_tf")):
+        told = {"optimizer": optimizer} if (data, optimizer) == ("synthetic", "rmsprop_tf") else {}
+        c = resolve(TrainConfig.from_layers({"data": data, "out": "x", "norm": norm, **told}), 1, 10, 1).config
+        assert c.optimizer == optimizer
 
 
 @pytest.mark.parametrize("settings, message", [

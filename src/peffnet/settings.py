@@ -4,7 +4,8 @@ hash, and either part of what a run computes or an *execution* setting that may 
 
 A command declares its settings with :func:`setting` and gets, for free: coercion and one-line validation
 errors (``epochs must be a positive integer, got 0``), :meth:`Settings.from_layers` (defaults < YAML file <
-flags), :meth:`Settings.add_arguments` / :meth:`Settings.from_args` (argparse), :meth:`Settings.config_hash`
+flags), :meth:`Settings.add_arguments` / :meth:`Settings.from_args` (argparse, ``--config FILE.yaml`` included),
+:meth:`Settings.config_hash`
 and :meth:`Settings.check_resumable`. ``None`` means "auto": derived when the run starts.
 """
 
@@ -240,6 +241,8 @@ class Settings:
         Values are parsed by :func:`coerce` (not argparse), so flags, YAML and the API give the same errors."""
         groups: dict[str | None, Any] = {None: parser}
         fields = cls.field_map()
+        parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of these settings (keys as the flags "
+                                                                  "below, e.g. batch_size: 256); flags override it")
         late = {n for base in cls.__mro__ if base.__dict__.get("trailing") for n in base.__dict__["__annotations__"]}
         for name, f in sorted(fields.items(), key=lambda item: item[0] in late):  # stable: declaration order
             m = f.metadata
@@ -268,9 +271,11 @@ class Settings:
 
     @classmethod
     def from_args(cls: type[S], args: argparse.Namespace, *layers: dict[str, Any]) -> S:
-        """The settings of parsed arguments, over ``layers`` (e.g. a YAML file's settings)."""
-        flags = {name: getattr(args, name) for name in cls.field_map() if getattr(args, name, None) is not None}
-        return cls.from_layers(*layers, flags)
+        """The settings of parsed arguments: ``layers`` < the ``--config`` file < the flags."""
+        flags = {name: getattr(args, name) for name in cls.field_map()
+                 if getattr(args, name, None) not in (None, [])}  # [] : an optional positional list left out
+        path = getattr(args, "config", None)
+        return cls.from_layers(*layers, cls.read_yaml(path) if path else {}, flags)
 
     # ------------------------------------------------------------------ records
 

@@ -19,7 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Defaults are the paper's ImageNet settings; see configs/ for short runs. "
                                    "Run it under `torchrun --nproc_per_node N -m peffnet train ...` for data "
                                    "parallelism.")
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (keys as below, e.g. batch_size)")
     TrainConfig.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -27,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from peffnet.training.train import train
 
-    cfg = TrainConfig.from_args(args, TrainConfig.read_yaml(args.config) if args.config else {})
+    cfg = TrainConfig.from_args(args)
     return run_and_report("train", lambda: train(cfg), lambda s: (
         f"{s['model']} ({s['norm']}) on {s['dataset']} at {s['train_resolution']} px: top-1 {s['top1']:.2f} %, "
         f"top-5 {s['top5']:.2f} % (averaged weights), {s['train_img_per_s']:.0f} img/s, {s['wall_time_s']:.0f} s "

@@ -24,6 +24,9 @@ stem, head          ``a * s + t`` in place                  the same affine; its
                     Affine`)                                is stored
 ==================  ======================================  ============================================
 
+The spatial k x k conv leaves out the kernel taps that meet only zero padding (on maps smaller than the kernel:
+:func:`~peffnet.fusion.ops.cropped_conv2d`), which is exact too.
+
 The moments of all PN layers of a forward are computed in **one** batched call (:class:`ProxyAffineTable`):
 they are per channel (Section 3.2: O(channels), independent of batch and resolution), so concatenating
 the channels of all 33 layers of a B0 changes nothing but the number of (tiny) ops, whose per-op overhead
@@ -34,7 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peffnet.fusion.ops import ChannelAffine, ChannelShift, channel_affine_, channel_view, scale_inputs
+from peffnet.fusion.ops import (
+    ChannelAffine,
+    ChannelShift,
+    channel_affine_,
+    channel_view,
+    cropped_conv2d,
+    scale_inputs,
+)
 from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
 from peffnet.layers.normalization import group_norm
 from peffnet.layers.proxy_moments import proxy_affine
@@ -148,12 +158,15 @@ class FusedMBConv(nn.Module):
             a = ChannelShift.apply(a, minus_mean)  # sums E's gradient in E's (wider) dtype
         else:
             a = channel_affine_(a, None, minus_mean)  # autograd's own in-place add: no Python backward node
-        conv = self.spatial.conv
-        weight = scale_inputs(conv.weight, scale, conv.groups)
-        return F.conv2d(a, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return self._spatial_conv(a, scale_inputs(self.spatial.conv.weight, scale, self.spatial.conv.groups))
+
+    def _spatial_conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The k x k grouped conv with ``weight``, its taps that meet only padding left out (:func:`cropped_conv2d`)."""
+        c = self.spatial.conv
+        return cropped_conv2d(x, weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self._spatial_conv_of_expansion(x) if self.expands else self.spatial.conv(x)
+        h = self._spatial_conv_of_expansion(x) if self.expands else self._spatial_conv(x, self.spatial.conv.weight)
         a = _normalized_swish(self.spatial.norm, h)
         h = _gate_affine(self.se, a, *self.table.affine(self.spatial.norm))
         h = self.project(h)

@@ -8,6 +8,7 @@ Written in place, it stores no tensor beyond what GN + swish store; these are th
 import math
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 
@@ -55,6 +56,33 @@ def scale_inputs(weight: torch.Tensor, scale: torch.Tensor, groups: int = 1) -> 
     out_ch, per_group = weight.shape[:2]
     factor = scale.to(weight.dtype).view(groups, 1, per_group).expand(groups, out_ch // groups, per_group)
     return weight * factor.reshape(out_ch, per_group, *(1,) * (weight.dim() - 2))
+
+
+def used_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int]:
+    """The kernel taps ``[lo, hi)`` along one spatial dim that meet the input of ``size`` (not only its zero
+    padding) at some output position."""
+    last = (size + 2 * padding - kernel) // stride  # index of the last output position
+    return max(0, padding - last * stride), min(kernel, size + padding)
+
+
+def cropped_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+                   padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> torch.Tensor:
+    """``F.conv2d`` without the kernel taps that meet only zero padding, which a feature map smaller than the
+    kernel leaves unused: a 5 x 5 kernel on a 1 x 1 map is its centre tap, on a 2 x 2 map its centre 3 x 3
+    (the last stages of a model trained at 32 px). Exact: the dropped taps multiply zeros, and their gradient
+    is zero either way; the kept ones are summed in another order. On this project's CPUs a grouped 5 x 5
+    convolution's backward on a 1 x 1 map takes about 10x as long as its centre tap's."""
+    if tuple(dilation) == (1, 1) and isinstance(padding, tuple):
+        k = weight.shape[2:]
+        taps = [used_taps(x.shape[2 + d], k[d], stride[d], padding[d]) for d in range(2)]
+        if any(hi - lo < k[d] for d, (lo, hi) in enumerate(taps)):
+            pad = tuple(padding[d] - lo for d, (lo, _) in enumerate(taps))
+            same = all((x.shape[2 + d] + 2 * pad[d] - (hi - lo)) // stride[d]
+                       == (x.shape[2 + d] + 2 * padding[d] - k[d]) // stride[d] for d, (lo, hi) in enumerate(taps))
+            if same:
+                (lo0, hi0), (lo1, hi1) = taps
+                return F.conv2d(x, weight[:, :, lo0:hi0, lo1:hi1], bias, stride, pad, dilation, groups)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
 class ChannelAffine(torch.autograd.Function):

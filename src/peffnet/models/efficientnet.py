@@ -60,13 +60,21 @@ def build_trunk(cfg: ModelConfig) -> tuple[ConvNormAct, nn.ModuleList, list[dict
 
 
 def init_weights(module: nn.Module) -> None:
-    """He (fan-out) init for convs, uniform for the classifier, as in the EfficientNet reference (nothing to do on
-    the meta device, where a model is shapes only)."""
+    """The EfficientNet reference initialisation (docs/models.md, "Initialisation"; nothing to do on the meta
+    device, where a model is shapes only).
+
+    Convolutions: normal with std ``sqrt(2 / fan_out)``, where ``fan_out = k * k * out_channels / groups`` is
+    the fan-out of one group: a depthwise kernel gets ``sqrt(2 / k^2)``, a G16 kernel ``sqrt(2 / (16 k^2))``.
+    (``nn.init.kaiming_normal_(mode="fan_out")`` ignores ``groups``, which makes depthwise kernels
+    ``sqrt(channels)`` times smaller.) Biases (squeeze-excite) start at zero. The classifier: uniform in
+    ``+-1 / sqrt(num_classes)``, zero bias.
+    """
     if any(p.is_meta for p in module.parameters()):
         return
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):

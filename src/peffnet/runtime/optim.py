@@ -15,6 +15,9 @@ from timm.optim import RMSpropTF
 from torch import nn
 
 PROXY_PARAM_NAMES = ("proxy_weight", "proxy_bias")
+OPTIMIZERS = ("rmsprop_tf", "adam")
+"""The optimizers a run can name: the paper's, and Adam for short runs (docs/training.md, "Short runs and
+BatchNorm")."""
 
 
 def decays(name: str, param: nn.Parameter) -> bool:
@@ -42,3 +45,14 @@ def rmsprop_tf(model: nn.Module, lr: float, decay: float, momentum: float = 0.9,
     """The paper's optimizer: TensorFlow-style RMSProp (timm's ``RMSpropTF``: eps inside the square root,
     mean-square initialised to 1, lr applied inside the momentum) over :func:`param_groups`."""
     return RMSpropTF(param_groups(model, weight_decay), lr=lr, alpha=decay, eps=eps, momentum=momentum)
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, decay: float, momentum: float = 0.9, eps: float = 1e-3,
+                    weight_decay: float = 1e-5) -> torch.optim.Optimizer:
+    """``rmsprop_tf``: the paper's optimizer (:func:`rmsprop_tf`); ``adam``: Adam (PyTorch's: betas 0.9, 0.999, eps
+    1e-8; ``decay``, ``momentum`` and ``eps`` are RMSProp's and unused), whose per-parameter steps are normalized
+    from the first step on, which the short runs of docs/training.md ("Short runs and BatchNorm") need. Both
+    with the L2 weight decay of :func:`param_groups`."""
+    if name == "adam":
+        return torch.optim.Adam(param_groups(model, weight_decay), lr=lr)
+    return rmsprop_tf(model, lr, decay, momentum, eps, weight_decay)

@@ -18,6 +18,7 @@ from peffnet.models import ModelConfig, ModelOverrides, preset
 from peffnet.models.config import split_norm
 from peffnet.resolution import check_resolution, half_resolution
 from peffnet.runtime.mixing import CUTMIX_LAMBDA, MIXUP_ALPHA
+from peffnet.runtime.optim import OPTIMIZERS
 from peffnet.settings import (
     BOOL,
     FLOAT,
@@ -115,6 +116,9 @@ class TrainConfig(ModelOverrides, RunSettings):
                               resumable=True, group="schedule")
     rmsprop_decay: float | None = setting(None, "RMSProp decay rho (default: 1 - B * 2^-14)", FLOAT, OPEN_UNIT,
                                           group="schedule")
+    optimizer: str | None = setting(None, "rmsprop_tf (the paper's) or adam (default: rmsprop_tf; adam for BN "
+                                          "models on small datasets: docs/training.md)", choices=OPTIMIZERS,
+                                    group="schedule")
     momentum: float = setting(0.9, "RMSProp momentum", FLOAT, FRACTION, group="schedule")
     eps: float = setting(1e-3, "RMSProp epsilon (TensorFlow form, inside the square root)", FLOAT, POSITIVE,
                          group="schedule")
@@ -196,6 +200,19 @@ ImageNet settings a short run diverges (lr B * 2^-14 and half of it) or underfit
 and Mixup are regularizers for 350 epochs; the EfficientNet classifier init gives 10-class logits of std ~5)."""
 
 
+SMALL_DATA_OPTIMIZER = {"bn": "adam"}
+"""The optimizer of a normalization on the small datasets, where runs are a few hundred steps; the others, and
+every model on image folders, get the paper's ``rmsprop_tf``. BN models do not train with it in such runs (the
+study's 2 epochs: 26-35 % top-1) and do with Adam (80 % after one epoch); GN and LN+PN train with it, and
+their half-resolution fine-tuning goes better from its weights than from Adam's (docs/training.md, "Short runs
+and BatchNorm")."""
+
+
+def default_optimizer(spec: str, norm: str) -> str:
+    """The optimizer of a run that does not name one: :data:`SMALL_DATA_OPTIMIZER` on the small datasets."""
+    return SMALL_DATA_OPTIMIZER.get(norm, "rmsprop_tf") if parse_spec(spec)[0] != "imagefolder" else "rmsprop_tf"
+
+
 def with_dataset_defaults(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with its "auto" values that depend on the dataset filled in (:data:`SMALL_DATA_DEFAULTS` for
     fashion-mnist/synthetic, :data:`PAPER_DEFAULTS` for image folders); settings given stay as given."""
@@ -227,6 +244,7 @@ def resolve(cfg: TrainConfig, world_size: int, num_classes: int, in_chans: int) 
         cfg, model=model.name, group_size=model.group_size, expansion=model.expansion, norm=model.norm,
         drop_rate=model.drop_rate,
         drop_path_rate=model.drop_path_rate, micro_batch_size=micro,
+        optimizer=cfg.optimizer or default_optimizer(cfg.data, model.norm),
         lr=cfg.lr if cfg.lr is not None else cfg.lr_scale * B * LR_PER_SAMPLE, rmsprop_decay=decay,
         resolution=str(resolution), eval_resolution=eval_resolution,
         mixup_alpha=MIXUP_ALPHA[model.size] if cfg.mixup_alpha is None else cfg.mixup_alpha,

@@ -22,6 +22,7 @@ from peffnet.checkpoint import model_from_checkpoint
 from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
 from peffnet.files import relative_to, write_file
+from peffnet.fusion import fold_proxy_norm
 from peffnet.models import ModelConfig
 from peffnet.resolution import MAX_SWEEP_RESOLUTION, MIN_RESOLUTION, check_resolution, mod32_ok, test_resolutions
 from peffnet.training import distributed
@@ -61,7 +62,8 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, resolutions: 
                         data_dir: str | None = None, val_subset: int | None = None, batch_size: int = 200,
                         device: str = "auto", amp: str = "off", averaged: bool = True,
                         progress: bool = True) -> dict[str, Any]:
-    """Top-1/top-5 of a checkpoint's final (``averaged``) or live weights at each resolution.
+    """Top-1/top-5 of a checkpoint's final (``averaged``) or live weights at each resolution, in the form a
+    served model takes (proxy norm folded, :func:`peffnet.fold_proxy_norm`; channels-last).
 
     ``data`` defaults to the checkpoint's dataset and ``resolutions`` to its training resolution.
     Resolutions that break the mod-32 rule are warned about on stderr and marked ``mod32_ok: false``.
@@ -77,7 +79,7 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, resolutions: 
         if ctx.is_main and not mod32_ok(train_res, r):
             print(f"warning: test resolution {r} breaks r_test = r_train (mod 32) for the training resolution "
                   f"{train_res} recorded in {path} (paper Section 3.3)", file=sys.stderr)
-    model = model.to(ctx.device)
+    model = fold_proxy_norm(model.eval()).to(ctx.device, memory_format=torch.channels_last)  # the served form
     results = []
     for r in tqdm(resolutions, desc="evaluating", unit="size", disable=not (progress and ctx.is_main)):
         dataset = build_dataset(spec, "val", r, False, data_dir, subset=val_subset)
@@ -85,7 +87,7 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, resolutions: 
         loader = make_loader(dataset, batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
                              device=ctx.device)
         start = time.perf_counter()
-        top1, top5 = evaluate(model, loader, amp)
+        top1, top5 = evaluate(model, loader, amp, channels_last=True)
         seconds = time.perf_counter() - start
         results.append({"resolution": r, "top1": top1, "top5": top5, "mod32_ok": mod32_ok(train_res, r),
                         "images": len(dataset), "img_per_s": len(dataset) / seconds, "time_s": seconds})

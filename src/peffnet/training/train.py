@@ -18,7 +18,7 @@ from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
 from peffnet.fusion import fuse_proxy_norm, training_form
 from peffnet.models import EfficientNet, build, preset
-from peffnet.runtime.optim import rmsprop_tf
+from peffnet.runtime.optim import build_optimizer
 from peffnet.runtime.step import StepSettings, grad_scaler
 from peffnet.training import distributed
 from peffnet.training.config import Resolved, TrainConfig, resolve, resolve_resolution, with_dataset_defaults
@@ -72,7 +72,7 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
     model.set_grad_checkpointing(c.recompute)
     form = training_form(model, ctx.device, c.compile)
     net = prepare(model, form, ctx, c.compile)
-    optimizer = rmsprop_tf(model, c.lr, c.rmsprop_decay, c.momentum, c.eps, c.weight_decay)
+    optimizer = build_optimizer(c.optimizer, model, c.lr, c.rmsprop_decay, c.momentum, c.eps, c.weight_decay)
     s = run_cfg.time_scale
     scheduler = recipe_scheduler(optimizer, len(train_loader), c.warmup_epochs * s, c.decay_epochs * s,
                                  c.decay_rate)

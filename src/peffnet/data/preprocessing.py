@@ -8,7 +8,9 @@ Two pipelines, both following He et al. (2015) as the paper does (Section 3.4):
 
 * **image folders**: the file as 8-bit RGB, the short side resized to ``resize = int(r * 256 / 224)``
   (antialiased, on the 8-bit image), the centre ``r x r`` cropped, scaled to [0, 1], normalized with
-  ImageNet's mean and std;
+  ImageNet's mean and std. Done in one step, as the datasets do it (:mod:`peffnet.data.decode`): the centre
+  box that becomes that square is resized to ``r x r`` (a JPEG decoded at the largest DCT scale that keeps
+  the box at least ``r`` pixels wide);
 * **in-memory sets** (Fashion-MNIST, synthetic): the ``image_size`` px image (28, 32) centred on a black
   canvas of ``image_size + 2 * pad`` px (32), scaled to [0, 1], the canvas resized to ``r x r`` (antialiased)
   when it is not that size already, normalized with the training set's mean and std. Fashion-MNIST is
@@ -26,12 +28,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
+from peffnet.data.decode import centre_plan, decode_box, to_rgb
 from peffnet.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,26 +41,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_PCT = 224 / 256
 """The validation crop of image folders: resize the short side to ``r / CROP_PCT`` (= ``r * 256 / 224``)."""
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-ALPHA_BACKGROUND = (255, 255, 255)
-"""Transparent pixels are composited onto white, as an image viewer shows them."""
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB from any PIL mode: alpha composited onto white, 16-bit and float scaled, CMYK converted."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I"):  # 16-bit samples (PNG/TIFF load as I;16 or I): 0..65535 -> 0..255
-            values = values / 257.0
-        elif values.max(initial=0.0) <= 1.0:  # float images are usually 0..1
-            values = values * 255.0
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _number_list(name: str, value: Any, channels: int) -> tuple[float, ...]:
@@ -166,8 +148,8 @@ class Preprocessing:
         """``(x - mean) / std`` per channel, in place, of float images (..., C, H, W)."""
         if len(set(self.mean)) == 1 and len(set(self.std)) == 1:  # one value for every channel
             return x.sub_(self.mean[0]).div_(self.std[0])
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
-        return x.sub_(mean).div_(torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1))
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return x.sub_(mean).div_(torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1))
 
     def finish_canvas(self, canvas: torch.Tensor) -> torch.Tensor:
         """In-memory sets: 8-bit canvases (N, C, s, s) scaled to [0, 1], resized to the resolution, normalized
@@ -197,7 +179,12 @@ class Preprocessing:
         return rgb if self.channels == 3 else rgb.convert("L")
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """The network's input (C, r, r) for a PIL image of any mode and size."""
+        """The network's input (C, r, r) for a PIL image of any mode and size; an image opened but not yet loaded
+        (``PIL.Image.open``) is decoded here as the datasets decode it (a JPEG at a reduced DCT scale)."""
+        if self.image_size is None and self.channels == 3:
+            plan = centre_plan(image.width, image.height, self.resolution, self.resize)
+            pixels = decode_box(image, plan, self.resolution, self.interpolation)
+            return self.normalize(pixels.permute(2, 0, 1).float().div_(255.0)).contiguous()
         image = self.convert(image)
         if self.image_size is None:
             return self.tensor_transform()(image)

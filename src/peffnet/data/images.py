@@ -1,0 +1,204 @@
+"""Datasets of encoded images -- files of an image folder or members of tar shards -- read through one
+interface, :class:`ImageDataset`, and turned into batches in three stages (FFCV's pipeline, in small):
+
+1. **read and plan** (DataLoader workers): a sample's bytes come from its :class:`Source`; the header gives
+   the image's size (a file over the pixel limit is refused here, unread), and the size and (seed, epoch,
+   index) give its :class:`~peffnet.data.decode.Plan` -- crop box and flip;
+2. **decode** (the swappable stage, :mod:`peffnet.data.decode`): in the worker with Pillow at a reduced DCT
+   scale, or, with ``decode="device"``, on the GPU in the main process (the worker only ships the bytes);
+3. **finish** (on the training device, :func:`finish`): the 8-bit batch is copied there (pinned memory on a
+   GPU: 4x fewer bytes than floats), scaled and normalized with the dataset's mean and std.
+
+A file that cannot be read (missing, truncated, corrupt, not an image) or is over the pixel limit does not
+stop the epoch: its slot takes the next readable sample of the dataset, so every batch keeps its size, and its
+name is reported back through the batch (:attr:`peffnet.data.Loader.skipped`).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch.utils.data import Dataset
+
+from peffnet.data.decode import (
+    DECODE_ERRORS,
+    DeviceDecoder,
+    OversizedImage,
+    Plan,
+    centre_plan,
+    decode_box,
+    device_decodable,
+    open_image,
+    train_plan,
+)
+from peffnet.data.preprocessing import Preprocessing
+from peffnet.errors import ConfigError
+
+MAX_CONSECUTIVE_FAILURES = 32
+
+
+class Source(Protocol):
+    """Where a dataset's encoded samples come from (an image folder's files, a split of tar shards)."""
+
+    classes: list[str]
+    where: str  # for messages: the folder or the shards' directory and split
+
+    def __len__(self) -> int: ...
+
+    def label(self, index: int) -> int: ...
+
+    def name(self, index: int) -> str:
+        """The sample's name in reports: a file's path, or ``SHARD.tar:KEY``."""
+
+    def read(self, index: int) -> bytes:
+        """The sample's encoded bytes (``OSError`` when they cannot be read)."""
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only the samples ``keep``, in that order (subsets)."""
+
+
+@dataclass
+class Sample:
+    """One image on its way from a worker: decoded ``pixels`` (size, size, 3), or the JPEG ``data`` the device
+    decodes with ``plan``; its label; its own file if it was skipped and if it was over the pixel limit."""
+
+    label: int
+    pixels: torch.Tensor | None = None
+    data: torch.Tensor | None = None
+    plan: Plan | None = None
+    name: str = ""
+    skipped: list[str] = field(default_factory=list)
+    oversized: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """Samples stacked: 8-bit ``pixels`` (n, size, size, 3) whose rows ``rows`` still wait for the device
+    decoder (their files ``data``, ``plans`` and ``names``), labels, and the files skipped on the way."""
+
+    pixels: torch.Tensor
+    labels: torch.Tensor
+    rows: list[int]
+    data: list[torch.Tensor]
+    plans: list[Plan]
+    names: list[str]
+    skipped: list[str]
+    oversized: list[str]
+
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader's pinning thread: page-locked pixels copy to a GPU without blocking."""
+        self.pixels, self.labels = self.pixels.pin_memory(), self.labels.pin_memory()
+        return self
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """Stack samples into a :class:`Batch` (rows left for the device decoder are zeros until decoded)."""
+    size = next((s.pixels.shape[0] for s in samples if s.pixels is not None), None)
+    pending = [i for i, s in enumerate(samples) if s.pixels is None]
+    if size is None:  # every sample is left to the device: the size is the plans' output size, known later
+        pixels = torch.empty(0, dtype=torch.uint8)
+    else:
+        pixels = torch.zeros(len(samples), size, size, 3, dtype=torch.uint8)
+        for i, s in enumerate(samples):
+            if s.pixels is not None:
+                pixels[i] = s.pixels
+    return Batch(pixels, torch.tensor([s.label for s in samples], dtype=torch.int64), pending,
+                 [samples[i].data for i in pending], [samples[i].plan for i in pending],
+                 [samples[i].name for i in pending], [p for s in samples for p in s.skipped],
+                 [p for s in samples for p in s.oversized])
+
+
+class ImageDataset(Dataset):
+    """One split of encoded images at ``resolution``: the paper's training augmentation (random-resized crop,
+    flip; ``train=True``) or the validation preprocessing (centre crop, :class:`Preprocessing`).
+
+    ``dataset[i]`` is ``(image, label)``: the normalized float image (3, r, r) as evaluation sees it (the same
+    as :class:`~peffnet.data.datasets.TensorImageDataset`); :meth:`sample` is what the loader's workers call.
+    ``classes`` are the class names by label, ``preprocessing`` the validation preprocessing at ``resolution``.
+    ``decode`` is ``"cpu"`` (workers decode) or ``"device"`` (workers ship JPEG bytes; :func:`finish` decodes).
+    """
+
+    in_chans = 3
+
+    def __init__(self, source: Source, resolution: int, train: bool, max_pixels: int | None = None) -> None:
+        self.source, self.resolution, self.train, self.max_pixels = source, resolution, train, max_pixels
+        self.classes, self.num_classes = list(source.classes), len(source.classes)
+        self.preprocessing = Preprocessing.image_folder(resolution)
+        self.decode = "cpu"
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only the samples ``keep`` (a fixed subset)."""
+        self.source.select(keep)
+
+    def plan(self, width: int, height: int, index: int, epoch: int, seed: int) -> Plan:
+        if self.train:
+            return train_plan(width, height, seed, epoch, index)
+        return centre_plan(width, height, self.resolution, self.preprocessing.resize)
+
+    def sample(self, key: int | tuple[int, int, int]) -> Sample:
+        """``key`` is an index, or (index, epoch, seed) for the random augmentation of that epoch.
+
+        An unreadable file's slot takes the next readable one (planned with this index's random draws); only
+        the index's own file is reported (a failing substitute is reported when its own turn comes).
+        """
+        index, epoch, seed = key if isinstance(key, tuple) else (key, 0, 0)
+        oversized = []
+        for attempt in range(MAX_CONSECUTIVE_FAILURES):
+            i = (index + attempt) % len(self.source)
+            try:
+                data = self.source.read(i)
+                image = open_image(io.BytesIO(data), self.max_pixels)
+                plan = self.plan(image.width, image.height, index, epoch, seed)
+                skipped = [self.source.name(index)] if attempt else []
+                if self.decode == "device" and device_decodable(image):
+                    return Sample(self.source.label(i), data=torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                  plan=plan, name=self.source.name(i), skipped=skipped, oversized=oversized)
+                pixels = decode_box(image, plan, self.resolution, self.preprocessing.interpolation)
+                return Sample(self.source.label(i), pixels, skipped=skipped, oversized=oversized)
+            except ConfigError:  # a damaged shard: not one bad file, the whole source is in question
+                raise
+            except OversizedImage:
+                oversized += [self.source.name(i)] if attempt == 0 else []
+            except DECODE_ERRORS:
+                pass
+        raise ConfigError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images in {self.source.where}, "
+                          f"starting at {self.source.name(index)}; is the dataset corrupt?")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        batch = collate([self.sample(index)])
+        images = finish(batch, torch.device("cpu"), self.preprocessing)
+        return images[0], int(batch.labels[0])
+
+
+def finish(batch: Batch, device: torch.device, preprocessing: Preprocessing, decoder: DeviceDecoder | None = None
+           ) -> torch.Tensor:
+    """The network's input of a batch on ``device``: the rows left to the device decoded there, every row
+    scaled to [0, 1] and normalized; (n, 3, r, r) float32. A file the device decoder refuses is decoded on the
+    CPU; one that does not decode at all takes the pixels of the batch's first image and joins
+    ``batch.skipped`` (rare: the workers already read its header)."""
+    size, n = preprocessing.resolution, len(batch.labels)
+    pixels = batch.pixels.to(device, non_blocking=True) if batch.pixels.numel() else torch.zeros(
+        n, size, size, 3, dtype=torch.uint8, device=device)
+    if batch.rows:
+        decoded = (decoder or DeviceDecoder(device, preprocessing.interpolation))(batch.data, batch.plans, size)
+        failed = []
+        for row, image, data, plan, name in zip(batch.rows, decoded, batch.data, batch.plans, batch.names,
+                                                strict=True):
+            try:
+                pixels[row] = image if image is not None else decode_box(
+                    open_image(io.BytesIO(data.numpy().tobytes())), plan, size, preprocessing.interpolation).to(device)
+            except DECODE_ERRORS:
+                failed.append(row)
+                batch.skipped.append(name)
+        good = next((i for i in range(n) if i not in failed), None)
+        if good is None:
+            raise ConfigError(f"no image of a batch decodes (first: {batch.names[0]}); is the dataset corrupt?")
+        for row in failed:
+            pixels[row] = pixels[good]
+    return preprocessing.normalize(pixels.permute(0, 3, 1, 2).float().div_(255.0)).contiguous()

@@ -6,8 +6,9 @@ interface, :class:`ImageDataset`, and turned into batches in three stages (FFCV'
    index) give its :class:`~peffnet.data.decode.Plan` -- crop box and flip;
 2. **decode** (the swappable stage, :mod:`peffnet.data.decode`): in the worker with Pillow at a reduced DCT
    scale, or, with ``decode="device"``, on the GPU in the main process (the worker only ships the bytes);
-3. **finish** (on the training device, :func:`finish`): the 8-bit batch is copied there (pinned memory on a
-   GPU: 4x fewer bytes than floats), scaled and normalized with the dataset's mean and std.
+3. **finish** (:func:`finish`): for a GPU the 8-bit batch is copied there (pinned memory: 4x fewer bytes than
+   floats) and scaled and normalized there with the dataset's mean and std; for a CPU the workers do it, while
+   the image is in their cache (a batch normalized after collation runs at memory speed, several times slower).
 
 A file that cannot be read (missing, truncated, corrupt, not an image) or is over the pixel limit does not
 stop the epoch: its slot takes the next readable sample of the dataset, so every batch keeps its size, and its
@@ -62,8 +63,8 @@ class Source(Protocol):
 
 @dataclass
 class Sample:
-    """One image on its way from a worker: decoded ``pixels`` (size, size, 3), or the JPEG ``data`` the device
-    decodes with ``plan``; its label; its own file if it was skipped and if it was over the pixel limit."""
+    """One image on its way from a worker: decoded 8-bit ``pixels`` (size, size, 3), or the JPEG ``data`` the
+    device decodes with ``plan``; its label; its own file if it was skipped, and if it was over the pixel limit."""
 
     label: int
     pixels: torch.Tensor | None = None
@@ -76,8 +77,9 @@ class Sample:
 
 @dataclass
 class Batch:
-    """Samples stacked: 8-bit ``pixels`` (n, size, size, 3) whose rows ``rows`` still wait for the device
-    decoder (their files ``data``, ``plans`` and ``names``), labels, and the files skipped on the way."""
+    """Samples stacked: ``pixels`` (8-bit (n, size, size, 3), or for a CPU device the float input (n, 3, size,
+    size), finished by :func:`collate`) whose rows ``rows`` still wait for the device decoder (their files
+    ``data``, ``plans`` and ``names``), labels, and the files skipped on the way."""
 
     pixels: torch.Tensor
     labels: torch.Tensor
@@ -94,17 +96,25 @@ class Batch:
         return self
 
 
-def collate(samples: list[Sample]) -> Batch:
-    """Stack samples into a :class:`Batch` (rows left for the device decoder are zeros until decoded)."""
-    size = next((s.pixels.shape[0] for s in samples if s.pixels is not None), None)
+def collate(samples: list[Sample], preprocessing: Preprocessing | None = None) -> Batch:
+    """Stack samples into a :class:`Batch` (rows left for the device decoder are zeros until decoded). With
+    ``preprocessing`` (a CPU device) each image is scaled and normalized as it is copied into the batch: in the
+    worker, one pass over each image while it is in the cache (the batch as a whole is not)."""
+    done = [(i, s.pixels) for i, s in enumerate(samples) if s.pixels is not None]
     pending = [i for i, s in enumerate(samples) if s.pixels is None]
-    if size is None:  # every sample is left to the device: the size is the plans' output size, known later
+    if not done:  # every sample is left to the device
         pixels = torch.empty(0, dtype=torch.uint8)
+    elif preprocessing is not None:
+        size = done[0][1].shape[0]
+        pixels = torch.empty(len(samples), 3, size, size)
+        for i, rgb in done:
+            preprocessing.finish_image(rgb, out=pixels[i])
     else:
-        pixels = torch.zeros(len(samples), size, size, 3, dtype=torch.uint8)
-        for i, s in enumerate(samples):
-            if s.pixels is not None:
-                pixels[i] = s.pixels
+        pixels = torch.empty(len(samples), *done[0][1].shape, dtype=torch.uint8)
+        for i, rgb in done:
+            pixels[i] = rgb
+    if done:
+        pixels[pending] = 0
     return Batch(pixels, torch.tensor([s.label for s in samples], dtype=torch.int64), pending,
                  [samples[i].data for i in pending], [samples[i].plan for i in pending],
                  [samples[i].name for i in pending], [p for s in samples for p in s.skipped],
@@ -118,7 +128,8 @@ class ImageDataset(Dataset):
     ``dataset[i]`` is ``(image, label)``: the normalized float image (3, r, r) as evaluation sees it (the same
     as :class:`~peffnet.data.datasets.TensorImageDataset`); :meth:`sample` is what the loader's workers call.
     ``classes`` are the class names by label, ``preprocessing`` the validation preprocessing at ``resolution``.
-    ``decode`` is ``"cpu"`` (workers decode) or ``"device"`` (workers ship JPEG bytes; :func:`finish` decodes).
+    The loader sets ``decode``: ``"cpu"`` (workers decode) or ``"device"`` (workers ship JPEG bytes, :func:`finish`
+    decodes).
     """
 
     in_chans = 3
@@ -171,34 +182,48 @@ class ImageDataset(Dataset):
                           f"starting at {self.source.name(index)}; is the dataset corrupt?")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        batch = collate([self.sample(index)])
+        batch = collate([self.sample(index)], self.preprocessing)
         images = finish(batch, torch.device("cpu"), self.preprocessing)
         return images[0], int(batch.labels[0])
 
 
 def finish(batch: Batch, device: torch.device, preprocessing: Preprocessing, decoder: DeviceDecoder | None = None
            ) -> torch.Tensor:
-    """The network's input of a batch on ``device``: the rows left to the device decoded there, every row
-    scaled to [0, 1] and normalized; (n, 3, r, r) float32. A file the device decoder refuses is decoded on the
-    CPU; one that does not decode at all takes the pixels of the batch's first image and joins
-    ``batch.skipped`` (rare: the workers already read its header)."""
+    """The network's input of a batch on ``device``, (n, 3, r, r) float32: the rows left to the device decoded
+    there, 8-bit rows scaled to [0, 1] and normalized. A file the device decoder refuses is decoded on the CPU;
+    one that does not decode at all takes the pixels of the batch's first image and joins ``batch.skipped``
+    (rare: the workers already read its header)."""
     size, n = preprocessing.resolution, len(batch.labels)
+    decoded = decode_rows(batch, device, preprocessing, decoder) if batch.rows else {}
+    if batch.pixels.is_floating_point():  # finished by collate(); the rows decoded here are 8-bit
+        images = batch.pixels.to(device, non_blocking=True)
+        for row, rgb in decoded.items():
+            preprocessing.finish_image(rgb, out=images[row])
+        return images
     pixels = batch.pixels.to(device, non_blocking=True) if batch.pixels.numel() else torch.zeros(
         n, size, size, 3, dtype=torch.uint8, device=device)
-    if batch.rows:
-        decoded = (decoder or DeviceDecoder(device, preprocessing.interpolation))(batch.data, batch.plans, size)
-        failed = []
-        for row, image, data, plan, name in zip(batch.rows, decoded, batch.data, batch.plans, batch.names,
-                                                strict=True):
-            try:
-                pixels[row] = image if image is not None else decode_box(
-                    open_image(io.BytesIO(data.numpy().tobytes())), plan, size, preprocessing.interpolation).to(device)
-            except DECODE_ERRORS:
-                failed.append(row)
-                batch.skipped.append(name)
-        good = next((i for i in range(n) if i not in failed), None)
-        if good is None:
-            raise ConfigError(f"no image of a batch decodes (first: {batch.names[0]}); is the dataset corrupt?")
-        for row in failed:
-            pixels[row] = pixels[good]
+    for row, rgb in decoded.items():
+        pixels[row] = rgb
     return preprocessing.normalize(pixels.permute(0, 3, 1, 2).float().div_(255.0)).contiguous()
+
+
+def decode_rows(batch: Batch, device: torch.device, preprocessing: Preprocessing, decoder: DeviceDecoder | None
+                ) -> dict[int, torch.Tensor]:
+    """The 8-bit images (size, size, 3) of the rows left to the device decoder, by row."""
+    size = preprocessing.resolution
+    images = (decoder or DeviceDecoder(device, preprocessing.interpolation))(batch.data, batch.plans, size)
+    decoded, failed = {}, []
+    for row, image, data, plan, name in zip(batch.rows, images, batch.data, batch.plans, batch.names, strict=True):
+        try:
+            decoded[row] = image if image is not None else decode_box(
+                open_image(io.BytesIO(data.numpy().tobytes())), plan, size, preprocessing.interpolation).to(device)
+        except DECODE_ERRORS:
+            failed.append(row)
+            batch.skipped.append(name)
+    if failed:
+        good = next((row for row in decoded), None)
+        if good is None:
+            raise ConfigError(f"no image of a batch decodes on the device (first: {batch.names[0]}); is the "
+                              "dataset corrupt?")
+        decoded.update({row: decoded[good] for row in failed})
+    return decoded

@@ -3,6 +3,7 @@ data specs)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -112,9 +113,11 @@ class Loader:
             return
         if self._batches is None:
             self.dataset.decode = self.decode  # before the workers start: they hold a copy of the dataset
+            finished = self.dataset.preprocessing if self.device.type != "cuda" else None  # for a CPU: by workers
             self._batches = DataLoader(
                 WorkerView(self.dataset), batch_sampler=EpochKeys(self), num_workers=self.workers,
-                collate_fn=collate, pin_memory=self.pin_memory, persistent_workers=self.workers > 0,
+                collate_fn=functools.partial(collate, preprocessing=finished), pin_memory=self.pin_memory,
+                persistent_workers=self.workers > 0,
                 worker_init_fn=worker_signals if self.workers else None)
         decoder = DeviceDecoder(self.device, self.dataset.preprocessing.interpolation)
         try:

@@ -161,6 +161,13 @@ class Preprocessing:
                               align_corners=False if smooth else None)
         return self.normalize(x)
 
+    def finish_image(self, rgb: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Image folders: an 8-bit (r, r, 3) image as the network's input, (3, r, r) scaled and normalized
+        (into ``out`` when given)."""
+        if out is None:
+            out = torch.empty(rgb.shape[2], *rgb.shape[:2], device=rgb.device)
+        return self.normalize(out.copy_(rgb.permute(2, 0, 1)).div_(255.0))
+
     def batch(self, images: torch.Tensor) -> torch.Tensor:
         """In-memory sets: the validation pipeline of 8-bit images (N, C, image_size, image_size)."""
         if self.pad:
@@ -183,8 +190,7 @@ class Preprocessing:
         (``PIL.Image.open``) is decoded here as the datasets decode it (a JPEG at a reduced DCT scale)."""
         if self.image_size is None and self.channels == 3:
             plan = centre_plan(image.width, image.height, self.resolution, self.resize)
-            pixels = decode_box(image, plan, self.resolution, self.interpolation)
-            return self.normalize(pixels.permute(2, 0, 1).float().div_(255.0)).contiguous()
+            return self.finish_image(decode_box(image, plan, self.resolution, self.interpolation))
         image = self.convert(image)
         if self.image_size is None:
             return self.tensor_transform()(image)

@@ -6,7 +6,8 @@ A shard is a plain POSIX tar: sample ``KEY`` (its number in the split, 8 digits)
 (the image's bytes, EXT its format: ``jpg``, ``png``, ...) and ``KEY.cls`` (the label as decimal text), the
 layout ``webdataset``, ``wids`` and ``tar`` itself read. Beside the shards, ``index.json`` holds the classes
 and the shards of each split (file, samples, bytes), and ``SPLIT-index.npy`` one row per sample: shard number,
-byte offset and size of the image member's data, label. With it a sample is one ``pread`` -- the dataset is
+byte offset and size of the image member's data, label; ``SPLIT-files.txt`` the file each sample was packed from
+(its path under the folder, one a line, in sample order). With the index a sample is one ``pread`` -- the dataset is
 random-access, so :class:`peffnet.data.Loader` shards it over ranks exactly as an image folder (every sample
 once per epoch, the same global batches for any number of processes, resumable at any step) -- and nothing
 beyond Python's standard library and numpy is needed to read it.
@@ -48,6 +49,10 @@ TAR_BLOCK = 512
 
 def split_index_file(split: str) -> str:
     return f"{split}-index.npy"
+
+
+def split_files_file(split: str) -> str:
+    return f"{split}-files.txt"
 
 
 # --------------------------------------------------------------------------- reading
@@ -194,7 +199,7 @@ def pack(source: Path, out: Path, max_side: int | None = None, quality: int = 90
         raise ConfigError(f"{source} has neither train/ nor val/ (expected SPLIT/CLASS/*.jpg)")
     classes = [p.name for p in class_folders(source, splits[0])]
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "classes": classes, "source": str(source), "max_side": max_side,
+    meta: dict = {"format": FORMAT, "classes": classes, "source": str(source), "max_side": max_side,
             "quality": quality if max_side else None, "splits": {}}
     for split in splits:
         files = []
@@ -209,13 +214,15 @@ def pack(source: Path, out: Path, max_side: int | None = None, quality: int = 90
                 meta["splits"][split] = write_split(out, split, pool.imap(prepare, jobs, chunksize=16), shard_bytes)
         else:
             meta["splits"][split] = write_split(out, split, map(prepare, jobs), shard_bytes)
+        packed = meta["splits"][split].pop("files")
+        (out / split_files_file(split)).write_text("".join(f"{Path(p).relative_to(source)}\n" for p in packed))
     (out / INDEX).write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 
 
 def write_split(out: Path, split: str, packed: Iterable[Packed], shard_bytes: int) -> dict:
     """Write one split's samples into shards of about ``shard_bytes``; its ``index.json`` entry."""
-    shards, rows, left_out = [], [], []
+    shards, rows, left_out, files = [], [], [], []
     tar, path = None, None
 
     def close() -> None:
@@ -241,8 +248,9 @@ def write_split(out: Path, split: str, packed: Iterable[Packed], shard_bytes: in
             if name.endswith(".cls"):
                 continue
             rows.append((len(shards) - 1, offset, len(data), item.label))
+            files.append(item.path)
         shards[-1]["samples"] += 1
     if tar is not None:
         close()
     np.save(out / split_index_file(split), np.array(rows, dtype=np.int64).reshape(-1, 4))
-    return {"samples": len(rows), "shards": shards, "left_out": left_out}
+    return {"samples": len(rows), "shards": shards, "left_out": left_out, "files": files}

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from peffnet.data import DEFAULT_TRANSLATE, default_resolution, parse_spec
+from peffnet.data import DEFAULT_TRANSLATE, default_resolution, in_memory
 from peffnet.errors import ConfigError
 from peffnet.models import ModelConfig, ModelOverrides, preset
 from peffnet.models.config import split_norm
@@ -77,7 +77,8 @@ class TrainConfig(ModelOverrides, RunSettings):
                                                   "init gives large logits for few classes)", FLOAT, NON_NEGATIVE,
                                             group="model")
     # data
-    data: str = setting("", "dataset: fashion-mnist, synthetic or imagefolder:PATH (train/CLASS/*, val/CLASS/*)",
+    data: str = setting("", "dataset: fashion-mnist, synthetic, imagefolder:PATH (train/CLASS/*, val/CLASS/*) or "
+                                "shards:DIR (peffnet data pack)",
                         group="data")
     data_dir: str | None = setting(None, "where the dataset lives (fashion-mnist: folder of the idx files; "
                                          "imagefolder: base of a relative PATH)", execution=True, group="data")
@@ -199,7 +200,7 @@ and Mixup are regularizers for 350 epochs; the EfficientNet classifier init give
 def with_dataset_defaults(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with its "auto" values that depend on the dataset filled in (:data:`SMALL_DATA_DEFAULTS` for
     fashion-mnist/synthetic, :data:`PAPER_DEFAULTS` for image folders); settings given stay as given."""
-    small = parse_spec(cfg.data)[0] != "imagefolder"
+    small = in_memory(cfg.data)
     defaults = SMALL_DATA_DEFAULTS if small else PAPER_DEFAULTS
     return dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
 

@@ -2,7 +2,8 @@
 
 He et al.'s augmentation, as the paper trains (Section 3.4), takes a random box of 8-100 % of the image's area
 with aspect ratio 3/4-4/3, resizes it to ``r x r`` and mirrors it half the time; validation takes the centre
-box that becomes the centre ``r x r`` square once the short side is resized to ``r * 256 / 224``. Either way
+box that becomes the centre ``r x r`` square once the short side is resized to ``r * 256 / 224`` (resizing that
+box alone samples the very points resize-then-crop samples: :func:`centre_plan`). Either way
 the box depends only on the image's *size*, which a file's header gives: so a :class:`Plan` (box and flip) is
 drawn before anything is decoded (the draw: :func:`random_resized_crop`, torchvision's ``RandomResizedCrop``
 procedure, from a generator seeded by (seed, epoch, index)), and the decoder only has to produce that box at
@@ -49,12 +50,13 @@ ALPHA_BACKGROUND = (255, 255, 255)
 
 @dataclass(frozen=True)
 class Plan:
-    """Which box of an image becomes the ``size x size`` output, and whether it is mirrored left-right."""
+    """Which box of an image (in its pixels; fractional for validation) becomes the ``size x size`` output, and
+    whether it is mirrored left-right."""
 
-    left: int
-    top: int
-    width: int
-    height: int
+    left: float
+    top: float
+    width: float
+    height: float
     flip: bool = False
 
 
@@ -96,11 +98,16 @@ def train_plan(width: int, height: int, seed: int, epoch: int, index: int) -> Pl
 
 
 def centre_plan(width: int, height: int, resolution: int, resize: int) -> Plan:
-    """The validation plan: the box that becomes the centre ``resolution`` square once the short side is resized
-    to ``resize`` (its side ``resolution * short / resize``, rounded; centred as torchvision's centre crop)."""
-    short = min(width, height)
-    side = max(1, min(short, round(resolution * short / resize)))
-    return Plan((width - side) // 2 if width > side else 0, (height - side) // 2 if height > side else 0, side, side)
+    """The validation plan: the box of the image that becomes the centre ``resolution`` square once the short side
+    is resized to ``resize`` -- torchvision's ``Resize(resize)`` and ``CenterCrop(resolution)`` mapped back to the
+    image, so that resizing this box alone samples the very same points."""
+    if width <= height:
+        new_w, new_h = resize, int(resize * height / width)
+    else:
+        new_w, new_h = int(resize * width / height), resize
+    left, top = int(round((new_w - resolution) / 2.0)), int(round((new_h - resolution) / 2.0))
+    sx, sy = width / new_w, height / new_h
+    return Plan(left * sx, top * sy, resolution * sx, resolution * sy)
 
 
 # --------------------------------------------------------------------------- CPU: Pillow, libjpeg-turbo
@@ -126,7 +133,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def dct_scale(plan: Plan, size: int) -> int:
     """The largest JPEG DCT scaling denominator (8, 4, 2 or 1) that keeps the plan's box at least ``size``
-    pixels on both sides."""
+    pixels on both sides (so the box is never enlarged because of the scale)."""
     limit = min(plan.width, plan.height) / size
     return next((s for s in DCT_SCALES if s <= limit), 1)
 
@@ -219,11 +226,20 @@ class DeviceDecoder:
                                                                                                   strict=True)]
 
     def resize(self, image: torch.Tensor, plan: Plan, size: int) -> torch.Tensor:
-        """The plan carried out on a decoded (3, H, W) uint8 image: (size, size, 3) uint8."""
-        box = image[:, plan.top:plan.top + plan.height, plan.left:plan.left + plan.width][None].float()
+        """The plan carried out on a decoded (3, H, W) uint8 image: (size, size, 3) uint8. The whole pixels
+        around the box are resized so that the box becomes ``size x size``, then the box is cut out (exact for
+        the whole-pixel boxes of training; for validation's fractional ones, to a fraction of a pixel)."""
+        x0, y0 = math.floor(plan.left), math.floor(plan.top)
+        x1 = min(image.shape[2], math.ceil(plan.left + plan.width))
+        y1 = min(image.shape[1], math.ceil(plan.top + plan.height))
+        fx, fy = size / plan.width, size / plan.height
+        region = image[:, y0:y1, x0:x1][None].float()
         smooth = self.interpolation != "nearest"
-        out = F.interpolate(box, size=(size, size), mode=self.interpolation, antialias=smooth,
-                            align_corners=False if smooth else None)[0]
+        out = F.interpolate(region, size=(max(size, round((y1 - y0) * fy)), max(size, round((x1 - x0) * fx))),
+                            mode=self.interpolation, antialias=smooth, align_corners=False if smooth else None)[0]
+        top, left = round((plan.top - y0) * fy), round((plan.left - x0) * fx)
+        top, left = min(top, out.shape[1] - size), min(left, out.shape[2] - size)
+        out = out[:, top:top + size, left:left + size]
         if plan.flip:
             out = out.flip(-1)
         return out.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)

@@ -25,7 +25,7 @@ from peffnet.data.decode import (
     random_resized_crop,
     sample_generator,
 )
-from peffnet.data.images import collate, finish
+from peffnet.data.images import Sample, collate, finish
 from peffnet.data.photos import make_image
 from peffnet.data.preprocessing import Preprocessing
 
@@ -163,18 +163,16 @@ def test_device_decoder_fallback_gives_the_cpu_images(photos: Path) -> None:
     assert make_loader(dataset, 7, train=True, workers=0).decode == "cpu"  # auto without a GPU
 
 
-def test_device_decoder_skips_a_corrupt_jpeg_and_reports_it(photos: Path, tmp_path: Path) -> None:
-    """A JPEG whose header reads but whose data does not decode, left to the device: its row takes another
-    image's pixels and the file is reported."""
+def test_device_decoder_skips_a_corrupt_jpeg_and_reports_it(photos: Path) -> None:
+    """A JPEG whose header reads but whose data does not (zeros after 600 bytes), left to the device: the device
+    refuses it, so does Pillow; its row takes the batch's first image and the file is reported."""
     data = (photos / "train" / "c0" / "0.jpg").read_bytes()
     plan = Plan(0, 0, 200, 200)
     bad = torch.frombuffer(bytearray(data[:600] + bytes(len(data) - 600)), dtype=torch.uint8)
     good = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     decoded = DeviceDecoder(torch.device("cpu"))([good, bad], [plan, plan], 32)
-    assert decoded[0].shape == (32, 32, 3)
-    from peffnet.data.images import Sample
-
+    assert decoded[0].shape == (32, 32, 3) and decoded[1] is None
     batch = collate([Sample(0, data=good, plan=plan, name="good.jpg"), Sample(1, data=bad, plan=plan, name="bad.jpg")])
     images = finish(batch, torch.device("cpu"), Preprocessing.image_folder(32))
-    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
-    assert batch.skipped == ["bad.jpg"] or torch.equal(images[0], images[0])  # nvJPEG/libjpeg may fill instead
+    assert images.shape == (2, 3, 32, 32) and torch.equal(images[1], images[0])
+    assert batch.skipped == ["bad.jpg"]

@@ -23,6 +23,8 @@ class PackCommand(Settings):
     quality: int = setting(90, "JPEG quality of re-encoded images", INT, POSITIVE)
     shard_size: int = setting(256, "shard size in MiB (a shard is closed once it passes this)", INT, POSITIVE)
     workers: int = setting(1, "processes reading and re-encoding", INT, POSITIVE)
+    max_image_pixels: int | None = setting(None, "image files with more pixels are left out unread (default: "
+                                                 "PIL's Image.MAX_IMAGE_PIXELS)", INT, POSITIVE)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +61,7 @@ def run_pack(args: argparse.Namespace) -> int:
         raise ConfigError(f"data pack reads an image folder (imagefolder:PATH), not {c.data!r}")
     if not 1 <= c.quality <= 100:
         raise ConfigError(f"quality must be in 1-100, got {c.quality}")
-    meta = pack(Path(path), Path(c.out), c.max_side, c.quality, c.shard_size << 20, c.workers)
+    meta = pack(Path(path), Path(c.out), c.max_side, c.quality, c.shard_size << 20, c.workers, c.max_image_pixels)
     for split, entry in meta["splits"].items():
         print(f"{split}: {entry['samples']} images in {len(entry['shards'])} shard(s), "
               f"{sum(s['bytes'] for s in entry['shards']) / 2**20:.1f} MiB")

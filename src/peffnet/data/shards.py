@@ -136,7 +136,7 @@ class ShardSource:
         return block[TAR_BLOCK:]
 
     def __del__(self) -> None:
-        for fd in self._open.values():
+        for fd in getattr(self, "_open", {}).values():
             os.close(fd)
 
 
@@ -160,13 +160,13 @@ class Packed:
     reason: str = ""
 
 
-def prepare(job: tuple[str, int, int | None, int]) -> Packed:
+def prepare(job: tuple[str, int, int | None, int, int | None]) -> Packed:
     """Read and check one file (a full decode); re-encode it at ``max_side`` if it is larger."""
-    path, label, max_side, quality = job
+    path, label, max_side, quality, max_pixels = job
     try:
         with open(path, "rb") as f:
             data = f.read()
-        with open_image(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data), max_pixels) as image:
             fmt = (image.format or "").lower()
             if max_side and max(image.size) > max_side:
                 image.draft("RGB", (image.width * max_side // max(image.size) * 2,
@@ -189,9 +189,10 @@ def prepare(job: tuple[str, int, int | None, int]) -> Packed:
 
 
 def pack(source: Path, out: Path, max_side: int | None = None, quality: int = 90, shard_bytes: int = 256 << 20,
-         workers: int = 1) -> dict:
+         workers: int = 1, max_pixels: int | None = None) -> dict:
     """Write the image folder ``source`` (train/ and val/) as shards into ``out``; returns ``index.json``'s
-    record. Unreadable files are left out and listed (``left_out``: path and reason per split)."""
+    record. Unreadable files, and files over ``max_pixels`` (default: PIL's limit), are left out and listed
+    (``left_out``: path and reason per split)."""
     if (out / INDEX).exists():
         raise ConfigError(f"{out} already holds shards ({INDEX}); choose another --out")
     splits = [s for s in SPLITS if (source / s).is_dir()]
@@ -208,7 +209,7 @@ def pack(source: Path, out: Path, max_side: int | None = None, quality: int = 90
                 raise ConfigError(f"{source / split} has class folder {folder.name!r} that {splits[0]}/ does not have")
             files += [(str(f), classes.index(folder.name)) for f in list_images(folder)]
         order = np.random.default_rng(PACK_SEED).permutation(len(files))
-        jobs = [(*files[i], max_side, quality) for i in order]
+        jobs = [(*files[i], max_side, quality, max_pixels) for i in order]
         if workers > 1:
             with multiprocessing.Pool(workers) as pool:
                 meta["splits"][split] = write_split(out, split, pool.imap(prepare, jobs, chunksize=16), shard_bytes)

@@ -85,7 +85,7 @@ def test_decoding_at_a_dct_scale_gives_the_box_a_full_decode_gives(photos: Path)
     width, height = Image.open(io.BytesIO(data)).size
     for side, size in ((400, 200), (320, 80), (300, 32)):  # DCT scales 2, 4, 8
         plan = Plan(10, 20, side, side, flip=True)
-        ours = decode_box(open_image(io.BytesIO(data)), plan, size).numpy().astype(np.float64)
+        ours = decode_box(open_image(io.BytesIO(data)), plan, size).permute(1, 2, 0).numpy().astype(np.float64)
         assert ours.shape == (size, size, 3)
         assert np.abs(ours - full_decode_crop(data, plan, size)).mean() < 2.5, (side, size)
     assert (width, height) == Image.open(io.BytesIO(data)).size
@@ -102,12 +102,12 @@ def test_training_outputs_match_torchvision_statistically(photos: Path) -> None:
     for epoch in range(25):
         for i, path in enumerate(files):
             ours.append(dataset.sample((i, epoch, 0)).pixels.double())
-            theirs.append(reference(Image.open(path).convert("RGB")).permute(1, 2, 0).double())
+            theirs.append(reference(Image.open(path).convert("RGB")).double())
     for stat in (lambda x: x.mean().item(), lambda x: x.std().item()):
         a, b = np.array([stat(x) for x in ours]), np.array([stat(x) for x in theirs])
         assert ks_2samp(a, b).pvalue > 1e-3
         assert abs(a.mean() - b.mean()) < 3 * math.hypot(a.std(), b.std()) / math.sqrt(len(a))
-    left_right = [x[:, :32].mean().item() - x[:, 32:].mean().item() for x in ours]
+    left_right = [x[..., :32].mean().item() - x[..., 32:].mean().item() for x in ours]
     assert 0.3 < np.mean(np.array(left_right) > 0) < 0.7  # flipped about half the time
 
 
@@ -171,7 +171,7 @@ def test_device_decoder_skips_a_corrupt_jpeg_and_reports_it(photos: Path) -> Non
     bad = torch.frombuffer(bytearray(data[:600] + bytes(len(data) - 600)), dtype=torch.uint8)
     good = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     decoded = DeviceDecoder(torch.device("cpu"))([good, bad], [plan, plan], 32)
-    assert decoded[0].shape == (32, 32, 3) and decoded[1] is None
+    assert decoded[0].shape == (3, 32, 32) and decoded[1] is None
     batch = collate([Sample(0, data=good, plan=plan, name="good.jpg"), Sample(1, data=bad, plan=plan, name="bad.jpg")])
     images = finish(batch, torch.device("cpu"), Preprocessing.image_folder(32))
     assert images.shape == (2, 3, 32, 32) and torch.equal(images[1], images[0])

@@ -63,7 +63,7 @@ class Source(Protocol):
 
 @dataclass
 class Sample:
-    """One image on its way from a worker: decoded 8-bit ``pixels`` (size, size, 3), or the JPEG ``data`` the
+    """One image on its way from a worker: decoded 8-bit ``pixels`` (3, size, size), or the JPEG ``data`` the
     device decodes with ``plan``; its label; its own file if it was skipped, and if it was over the pixel limit."""
 
     label: int
@@ -77,8 +77,8 @@ class Sample:
 
 @dataclass
 class Batch:
-    """Samples stacked: ``pixels`` (8-bit (n, size, size, 3), or for a CPU device the float input (n, 3, size,
-    size), finished by :func:`collate`) whose rows ``rows`` still wait for the device decoder (their files
+    """Samples stacked: ``pixels`` (n, 3, size, size), 8-bit or, for a CPU device, the float input finished by
+    :func:`collate`, whose rows ``rows`` still wait for the device decoder (their files
     ``data``, ``plans`` and ``names``), labels, and the files skipped on the way."""
 
     pixels: torch.Tensor
@@ -105,8 +105,7 @@ def collate(samples: list[Sample], preprocessing: Preprocessing | None = None) -
     if not done:  # every sample is left to the device
         pixels = torch.empty(0, dtype=torch.uint8)
     elif preprocessing is not None:
-        size = done[0][1].shape[0]
-        pixels = torch.empty(len(samples), 3, size, size)
+        pixels = torch.empty(len(samples), *done[0][1].shape)
         for i, rgb in done:
             preprocessing.finish_image(rgb, out=pixels[i])
     else:
@@ -201,15 +200,15 @@ def finish(batch: Batch, device: torch.device, preprocessing: Preprocessing, dec
             preprocessing.finish_image(rgb, out=images[row])
         return images
     pixels = batch.pixels.to(device, non_blocking=True) if batch.pixels.numel() else torch.zeros(
-        n, size, size, 3, dtype=torch.uint8, device=device)
+        n, 3, size, size, dtype=torch.uint8, device=device)
     for row, rgb in decoded.items():
         pixels[row] = rgb
-    return preprocessing.normalize(pixels.permute(0, 3, 1, 2).float().div_(255.0)).contiguous()
+    return preprocessing.finish_image(pixels)
 
 
 def decode_rows(batch: Batch, device: torch.device, preprocessing: Preprocessing, decoder: DeviceDecoder | None
                 ) -> dict[int, torch.Tensor]:
-    """The 8-bit images (size, size, 3) of the rows left to the device decoder, by row."""
+    """The 8-bit images (3, size, size) of the rows left to the device decoder, by row."""
     size = preprocessing.resolution
     images = (decoder or DeviceDecoder(device, preprocessing.interpolation))(batch.data, batch.plans, size)
     decoded, failed = {}, []

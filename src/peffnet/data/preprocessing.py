@@ -161,12 +161,14 @@ class Preprocessing:
                               align_corners=False if smooth else None)
         return self.normalize(x)
 
-    def finish_image(self, rgb: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Image folders: an 8-bit (r, r, 3) image as the network's input, (3, r, r) scaled and normalized
-        (into ``out`` when given)."""
-        if out is None:
-            out = torch.empty(rgb.shape[2], *rgb.shape[:2], device=rgb.device)
-        return self.normalize(out.copy_(rgb.permute(2, 0, 1)).div_(255.0))
+    def finish_image(self, pixels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Image folders: 8-bit images (..., C, r, r) as the network's input, scaled to [0, 1] and normalized in
+        one multiply-subtract, ``x * (1 / (255 std)) - mean / std`` (into ``out`` when given)."""
+        shape = (-1, 1, 1)
+        scale = torch.tensor([1 / (255 * s) for s in self.std], device=pixels.device).view(shape)
+        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std, strict=True)], device=pixels.device)
+        out = torch.empty(pixels.shape, device=pixels.device) if out is None else out
+        return out.copy_(pixels).mul_(scale).sub_(shift.view(shape))
 
     def batch(self, images: torch.Tensor) -> torch.Tensor:
         """In-memory sets: the validation pipeline of 8-bit images (N, C, image_size, image_size)."""

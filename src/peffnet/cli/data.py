@@ -78,7 +78,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     opts = DataBenchOptions.from_args(args)
     record = measure_loader(opts)
-    record["command"] = opts.command_line("data bench")
+    record["command"] = opts.command_line("data").replace("peffnet data", "peffnet data bench", 1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")

@@ -11,7 +11,7 @@ from peffnet.data.datasets import (
     in_memory,
     parse_spec,
 )
-from peffnet.data.loader import Loader, make_loader
+from peffnet.data.loader import DECODE_MODES, Loader, make_loader
 
-__all__ = ["DEFAULT_TRANSLATE", "FASHION_MNIST_DIR", "SMALL_IMAGE_RESOLUTION", "Loader", "TensorImageDataset",
-           "build_dataset", "default_resolution", "in_memory", "make_loader", "parse_spec"]
+__all__ = ["DECODE_MODES", "DEFAULT_TRANSLATE", "FASHION_MNIST_DIR", "SMALL_IMAGE_RESOLUTION", "Loader",
+           "TensorImageDataset", "build_dataset", "default_resolution", "in_memory", "make_loader", "parse_spec"]

@@ -175,10 +175,15 @@ def decoder_rates(dataset: ImageDataset, device: torch.device, workers: int, cou
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            finish(batch, device, dataset.preprocessing, decoder)
+            try:
+                finish(batch, device, dataset.preprocessing, decoder)
+            except (RuntimeError, ValueError, OSError):  # no usable device decoder here (a torchvision without it)
+                rates["device"] = 0.0
+                break
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-        rates["device"] = min(rates["device"], len(keys) / (time.perf_counter() - start))
+        else:
+            rates["device"] = min(rates["device"], len(keys) / (time.perf_counter() - start))
     finally:
         dataset.decode = mode
     return rates
@@ -186,7 +191,8 @@ def decoder_rates(dataset: ImageDataset, device: torch.device, workers: int, cou
 
 def choose_decode(dataset: Dataset, device: torch.device, workers: int, decode: str = "auto") -> str:
     """``decode`` as asked; ``auto``: ``device`` on a GPU where :func:`decoder_rates` measures it faster than
-    the CPU workers, else ``cpu`` (always ``cpu`` for the in-memory sets, which are not decoded at all)."""
+    the CPU workers -- on every process of a torchrun job, so that all decode alike -- else ``cpu`` (always
+    ``cpu`` for the in-memory sets, which are not decoded at all)."""
     if decode not in DECODE_MODES:
         raise ConfigError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     if not isinstance(dataset, ImageDataset):
@@ -196,7 +202,10 @@ def choose_decode(dataset: Dataset, device: torch.device, workers: int, decode: 
     if device.type != "cuda":
         return "cpu"
     rates = decoder_rates(dataset, device, workers)
-    return "device" if rates["device"] > rates["cpu"] else "cpu"
+    faster = torch.tensor(int(rates["device"] > rates["cpu"]), device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(faster, op=torch.distributed.ReduceOp.MIN)
+    return "device" if faster.item() else "cpu"
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from peffnet.data import DEFAULT_TRANSLATE, default_resolution, in_memory
+from peffnet.data import DECODE_MODES, DEFAULT_TRANSLATE, default_resolution, in_memory
 from peffnet.errors import ConfigError
 from peffnet.models import ModelConfig, ModelOverrides, preset
 from peffnet.models.config import split_norm
@@ -148,6 +148,9 @@ class TrainConfig(ModelOverrides, RunSettings):
     device: str = setting("auto", "where to train", choices=DEVICES, execution=True, group="speed")
     workers: int | None = setting(None, "DataLoader workers per process for image folders (default: cores per "
                                         "process, at most 8)", INT, NON_NEGATIVE, execution=True, group="speed")
+    decode: str = setting("auto", "where JPEGs are decoded: cpu (DataLoader workers), device (nvJPEG on the GPU) or "
+                                  "auto (the faster, measured when the run starts; cpu without a GPU)",
+                          choices=DECODE_MODES, execution=True, group="speed")
     eval_batch_size: int | None = setting(None, "images per evaluation batch and process (default: micro-batch "
                                                 "size)", INT, POSITIVE, execution=True, group="speed")
     deterministic: bool = setting(False, "deterministic kernels (slower on CUDA)", BOOL, execution=True,

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from peffnet.checkpoint import model_from_checkpoint
-from peffnet.data import build_dataset, make_loader
+from peffnet.data import DECODE_MODES, build_dataset, make_loader
 from peffnet.errors import ConfigError
 from peffnet.fusion import training_form
 from peffnet.models import EfficientNet, ModelConfig, preset
@@ -148,6 +148,9 @@ class FinetuneConfig(RunSettings):
     device: str = setting("auto", "where to fine-tune", choices=DEVICES, execution=True, group="speed")
     workers: int | None = setting(None, "DataLoader workers (image folders)", INT, NON_NEGATIVE, execution=True,
                                   group="speed")
+    decode: str = setting("auto", "where JPEGs are decoded: cpu (DataLoader workers), device (nvJPEG on the GPU) or "
+                                  "auto (the faster, measured when the run starts; cpu without a GPU)",
+                          choices=DECODE_MODES, execution=True, group="speed")
     eval_batch_size: int | None = setting(None, "(default: micro-batch size)", INT, POSITIVE, execution=True,
                                           group="speed")
     model: str | None = setting(None, "expected model of the checkpoint (an error if it holds another)",
@@ -198,9 +201,9 @@ def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
     c = dataclasses.replace(cfg, checkpoint=str(parent_path), data=spec, lr=cfg.peak_lr, micro_batch_size=micro,
                             eval_batch_size=cfg.eval_batch_size or micro)
     train_loader = make_loader(train_set, c.batch_size, train=True, seed=c.seed, rank=ctx.rank,
-                               world_size=ctx.world_size, workers=c.workers, device=ctx.device)
+                               world_size=ctx.world_size, workers=c.workers, device=ctx.device, decode=c.decode)
     val_loader = make_loader(val_set, c.eval_batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
-                             workers=c.workers, device=ctx.device)
+                             workers=c.workers, device=ctx.device, decode=c.decode)
 
     # model: the parent's averaged weights, all but the last `stages` parts frozen; SGD without momentum,
     # cosine schedule over the whole run, no weight averaging (the final weights are the last ones)

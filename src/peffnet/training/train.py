@@ -55,9 +55,9 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
     val_set = build_dataset(c.data, "val", c.eval_resolution, False, c.data_dir, subset=c.val_subset,
                             max_pixels=c.max_image_pixels)
     train_loader = make_loader(train_set, c.batch_size, train=True, seed=c.seed, rank=ctx.rank,
-                               world_size=ctx.world_size, workers=c.workers, device=ctx.device)
+                               world_size=ctx.world_size, workers=c.workers, device=ctx.device, decode=c.decode)
     val_loader = make_loader(val_set, c.eval_batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
-                             workers=c.workers, device=ctx.device)
+                             workers=c.workers, device=ctx.device, decode=c.decode)
 
     # model; RMSProp with lr B*2^-14 and decay 1 - B*2^-14; warm-up + staircase decay and the weight
     # average, their epoch counts stretched by the run's time scale

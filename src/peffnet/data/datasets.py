@@ -217,7 +217,7 @@ DEFAULT_TRANSLATE = 4
 
 def build_dataset(spec: str, split: str, resolution: int, train_transform: bool, data_dir: str | None = None,
                   *, subset: int | None = None, translate: int = DEFAULT_TRANSLATE,
-                  max_pixels: int | None = None) -> Dataset:
+                  max_pixels: int | None = None, augment: str = "crop") -> Dataset:
     """The ``split`` ("train" or "val") of the dataset ``spec`` at ``resolution``, with ``.num_classes``,
     ``.in_chans``, ``.classes`` (the class names, by label) and ``.preprocessing`` (the validation
     :class:`~peffnet.data.preprocessing.Preprocessing` at ``resolution``, which checkpoints record).
@@ -227,8 +227,9 @@ def build_dataset(spec: str, split: str, resolution: int, train_transform: bool,
     synthetic set, the centred image on its canvas resized to ``r``. Fashion-MNIST is single-channel
     (``in_chans == 1``); its "val" split is the official 10 000-image test set. ``subset`` keeps a fixed,
     seeded random choice of that many images (quick runs and tests). ``translate`` is the largest random
-    shift (pixels of the 32 px canvas) of the Fashion-MNIST/synthetic training augmentation. Image files with
-    more than ``max_pixels`` pixels (default: PIL's limit) are skipped unread.
+    shift (pixels of the 32 px canvas) of the Fashion-MNIST/synthetic training augmentation, and of image folders
+    and shards with ``augment="shift"`` (:data:`~peffnet.data.images.AUGMENTS`; in-memory sets ignore
+    ``augment``). Image files with more than ``max_pixels`` pixels (default: PIL's limit) are skipped unread.
     """
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
@@ -248,7 +249,7 @@ def build_dataset(spec: str, split: str, resolution: int, train_transform: bool,
     else:
         root = Path(data_dir, path) if data_dir else Path(path)  # a relative PATH is taken under --data-dir
         build = image_folder if kind == "imagefolder" else shard_dataset
-        dataset = build(root, split, resolution, train_transform, max_pixels)
+        dataset = build(root, split, resolution, train_transform, max_pixels, augment, translate)
     return take_subset(dataset, subset) if subset is not None else dataset
 
 

@@ -102,6 +102,16 @@ def train_plan(width: int, height: int, seed: int, epoch: int, index: int) -> Pl
     return Plan(*box, flip=rng.random() < 0.5)
 
 
+def shift_plan(width: int, height: int, translate: int, seed: int, epoch: int, index: int) -> Plan:
+    """The small-image training plan (``augment="shift"``): the whole image shifted by up to ``translate`` pixels
+    in each direction, what it uncovers black, and a coin flip -- the augmentation of the in-memory sets
+    (:class:`~peffnet.data.datasets.TensorImageDataset`) for images written as files."""
+    rng = sample_generator(seed, epoch, index)
+    span = 2 * translate + 1
+    dx, dy = int(rng.random() * span) - translate, int(rng.random() * span) - translate
+    return Plan(dx, dy, width, height, flip=rng.random() < 0.5)
+
+
 def centre_plan(width: int, height: int, resolution: int, resize: int) -> Plan:
     """The validation plan: the box of the image that becomes the centre ``resolution`` square once the short side
     is resized to ``resize`` -- torchvision's ``Resize(resize)`` and ``CenterCrop(resolution)`` mapped back to the
@@ -156,6 +166,11 @@ def decode_box(image: Image.Image, plan: Plan, size: int, interpolation: str = "
     image.load()
     rgb = to_rgb(image)
     box = (plan.left / scale, plan.top / scale, (plan.left + plan.width) / scale, (plan.top + plan.height) / scale)
+    if box[0] < 0 or box[1] < 0 or box[2] > rgb.width or box[3] > rgb.height:  # a shift plan: black around
+        x0, y0 = math.floor(min(box[0], 0)), math.floor(min(box[1], 0))
+        canvas = Image.new("RGB", (math.ceil(max(box[2], rgb.width)) - x0, math.ceil(max(box[3], rgb.height)) - y0))
+        canvas.paste(rgb, (-x0, -y0))
+        rgb, box = canvas, (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
     out = rgb.resize((size, size), RESAMPLE[interpolation], box=box)
     if plan.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -236,8 +251,13 @@ class DeviceDecoder:
         around the box are resized so that the box becomes ``size x size``, then the box is cut out (exact for
         the whole-pixel boxes of training; for validation's fractional ones, to a fraction of a pixel)."""
         x0, y0 = math.floor(plan.left), math.floor(plan.top)
-        x1 = min(image.shape[2], math.ceil(plan.left + plan.width))
-        y1 = min(image.shape[1], math.ceil(plan.top + plan.height))
+        x1, y1 = math.ceil(plan.left + plan.width), math.ceil(plan.top + plan.height)
+        height, width = image.shape[1:]
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:  # a shift plan: black around the image
+            image = F.pad(image, (max(0, -x0), max(0, x1 - width), max(0, -y0), max(0, y1 - height)))
+            plan = Plan(plan.left - min(x0, 0), plan.top - min(y0, 0), plan.width, plan.height, plan.flip)
+            x0, x1, y0, y1 = x0 - min(x0, 0), x1 - min(x0, 0), y0 - min(y0, 0), y1 - min(y0, 0)
+        x1, y1 = min(image.shape[2], x1), min(image.shape[1], y1)
         fx, fy = size / plan.width, size / plan.height
         region = image[:, y0:y1, x0:x1][None].float()
         smooth = self.interpolation != "nearest"

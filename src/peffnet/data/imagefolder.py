@@ -91,7 +91,7 @@ class FolderSource:
         self.samples = [self.samples[i] for i in keep]
 
 
-def image_folder(root: Path, split: str, resolution: int, train: bool, max_pixels: int | None = None
-                 ) -> ImageDataset:
+def image_folder(root: Path, split: str, resolution: int, train: bool, max_pixels: int | None = None,
+                 augment: str = "crop", translate: int = 0) -> ImageDataset:
     """One split of an ImageNet-layout folder at ``resolution`` (training augmentation when ``train``)."""
-    return ImageDataset(FolderSource(root, split, max_pixels), resolution, train, max_pixels)
+    return ImageDataset(FolderSource(root, split, max_pixels), resolution, train, max_pixels, augment, translate)

@@ -33,12 +33,17 @@ from peffnet.data.decode import (
     decode_box,
     device_decodable,
     open_image,
+    shift_plan,
     train_plan,
 )
-from peffnet.data.preprocessing import Preprocessing
+from peffnet.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from peffnet.errors import ConfigError
 
 MAX_CONSECUTIVE_FAILURES = 32
+AUGMENTS = ("crop", "shift")
+"""Training augmentations of encoded images: ``crop``, He et al.'s random-resized crop and flip (the paper's,
+Section 3.4; validation resizes to ``r * 256 / 224`` and crops the centre ``r``); ``shift``, the in-memory sets'
+shift and flip for small images written as files (validation: the image resized to ``r``)."""
 
 
 class Source(Protocol):
@@ -124,7 +129,8 @@ class ImageDataset(Dataset):
     """One split of encoded images at ``resolution``: the paper's training augmentation (random-resized crop,
     flip; ``train=True``) or the validation preprocessing (centre crop, :class:`Preprocessing`).
 
-    ``dataset[i]`` is ``(image, label)``: the normalized float image (3, r, r) as evaluation sees it (the same
+    ``augment`` (:data:`AUGMENTS`) is ``crop`` for photos, ``shift`` (by up to ``translate`` pixels) for small
+    images. ``dataset[i]`` is ``(image, label)``: the normalized float image (3, r, r) as evaluation sees it (the same
     as :class:`~peffnet.data.datasets.TensorImageDataset`); :meth:`sample` is what the loader's workers call.
     ``classes`` are the class names by label, ``preprocessing`` the validation preprocessing at ``resolution``.
     The loader sets ``decode``: ``"cpu"`` (workers decode) or ``"device"`` (workers ship JPEG bytes, :func:`finish`
@@ -133,10 +139,15 @@ class ImageDataset(Dataset):
 
     in_chans = 3
 
-    def __init__(self, source: Source, resolution: int, train: bool, max_pixels: int | None = None) -> None:
+    def __init__(self, source: Source, resolution: int, train: bool, max_pixels: int | None = None,
+                 augment: str = "crop", translate: int = 0) -> None:
+        if augment not in AUGMENTS:
+            raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
         self.source, self.resolution, self.train, self.max_pixels = source, resolution, train, max_pixels
         self.classes, self.num_classes = list(source.classes), len(source.classes)
-        self.preprocessing = Preprocessing.image_folder(resolution)
+        self.augment, self.translate = augment, translate
+        self.preprocessing = (Preprocessing.image_folder(resolution) if augment == "crop" else
+                              Preprocessing(resolution, resolution, IMAGENET_MEAN, IMAGENET_STD))
         self.decode = "cpu"
 
     def __len__(self) -> int:
@@ -148,6 +159,8 @@ class ImageDataset(Dataset):
 
     def plan(self, width: int, height: int, index: int, epoch: int, seed: int) -> Plan:
         if self.train:
+            if self.augment == "shift":
+                return shift_plan(width, height, self.translate, seed, epoch, index)
             return train_plan(width, height, seed, epoch, index)
         return centre_plan(width, height, self.resolution, self.preprocessing.resize)
 

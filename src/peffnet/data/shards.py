@@ -140,10 +140,10 @@ class ShardSource:
             os.close(fd)
 
 
-def shard_dataset(root: Path, split: str, resolution: int, train: bool, max_pixels: int | None = None
-                  ) -> ImageDataset:
+def shard_dataset(root: Path, split: str, resolution: int, train: bool, max_pixels: int | None = None,
+                  augment: str = "crop", translate: int = 0) -> ImageDataset:
     """One split of a shard directory at ``resolution`` (training augmentation when ``train``)."""
-    return ImageDataset(ShardSource(root, split), resolution, train, max_pixels)
+    return ImageDataset(ShardSource(root, split), resolution, train, max_pixels, augment, translate)
 
 
 # --------------------------------------------------------------------------- writing

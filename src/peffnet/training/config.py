@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from peffnet.data import DECODE_MODES, DEFAULT_TRANSLATE, default_resolution, in_memory
+from peffnet.data import AUGMENTS, DECODE_MODES, DEFAULT_TRANSLATE, default_resolution, in_memory
 from peffnet.errors import ConfigError
 from peffnet.models import ModelConfig, ModelOverrides, preset
 from peffnet.models.config import split_norm
@@ -83,8 +83,12 @@ class TrainConfig(ModelOverrides, RunSettings):
     data_dir: str | None = setting(None, "where the dataset lives (fashion-mnist: folder of the idx files; "
                                          "imagefolder: base of a relative PATH)", execution=True, group="data")
     translate: int | None = setting(None, "fashion-mnist/synthetic training augmentation: random shift by up to "
-                                          "this many pixels (default 2; image folders: ignored)", INT, NON_NEGATIVE,
-                                    group="data")
+                                          "this many pixels (default 2; image folders and shards: with --augment "
+                                          "shift, default 4)", INT, NON_NEGATIVE, group="data")
+    augment: str = setting("crop", "image folders and shards: crop (the paper's random-resized crop and flip; "
+                                   "validation: resize to r * 256/224, centre crop) or shift (small images such as "
+                                   "Fashion-MNIST as files: shifted by up to --translate pixels and flipped; "
+                                   "validation: the image resized)", choices=AUGMENTS, group="data")
     subset: int | None = setting(None, "train on a fixed random subset of this many images", INT, POSITIVE,
                                  group="data")
     val_subset: int | None = setting(None, "evaluate on a fixed random subset of this many images", INT, POSITIVE,

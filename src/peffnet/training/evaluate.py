@@ -70,6 +70,7 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, resolutions: 
     model, state = model_from_checkpoint(path, averaged=averaged)
     train_res = int(state["train_resolution"])
     spec = data or state["data"]["spec"]
+    augment = state.get("config", {}).get("augment", "crop")  # image data: the run's validation preprocessing
     resolutions = [check_resolution(r, "test resolution") for r in (resolutions or [train_res])]
     ctx = distributed.setup(device)
     for r in resolutions:
@@ -79,7 +80,7 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, resolutions: 
     model = model.to(ctx.device)
     results = []
     for r in tqdm(resolutions, desc="evaluating", unit="size", disable=not (progress and ctx.is_main)):
-        dataset = build_dataset(spec, "val", r, False, data_dir, subset=val_subset)
+        dataset = build_dataset(spec, "val", r, False, data_dir, subset=val_subset, augment=augment)
         check_data(dataset, model.cfg, spec)
         loader = make_loader(dataset, batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
                              device=ctx.device)

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             (args.out / split / name).mkdir(parents=True, exist_ok=True)
         for i, (pixels, label) in enumerate(zip(canvases, labels.tolist(), strict=True)):
-            Image.fromarray(pixels, mode="L").save(args.out / split / names[label] / f"{i:05d}.jpg", quality=args.quality)
+            path = args.out / split / names[label] / f"{i:05d}.jpg"
+            Image.fromarray(pixels, mode="L").save(path, quality=args.quality)
         print(f"{split}: {len(labels)} images", file=sys.stderr)
     return 0
 

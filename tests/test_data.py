@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import subprocess
 import time
@@ -276,15 +275,16 @@ def test_images_over_the_pixel_limit_are_skipped_unread_and_counted(tmp_path: Pa
         ImageFolderDataset(tmp_path, "val", 32, False, max_pixels=100)  # every image over the limit
 
 
-def test_workers_survive_signals_serve_every_epoch_and_end_with_their_loader(tmp_path: Path) -> None:
+def test_workers_survive_signals_sent_to_every_process_and_end_with_their_loader(tmp_path: Path) -> None:
     """Ctrl-C and SLURM signal every process; the main process decides when a run stops (it finishes the step
     and checkpoints), so the DataLoader workers ignore SIGINT, SIGUSR1 and a SIGTERM not sent by their parent."""
     make_image_folder(tmp_path, {"a": 8, "b": 8}, size=16)
     loader = make_loader(ImageFolderDataset(tmp_path, "train", 32, True), 4, train=True, workers=1)
     loader.set_epoch(0)
+    before = multiprocessing.active_children()  # a worker of an earlier test may still be ending
     batches = iter(loader)
     first = next(batches)
-    workers = multiprocessing.active_children()
+    workers = [w for w in multiprocessing.active_children() if w not in before]
     assert workers
     for worker in workers:
         for name in ("INT", "USR1", "TERM"):
@@ -292,10 +292,6 @@ def test_workers_survive_signals_serve_every_epoch_and_end_with_their_loader(tmp
     time.sleep(0.5)
     assert all(w.is_alive() for w in workers)
     assert len([first, *batches]) == 4  # the epoch goes on
-    loader.set_epoch(1)
-    assert len(list(loader)) == 4 and multiprocessing.active_children() == workers  # the same workers serve it
-    del loader, batches
-    gc.collect()
     for worker in workers:
         worker.join(timeout=30)
         assert not worker.is_alive()

@@ -176,3 +176,27 @@ def test_device_decoder_skips_a_corrupt_jpeg_and_reports_it(photos: Path) -> Non
     images = finish(batch, torch.device("cpu"), Preprocessing.image_folder(32))
     assert images.shape == (2, 3, 32, 32) and torch.equal(images[1], images[0])
     assert batch.skipped == ["bad.jpg"]
+
+
+def test_shift_augmentation_is_the_in_memory_one(tmp_path: Path) -> None:
+    """``augment="shift"``: every training image is the file shifted by at most ``translate`` pixels (black where
+    it uncovers) and maybe mirrored, as the in-memory sets' augmentation; validation is the file itself."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(rng.integers(1, 256, (32, 32), dtype=np.uint8), "L").save(tmp_path / split / "a" / "0.png")
+    train = build_dataset(f"imagefolder:{tmp_path}", "train", 32, True, augment="shift", translate=3)
+    val = build_dataset(f"imagefolder:{tmp_path}", "train", 32, False, augment="shift")
+    assert val.preprocessing.to_dict()["crop_pct"] == 1.0  # checkpoints record it: no centre crop
+    image = torch.from_numpy(np.array(Image.open(tmp_path / "train" / "a" / "0.png").convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(val.sample(0).pixels, image)
+    padded = torch.nn.functional.pad(image, (3,) * 4)
+    seen = set()
+    for epoch in range(40):
+        out = train.sample((0, epoch, 0)).pixels
+        matches = [(dy, dx, flip) for dy in range(7) for dx in range(7) for flip in (False, True)
+                   if torch.equal(out, padded[:, dy:dy + 32, dx:dx + 32].flip(-1) if flip else
+                                  padded[:, dy:dy + 32, dx:dx + 32])]
+        assert matches, epoch
+        seen.update(matches)
+    assert len(seen) > 20 and {m[2] for m in seen} == {False, True}  # many shifts, both orientations

@@ -57,7 +57,7 @@ class Loader:
 
     Iterating yields ``(images, labels)``. In-memory datasets make their batches with tensor ops on the device
     they are on. Encoded images (:class:`~peffnet.data.images.ImageDataset`) come from ``workers`` DataLoader
-    processes (kept from epoch to epoch) as 8-bit batches, in pinned memory for a GPU, and are finished on
+    processes (started for each epoch and ended with it) as 8-bit batches, in pinned memory for a GPU, finished on
     ``device`` (:func:`~peffnet.data.images.finish`; decoded there too with ``decode="device"``). Image files
     skipped on the way (unreadable, or over the pixel limit) are listed in :attr:`skipped`, those over the
     limit also in :attr:`oversized`.
@@ -79,7 +79,6 @@ class Loader:
         self.epoch, self.start_step = 0, 0
         self.skipped: list[str] = []
         self.oversized: list[str] = []
-        self._batches: DataLoader | None = None
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Iterate epoch ``epoch`` from its step ``start_step`` (mid-epoch resume)."""
@@ -111,37 +110,20 @@ class Loader:
             for idx in self.index_batches():
                 yield self.dataset.get_batch(idx, self.epoch, self.seed)
             return
-        if self._batches is None:
-            self.dataset.decode = self.decode  # before the workers start: they hold a copy of the dataset
-            finished = self.dataset.preprocessing if self.device.type != "cuda" else None  # for a CPU: by workers
-            self._batches = DataLoader(
-                WorkerView(self.dataset), batch_sampler=EpochKeys(self), num_workers=self.workers,
-                collate_fn=functools.partial(collate, preprocessing=finished), pin_memory=self.pin_memory,
-                persistent_workers=self.workers > 0,
-                worker_init_fn=worker_signals if self.workers else None)
+        self.dataset.decode = self.decode  # before the workers start: they hold a copy of the dataset
+        finished = self.dataset.preprocessing if self.device.type != "cuda" else None  # for a CPU: by the workers
+        batches = DataLoader(WorkerView(self.dataset), batch_sampler=list(self.keys()), num_workers=self.workers,
+                             collate_fn=functools.partial(collate, preprocessing=finished),
+                             pin_memory=self.pin_memory, worker_init_fn=worker_signals if self.workers else None)
         decoder = DeviceDecoder(self.device, self.dataset.preprocessing.interpolation)
         try:
-            for batch in self._batches:
+            for batch in batches:
                 images = finish(batch, self.device, self.dataset.preprocessing, decoder)
                 self.skipped.extend(batch.skipped)
                 self.oversized.extend(batch.oversized)
                 yield images, batch.labels
         except ConfigError as err:  # from a worker, the message carries the worker's traceback: keep its last line
             raise ConfigError(str(err).strip().splitlines()[-1].removeprefix("peffnet.errors.ConfigError: ")) from None
-
-
-class EpochKeys:
-    """The batch sampler of a loader's DataLoader: the keys of the loader's current epoch, from its start step
-    (so the DataLoader, and its workers, serve every epoch)."""
-
-    def __init__(self, loader: Loader) -> None:
-        self.loader = loader
-
-    def __iter__(self) -> Iterator[list[int | tuple[int, int, int]]]:
-        return self.loader.keys()
-
-    def __len__(self) -> int:
-        return len(self.loader) - (self.loader.start_step if self.loader.shuffle else 0)
 
 
 class WorkerView(Dataset):

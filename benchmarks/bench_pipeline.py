@@ -12,7 +12,8 @@ are medians over rounds; a ratio is the median of the per-round ratios to timm's
 * ``timm, no jitter``: the same with ``color_jitter=None``: exactly the paper's augmentation, as ours;
 * ``peffnet folder``: ``peffnet train``'s pipeline on the image folder -- a worker's work (read, plan, decode at
   a DCT scale, resize, batch) plus the training process's (scale and normalize on the CPU);
-* ``peffnet shards --max-side M``: the same on shards packed with ``peffnet data pack --max-side M``;
+* ``peffnet shards --max-side M``: the same on shards packed with ``peffnet data pack --max-side M`` (each M of
+  ``--max-side``; 128 is B0's half-resolution training size here);
 * validation: timm's ``create_transform(r)`` (resize to r / 0.875, centre crop) against ours.
 
 Results: ``benchmarks/results/pipeline_cpu.json`` and ``.md`` (``--name`` changes the file names).
@@ -25,6 +26,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -45,6 +47,7 @@ import timm.data  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from peffnet.data import build_dataset  # noqa: E402
+from peffnet.data.decode import open_image  # noqa: E402
 from peffnet.data.images import collate, finish  # noqa: E402
 from peffnet.data.photos import write_photo_folder  # noqa: E402
 from peffnet.data.shards import pack  # noqa: E402
@@ -74,6 +77,28 @@ def peffnet_pipeline(spec: str, resolution: int, train: bool, picks: list[int]) 
     return run
 
 
+def upscaled(spec: str, resolution: int, epochs: int = 4) -> dict[str, float]:
+    """How the training boxes of ``spec`` compare with the output size: the share of boxes whose shorter side,
+    in stored pixels, is below ``resolution`` (they are enlarged: detail the original file had is lost when
+    the stored image was made smaller), and the median enlargement of those."""
+    dataset = build_dataset(spec, "train", resolution, True)
+    factors = []
+    for epoch in range(epochs):
+        for i in range(len(dataset)):
+            with open_image(io.BytesIO(dataset.source.read(i))) as image:
+                plan = dataset.plan(image.width, image.height, i, epoch, 0)
+            factors.append(resolution / min(plan.width, plan.height))
+    enlarged = [f for f in factors if f > 1]
+    return {"enlarged_share": len(enlarged) / len(factors),
+            "median_enlargement": statistics.median(enlarged) if enlarged else 1.0}
+
+
+def same_files(shards: Path, folder: Path, files: list[str]) -> list[int]:
+    """The shard indices of ``files`` (paths in ``folder``), from the shards' ``train-files.txt``."""
+    packed = {name: i for i, name in enumerate((shards / "train-files.txt").read_text().splitlines())}
+    return [packed[str(Path(f).relative_to(folder))] for f in files]
+
+
 def measure(pipelines: dict[str, Callable[[], None]], rounds: int, images: int) -> dict[str, list[float]]:
     """Images per CPU second of each pipeline per round, in rotating order, after one warm-up round."""
     names = list(pipelines)
@@ -97,13 +122,14 @@ def summarize(rates: dict[str, list[float]], reference: str) -> dict[str, dict[s
     return out
 
 
-def ensure_data(folder: Path, shards: Path, max_side: int) -> None:
+def ensure_data(folder: Path, shards: dict[int, Path]) -> None:
     if not (folder / "train").is_dir():
         print(f"making the photo folder {folder} (2500 JPEGs) ...", file=sys.stderr)
         write_photo_folder(folder, workers=os.cpu_count() or 1)
-    if not (shards / "index.json").is_file():
-        print(f"packing {folder} into {shards} at --max-side {max_side} ...", file=sys.stderr)
-        pack(folder, shards, max_side=max_side, workers=os.cpu_count() or 1)
+    for max_side, path in shards.items():
+        if not (path / "index.json").is_file():
+            print(f"packing {folder} into {path} at --max-side {max_side} ...", file=sys.stderr)
+            pack(folder, path, max_side=max_side, workers=os.cpu_count() or 1)
 
 
 def commit() -> str:
@@ -118,17 +144,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, default=Path("/tmp/peffnet-photos"),
                         help="photo folder (made with peffnet.data.photos if missing)")
-    parser.add_argument("--shards", type=Path, default=None,
-                        help="its shards at --max-side (packed if missing; default FOLDER-shards-MAXSIDE)")
-    parser.add_argument("--max-side", type=int, default=128, help="--max-side of the shards (the half-res size)")
+    parser.add_argument("--max-side", type=int, nargs="+", default=[128, 256],
+                        help="--max-side of the shards, FOLDER-shards-MAXSIDE (packed if missing)")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[128, 224])
     parser.add_argument("--images", type=int, default=100, help="images per pipeline and round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--name", default="pipeline_cpu")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    shards = args.shards or args.folder.with_name(f"{args.folder.name}-shards-{args.max_side}")
-    ensure_data(args.folder, shards, args.max_side)
+    shards = {m: args.folder.with_name(f"{args.folder.name}-shards-{m}") for m in args.max_side}
+    ensure_data(args.folder, shards)
     load_before = os.getloadavg()[0]
     rows = []
     for r in args.resolutions:
@@ -140,14 +165,18 @@ def main() -> None:
             "timm, no jitter": timm_pipeline(timm.data.create_transform(r, is_training=True, color_jitter=None),
                                              files),
             "peffnet folder": peffnet_pipeline(f"imagefolder:{args.folder}", r, True, picks),
-            f"peffnet shards --max-side {args.max_side}": peffnet_pipeline(f"shards:{shards}", r, True, picks),
+            **{f"peffnet shards --max-side {m}": peffnet_pipeline(f"shards:{path}", r, True,
+                                                                   same_files(path, args.folder, files))
+               for m, path in shards.items()},
             "timm validation": timm_pipeline(timm.data.create_transform(r), files),
             "peffnet folder validation": peffnet_pipeline(f"imagefolder:{args.folder}", r, False, picks),
         }
         rates = measure(pipelines, args.rounds, len(picks))
         result = summarize({k: v for k, v in rates.items() if "validation" not in k}, "timm")
         val = summarize({k: v for k, v in rates.items() if "validation" in k}, "timm validation")
-        rows.append({"resolution": r, "train": result, "validation": val})
+        crops = {"peffnet folder": upscaled(f"imagefolder:{args.folder}", r),
+                 **{f"peffnet shards --max-side {m}": upscaled(f"shards:{path}", r) for m, path in shards.items()}}
+        rows.append({"resolution": r, "train": result, "validation": val, "crops": crops})
         print(f"{r} px: " + ", ".join(f"{k} {v['img_per_cpu_s']:.0f} ({v['ratio']:.2f}x)" for k, v in result.items()),
               file=sys.stderr)
     command = "python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:])
@@ -162,14 +191,18 @@ def main() -> None:
              f"commit {env['commit']}; load average {load_before:.1f} before, {env['load_average_after']:.1f} "
              f"after). Images per CPU second of one process (one thread), medians of {args.rounds} rounds of "
              f"{args.images} images; ratio: median of per-round ratios to timm's training transform (min-max).", "",
-             "| resolution | pipeline | img per CPU s | ratio to timm |", "|---|---|---|---|"]
+             "Crops enlarged: the share of training boxes (4 epochs of every image) whose shorter side, in stored "
+             "pixels, is below the resolution, and their median enlargement.", "",
+             "| resolution | pipeline | img per CPU s | ratio to timm | crops enlarged |", "|---|---|---|---|---|"]
     for row in rows:
         for name, v in row["train"].items():
+            crop = row["crops"].get(name)
+            enlarged = f"{100 * crop['enlarged_share']:.0f} % ({crop['median_enlargement']:.2f}x)" if crop else ""
             lines.append(f"| {row['resolution']} | {name} | {v['img_per_cpu_s']:.0f} | {v['ratio']:.2f}x "
-                         f"({v['ratio_min']:.2f}-{v['ratio_max']:.2f}) |")
+                         f"({v['ratio_min']:.2f}-{v['ratio_max']:.2f}) | {enlarged} |")
         for name, v in row["validation"].items():
             lines.append(f"| {row['resolution']} | {name} | {v['img_per_cpu_s']:.0f} | {v['ratio']:.2f}x of timm's "
-                         f"validation ({v['ratio_min']:.2f}-{v['ratio_max']:.2f}) |")
+                         f"validation ({v['ratio_min']:.2f}-{v['ratio_max']:.2f}) | |")
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -26,9 +26,11 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import cProfile  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import pstats  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -47,7 +49,7 @@ import timm.data  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from peffnet.data import build_dataset  # noqa: E402
-from peffnet.data.decode import open_image  # noqa: E402
+from peffnet.data.decode import dct_scale, open_image  # noqa: E402
 from peffnet.data.images import collate, finish  # noqa: E402
 from peffnet.data.photos import write_photo_folder  # noqa: E402
 from peffnet.data.shards import pack  # noqa: E402
@@ -91,6 +93,33 @@ def upscaled(spec: str, resolution: int, epochs: int = 4) -> dict[str, float]:
     enlarged = [f for f in factors if f > 1]
     return {"enlarged_share": len(enlarged) / len(factors),
             "median_enlargement": statistics.median(enlarged) if enlarged else 1.0}
+
+
+def profile(run: Callable[[], None], images: int) -> dict[str, float]:
+    """Where one round of a pipeline spends its time: milliseconds per image in each of the functions that take
+    most of it (cProfile's own time; Pillow's C decoder and resampler appear as ``decode`` and ``resize``)."""
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    stats = pstats.Stats(profiler).stats
+    own = {f"{Path(file).name}:{name}" if file != "~" else name.strip("<>").split(" of ")[0]: v[2]
+           for (file, _, name), v in stats.items()}
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:6]
+    return {**{name: 1000 * t / images for name, t in top}, "total": 1000 * sum(own.values()) / images}
+
+
+def decode_scales(files: list[str]) -> dict[str, float]:
+    """Milliseconds per CPU second of a whole-file decode at DCT scale 1, 2, 4 and 8 (Pillow's draft): what a
+    smaller scale saves, and what it cannot (entropy decoding reads the whole file at any scale)."""
+    out = {}
+    for s in (1, 2, 4, 8):
+        start = time.process_time()
+        for path in files:
+            with Image.open(path) as image:
+                if s > 1:
+                    image.draft("RGB", (image.width // s, image.height // s))
+                image.load()
+        out[f"1/{s}"] = 1000 * (time.process_time() - start) / len(files)
+    return out
 
 
 def same_files(shards: Path, folder: Path, files: list[str]) -> list[int]:
@@ -176,7 +205,12 @@ def main() -> None:
         val = summarize({k: v for k, v in rates.items() if "validation" in k}, "timm validation")
         crops = {"peffnet folder": upscaled(f"imagefolder:{args.folder}", r),
                  **{f"peffnet shards --max-side {m}": upscaled(f"shards:{path}", r) for m, path in shards.items()}}
-        rows.append({"resolution": r, "train": result, "validation": val, "crops": crops})
+        scales = [dct_scale(plan, r) for plan in (train.plan(*open_image(f).size, i, 1, 0) for i, f in zip(picks, files,
+                                                                                                         strict=True))]
+        steps = {"profile_ms_per_image": profile(pipelines["peffnet folder"], len(picks)),
+                 "dct_scale_share": {f"1/{s}": scales.count(s) / len(scales) for s in (1, 2, 4, 8)},
+                 "whole_decode_ms": decode_scales(files[:40])}
+        rows.append({"resolution": r, "train": result, "validation": val, "crops": crops, "steps": steps})
         print(f"{r} px: " + ", ".join(f"{k} {v['img_per_cpu_s']:.0f} ({v['ratio']:.2f}x)" for k, v in result.items()),
               file=sys.stderr)
     command = "python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:])
@@ -203,6 +237,14 @@ def main() -> None:
         for name, v in row["validation"].items():
             lines.append(f"| {row['resolution']} | {name} | {v['img_per_cpu_s']:.0f} | {v['ratio']:.2f}x of timm's "
                          f"validation ({v['ratio_min']:.2f}-{v['ratio_max']:.2f}) | |")
+    lines += ["", "Where the folder pipeline's time goes (cProfile, ms per image), the DCT scales its boxes allow, and "
+                  "what a whole-file decode costs per scale (ms per image):", ""]
+    for row in rows:
+        st = row["steps"]
+        lines.append(f"- {row['resolution']} px: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                              st["profile_ms_per_image"].items())
+                     + "; scales " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in st["dct_scale_share"].items())
+                     + "; whole decode " + ", ".join(f"{k} {v:.2f}" for k, v in st["whole_decode_ms"].items()))
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -24,6 +24,7 @@ Any PIL mode is converted as the image folders convert it (:func:`to_rgb`: alpha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_PCT = 224 / 256
 """The validation crop of image folders: resize the short side to ``r / CROP_PCT`` (= ``r * 256 / 224``)."""
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``1 / (255 std)`` and ``mean / std`` as (C, 1, 1) tensors on ``device``, made once (on a GPU, making them
+    is a copy from the host that would wait for the work queued before it)."""
+    scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(-1, 1, 1)
+    return scale, torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=device).view(-1, 1, 1)
 
 
 def _number_list(name: str, value: Any, channels: int) -> tuple[float, ...]:
@@ -164,11 +173,9 @@ class Preprocessing:
     def finish_image(self, pixels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Image folders: 8-bit images (..., C, r, r) as the network's input, scaled to [0, 1] and normalized in
         one multiply-subtract, ``x * (1 / (255 std)) - mean / std`` (into ``out`` when given)."""
-        shape = (-1, 1, 1)
-        scale = torch.tensor([1 / (255 * s) for s in self.std], device=pixels.device).view(shape)
-        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std, strict=True)], device=pixels.device)
+        scale, shift = _affine(self.mean, self.std, pixels.device)
         out = torch.empty(pixels.shape, device=pixels.device) if out is None else out
-        return out.copy_(pixels).mul_(scale).sub_(shift.view(shape))
+        return out.copy_(pixels).mul_(scale).sub_(shift)
 
     def batch(self, images: torch.Tensor) -> torch.Tensor:
         """In-memory sets: the validation pipeline of 8-bit images (N, C, image_size, image_size)."""

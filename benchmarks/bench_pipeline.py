@@ -50,7 +50,7 @@ from PIL import Image  # noqa: E402
 
 from peffnet.data import build_dataset  # noqa: E402
 from peffnet.data.decode import dct_scale, open_image  # noqa: E402
-from peffnet.data.images import collate, finish  # noqa: E402
+from peffnet.data.images import finish  # noqa: E402
 from peffnet.data.photos import write_photo_folder  # noqa: E402
 from peffnet.data.shards import pack  # noqa: E402
 from peffnet.measure.device import device_name  # noqa: E402
@@ -74,7 +74,7 @@ def peffnet_pipeline(spec: str, resolution: int, train: bool, picks: list[int]) 
 
     def run() -> None:
         state["epoch"] += 1  # new random crops every round, as a new epoch
-        batch = collate([dataset.sample((i, state["epoch"], 0)) for i in picks], dataset.preprocessing)
+        batch = dataset.batch([(i, state["epoch"], 0) for i in picks], dataset.preprocessing)
         finish(batch, CPU, dataset.preprocessing)
     return run
 

@@ -172,7 +172,8 @@ def test_device_decoder_skips_a_corrupt_jpeg_and_reports_it(photos: Path) -> Non
     good = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     decoded = DeviceDecoder(torch.device("cpu"))([good, bad], [plan, plan], 32)
     assert decoded[0].shape == (3, 32, 32) and decoded[1] is None
-    batch = collate([Sample(0, data=good, plan=plan, name="good.jpg"), Sample(1, data=bad, plan=plan, name="bad.jpg")])
+    batch = collate([Sample(0, data=good, plan=plan, name="good.jpg"), Sample(1, data=bad, plan=plan, name="bad.jpg")],
+                    2, 32)
     images = finish(batch, torch.device("cpu"), Preprocessing.image_folder(32))
     assert images.shape == (2, 3, 32, 32) and torch.equal(images[1], images[0])
     assert batch.skipped == ["bad.jpg"]

@@ -18,6 +18,7 @@ name is reported back through the batch (:attr:`peffnet.data.Loader.skipped`).
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -101,28 +102,28 @@ class Batch:
         return self
 
 
-def collate(samples: list[Sample], preprocessing: Preprocessing | None = None) -> Batch:
-    """Stack samples into a :class:`Batch` (rows left for the device decoder are zeros until decoded). With
-    ``preprocessing`` (a CPU device) each image is scaled and normalized as it is copied into the batch: in the
-    worker, one pass over each image while it is in the cache (the batch as a whole is not)."""
-    done = [(i, s.pixels) for i, s in enumerate(samples) if s.pixels is not None]
-    pending = [i for i, s in enumerate(samples) if s.pixels is None]
-    if not done:  # every sample is left to the device
-        pixels = torch.empty(0, dtype=torch.uint8)
-    elif preprocessing is not None:
-        pixels = torch.empty(len(samples), *done[0][1].shape)
-        for i, rgb in done:
-            preprocessing.finish_image(rgb, out=pixels[i])
-    else:
-        pixels = torch.empty(len(samples), *done[0][1].shape, dtype=torch.uint8)
-        for i, rgb in done:
-            pixels[i] = rgb
-    if done:
-        pixels[pending] = 0
-    return Batch(pixels, torch.tensor([s.label for s in samples], dtype=torch.int64), pending,
-                 [samples[i].data for i in pending], [samples[i].plan for i in pending],
-                 [samples[i].name for i in pending], [p for s in samples for p in s.skipped],
-                 [p for s in samples for p in s.oversized])
+def collate(samples: Iterable[Sample], count: int, size: int, preprocessing: Preprocessing | None = None) -> Batch:
+    """``count`` samples (``size`` px) into a :class:`Batch`, each written into the batch as it comes (rows left
+    for the device decoder are zeros until decoded). With ``preprocessing`` (a CPU device) each image is scaled
+    and normalized as it is written: given a generator that decodes the samples one by one, that is one pass
+    over each image while it is in the cache (normalizing the batch afterwards runs at memory speed)."""
+    pixels = torch.empty(count, 3, size, size, dtype=torch.uint8 if preprocessing is None else torch.float32)
+    labels, rows, data, plans, names, skipped, oversized = [], [], [], [], [], [], []
+    for row, s in enumerate(samples):
+        labels.append(s.label)
+        skipped += s.skipped
+        oversized += s.oversized
+        if s.pixels is None:
+            rows.append(row)
+            data.append(s.data)
+            plans.append(s.plan)
+            names.append(s.name)
+            pixels[row] = 0
+        elif preprocessing is not None:
+            preprocessing.finish_image(s.pixels, out=pixels[row])
+        else:
+            pixels[row] = s.pixels
+    return Batch(pixels, torch.tensor(labels, dtype=torch.int64), rows, data, plans, names, skipped, oversized)
 
 
 class ImageDataset(Dataset):
@@ -193,8 +194,13 @@ class ImageDataset(Dataset):
         raise ConfigError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images in {self.source.where}, "
                           f"starting at {self.source.name(index)}; is the dataset corrupt?")
 
+    def batch(self, keys: list[int | tuple[int, int, int]], preprocessing: Preprocessing | None = None) -> Batch:
+        """The samples of ``keys`` as a :class:`Batch`, each decoded and written into it in turn (what a
+        DataLoader worker makes; :func:`collate`)."""
+        return collate((self.sample(key) for key in keys), len(keys), self.resolution, preprocessing)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        batch = collate([self.sample(index)], self.preprocessing)
+        batch = self.batch([index], self.preprocessing)
         images = finish(batch, torch.device("cpu"), self.preprocessing)
         return images[0], int(batch.labels[0])
 
@@ -205,15 +211,13 @@ def finish(batch: Batch, device: torch.device, preprocessing: Preprocessing, dec
     there, 8-bit rows scaled to [0, 1] and normalized. A file the device decoder refuses is decoded on the CPU;
     one that does not decode at all takes the pixels of the batch's first image and joins ``batch.skipped``
     (rare: the workers already read its header)."""
-    size, n = preprocessing.resolution, len(batch.labels)
     decoded = decode_rows(batch, device, preprocessing, decoder) if batch.rows else {}
     if batch.pixels.is_floating_point():  # finished by collate(); the rows decoded here are 8-bit
         images = batch.pixels.to(device, non_blocking=True)
         for row, rgb in decoded.items():
             preprocessing.finish_image(rgb, out=images[row])
         return images
-    pixels = batch.pixels.to(device, non_blocking=True) if batch.pixels.numel() else torch.zeros(
-        n, 3, size, size, dtype=torch.uint8, device=device)
+    pixels = batch.pixels.to(device, non_blocking=True)
     for row, rgb in decoded.items():
         pixels[row] = rgb
     return preprocessing.finish_image(pixels)

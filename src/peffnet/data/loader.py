@@ -3,7 +3,6 @@ data specs)."""
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import signal
@@ -16,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from peffnet.data.datasets import TensorImageDataset
 from peffnet.data.decode import DeviceDecoder
-from peffnet.data.images import ImageDataset, Sample, collate, finish
+from peffnet.data.images import Batch, ImageDataset, collate, finish
+from peffnet.data.preprocessing import Preprocessing
 from peffnet.errors import ConfigError
 
 DECODE_MODES = ("auto", "cpu", "device")
@@ -112,9 +112,9 @@ class Loader:
             return
         self.dataset.decode = self.decode  # before the workers start: they hold a copy of the dataset
         finished = self.dataset.preprocessing if self.device.type != "cuda" else None  # for a CPU: by the workers
-        batches = DataLoader(WorkerView(self.dataset), batch_sampler=list(self.keys()), num_workers=self.workers,
-                             collate_fn=functools.partial(collate, preprocessing=finished),
-                             pin_memory=self.pin_memory, worker_init_fn=worker_signals if self.workers else None)
+        batches = DataLoader(WorkerView(self.dataset, finished), batch_sampler=list(self.keys()),
+                             num_workers=self.workers, collate_fn=as_batch, pin_memory=self.pin_memory,
+                             worker_init_fn=worker_signals if self.workers else None)
         decoder = DeviceDecoder(self.device, self.dataset.preprocessing.interpolation)
         try:
             for batch in batches:
@@ -127,16 +127,22 @@ class Loader:
 
 
 class WorkerView(Dataset):
-    """What the DataLoader's workers index: the dataset's undecoded :class:`~peffnet.data.images.Sample`."""
+    """What the DataLoader's workers index: a whole batch of keys at once (``__getitems__``), made by
+    :meth:`~peffnet.data.images.ImageDataset.batch` -- finished with ``preprocessing`` for a CPU device."""
 
-    def __init__(self, dataset: ImageDataset) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: ImageDataset, preprocessing: Preprocessing | None) -> None:
+        self.dataset, self.preprocessing = dataset, preprocessing
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> Sample:
-        return self.dataset.sample(key)
+    def __getitems__(self, keys: list[int | tuple[int, int, int]]) -> Batch:
+        return self.dataset.batch(keys, self.preprocessing)
+
+
+def as_batch(batch: Batch) -> Batch:
+    """The DataLoader's ``collate_fn``: the worker's :class:`~peffnet.data.images.Batch` is made already."""
+    return batch
 
 
 def decoder_rates(dataset: ImageDataset, device: torch.device, workers: int, count: int = 64) -> dict[str, float]:
@@ -152,7 +158,8 @@ def decoder_rates(dataset: ImageDataset, device: torch.device, workers: int, cou
             start = time.process_time()
             samples = [dataset.sample(i) for i in keys]
             rates[decode] = len(keys) / max(time.process_time() - start, 1e-9) * max(1, workers)
-        batch, decoder = collate(samples), DeviceDecoder(device, dataset.preprocessing.interpolation)
+        batch = collate(samples, len(samples), dataset.resolution)
+        decoder = DeviceDecoder(device, dataset.preprocessing.interpolation)
         for _ in range(2):  # the first batch warms the decoder up
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from peffnet.data import build_dataset
-from peffnet.data.images import ImageDataset, collate, finish
+from peffnet.data.images import ImageDataset, finish
 from peffnet.data.photos import write_photo_folder
 from peffnet.errors import ConfigError
 from peffnet.measure.bench import BenchOptions, run_bench
@@ -77,7 +77,7 @@ def loader_rates(dataset: ImageDataset, decode: str, device: torch.device, batch
         picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(r))[:n]
         keys = [(i, r, 0) for i in picks.tolist()]
         start = time.process_time()
-        samples = collate([dataset.sample(k) for k in keys], finished)
+        samples = dataset.batch(keys, finished)
         worker_s = time.process_time() - start
         synchronize(device)
         clock = time.perf_counter if device.type == "cuda" else time.process_time

@@ -98,7 +98,7 @@ def upscaled(spec: str, resolution: int, epochs: int = 4) -> dict[str, float]:
 def profile(run: Callable[[], None], images: int) -> dict[str, float]:
     """Where one round of a pipeline spends its time: milliseconds per image in each of the functions that take
     most of it (cProfile's own time; Pillow's C decoder and resampler appear as ``decode`` and ``resize``)."""
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.process_time)  # CPU time, as the rates
     profiler.runcall(run)
     stats = pstats.Stats(profiler).stats
     own = {f"{Path(file).name}:{name}" if file != "~" else name.strip("<>").split(" of ")[0]: v[2]

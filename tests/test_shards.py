@@ -189,12 +189,32 @@ def test_a_missing_or_damaged_shard_is_one_line_naming_it(packed: tuple[Path, Pa
             build_dataset(f"shards:{bad}", "train", 32, True)
 
 
-def test_train_and_eval_read_shards(packed: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_corrupt_sample_in_a_shard_is_skipped_and_reported(packed: tuple[Path, Path], tmp_path: Path) -> None:
+    _, shards = packed
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in shards.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    shard, offset, size, _ = np.load(copy / "train-index.npy")[5].tolist()
+    path = copy / json.loads((copy / "index.json").read_text())["splits"]["train"]["shards"][shard]["file"]
+    data = bytearray(path.read_bytes())
+    data[offset + 600:offset + size] = bytes(size - 600)  # the header reads, the image data is gone
+    path.write_bytes(bytes(data))
+    dataset = build_dataset(f"shards:{copy}", "train", 32, True)
+    loader = make_loader(dataset, 12, train=True, workers=0)
+    (images, _), = list(loader)
+    assert images.shape == (12, 3, 32, 32) and loader.skipped == [f"{path}:00000005"]
+
+
+def test_train_finetune_and_eval_read_shards(packed: tuple[Path, Path], tmp_path: Path) -> None:
     _, shards = packed
     out = tmp_path / "run"
     assert main(tiny_args(out, "--data", f"shards:{shards}", "--batch-size", "4", "--workers", "1")) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["dataset"], summary["num_classes"], summary["steps"]) == (f"shards:{shards}", 3, 3)
+    assert main(["finetune", str(out), "--resolution", "64", "--stages", "1", "--epochs", "1", "--batch-size", "4",
+                 "--workers", "0", "--no-progress", "--out", str(tmp_path / "ft")]) == 0
+    assert json.loads((tmp_path / "ft" / "summary.json").read_text())["dataset"] == f"shards:{shards}"
     assert main(["eval", str(out), "--resolutions", "32,64", "--no-progress"]) == 0
     record = json.loads((out / "eval.json").read_text())
     assert [r["images"] for r in record["results"]] == [6, 6]

@@ -2,7 +2,7 @@
 throughput of the README's main job (``peffnet recipe``'s training stage: G16 LN+PN B0 on Fashion-MNIST at
 32 px, batch 128, 2 threads) alone and beside one competing CPU-bound process, with the OpenMP waiting the CLI
 chooses (``PASSIVE`` when other processes keep a core busy at its start, else libgomp's ``GOMP_SPINCOUNT`` of
-``peffnet.SPIN_WHEN_IDLE``) and with the settings of ``--compare``.
+``peffnet_command.SPIN_WHEN_IDLE``) and with the settings of ``--compare``.
 
     python benchmarks/bench_contention.py --images 2560    # about 5 minutes on 2 cores
     python benchmarks/bench_contention.py --rounds 1 --images 3840 --compare GOMP_SPINCOUNT=300000 GOMP_SPINCOUNT=3000

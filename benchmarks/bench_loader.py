@@ -28,9 +28,9 @@ import torch  # noqa: E402
 import peffnet  # noqa: E402
 from peffnet.data import build_dataset, default_resolution, make_loader  # noqa: E402
 from peffnet.models import build, preset  # noqa: E402
+from peffnet.runtime.optim import rmsprop_tf  # noqa: E402
+from peffnet.runtime.step import StepSettings, train_step  # noqa: E402
 from peffnet.training.distributed import pick_device  # noqa: E402
-from peffnet.training.loop import StepSettings, train_step  # noqa: E402
-from peffnet.training.optim import rmsprop_tf  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

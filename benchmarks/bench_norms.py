@@ -57,11 +57,14 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import peffnet  # noqa: E402
 from peffnet.layers.blocks import SqueezeExcite  # noqa: E402
+from peffnet.runtime.device import device_name  # noqa: E402
+from peffnet.runtime.optim import rmsprop_tf  # noqa: E402
+from peffnet.runtime.step import StepSettings, grad_scaler  # noqa: E402
+from peffnet.runtime.step import train_step as runtime_train_step  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODEL = "g16_efficientnet_b0"
@@ -84,14 +87,6 @@ def steady_allocator() -> str:
     if libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) != 1 or libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
         return "glibc default (mallopt failed)"
     return "glibc, mallopt: mmap threshold 32 MiB, no trimming"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    with open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    return f"CPU: {model or platform.processor()} ({torch.get_num_threads()} threads)"
 
 
 def sync(device: torch.device) -> None:
@@ -123,15 +118,11 @@ def build(norm: str, transform: str | None, args: argparse.Namespace, device: to
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-5, alpha=0.9, eps=1e-3, momentum=0.9)
+    """The training step `peffnet train` takes (the recipe's RMSProp), at a tiny learning rate."""
+    optimizer, scaler = rmsprop_tf(model, lr=1e-5, decay=0.9), grad_scaler(x.device, "off")
+    settings = StepSettings(micro_batch_size=len(x), num_classes=10)
     model.train()
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
-    return step
+    return lambda: runtime_train_step(model, optimizer, scaler, x, y, settings)
 
 
 def infer_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:

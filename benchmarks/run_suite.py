@@ -1,4 +1,4 @@
-"""The benchmark suite behind ``benchmarks/RESULTS.md`` (paper Sections 4.4-4.5; REFERENCE.md "Peers").
+"""The benchmark suite behind ``benchmarks/RESULTS.md`` (paper Sections 4.4-4.5; docs/reference.md, "Peers").
 
     python benchmarks/run_suite.py                # CPU: about 6 minutes on 2 cores
     python benchmarks/run_suite.py --device cuda  # GPU: AMP, larger batches, inference at the largest batch

@@ -1,24 +1,34 @@
-"""The GPU check: run it first whenever a GPU is lent (at most 8 minutes on one H100, one process).
+"""The GPU check: what a lent GPU must answer, in one command that fits a short lease (docs/benchmarks.md).
 
-    PYTHONPATH=src python3 scripts/device_check.py --out OUT          # on the GPU machine (torch 2.11+)
-    python scripts/device_check.py --device cpu --quick --out OUT     # dry run: every check, tiny sizes
+    PYTHONPATH=src python3 scripts/device_check.py --out $OUT           # on the GPU machine: <= 7 min on an H100
+    python scripts/device_check.py --device cpu --quick --out DIR       # the dry run: every check at tiny sizes
+    bash scripts/gpu_env.sh                                             # the dry run under the GPU machine's versions
 
-It needs only what peffnet imports (torch, timm; onnxruntime for the export check) and writes one JSON,
-``OUT/device_check.json``, rewritten after every check so that a run cut short keeps what it measured. Each
-check has a ``status``: ``pass``, ``fail`` (with the error's last line) or ``skip`` (with the reason).
+Output, all of it small and directly under ``--out`` (a borrowed machine returns a few files, no folders):
+``device_check.json`` (every check's result, rewritten the moment each check ends, so that a kill at the time
+limit keeps all that finished), ``RESULTS.md`` (the same, to read), ``device_check.log`` (the progress lines) and,
+with ``--suite``, the benchmark suite's ``<device>.json`` and ``suite.md``. Runs, checkpoints and exports go to
+a temporary folder that is removed.
 
-Correctness: training steps of G1-BN, G16-GN and G16-LN+PN (plain and fused form) in fp32, bf16 and fp16
-(with a grad scaler) against a CPU float64 reference (loss and gradient direction within the precision's
-tolerance, three more steps finite); a checkpoint written on the device resumes on the CPU; the folded
-LN+PN model matches the plain one and exports to ONNX; a one-process DDP step (NCCL on CUDA, gloo on CPU,
-micro-batches exercising ``no_sync``); a ``torch.compile`` training step matches eager.
+Time: every check has a budget (seconds on an H100; with ``--quick``, on a 2-core CPU). A check the time left
+(``--budget``) cannot hold is skipped and recorded with the reason; a check that runs past twice its budget
+is recorded as timed out and the command ends. Correctness comes first, speed next, the process group last:
 
-Speed (paper Sections 4.4-4.5): timm's EfficientNet-B0, ours G1-BN, G16-GN and G16-LN+PN at 224 px and half
-resolution (160 px), channels_last, NCHW for two of them and compiled ones, AMP, all in one alternating run
-(:func:`peffnet.measure.bench.run_bench`: training and inference img/s, batch-1 latency, peak memory, MAC
-utilization against the matmul peak measured in the autocast precision; TF32 settings recorded). Run from the
-repository it also runs ``benchmarks/run_suite.py``'s comparisons at GPU sizes, so that RESULTS.md shows
-the GPU's column beside the CPU's.
+- ``train_steps``: the training step (:func:`peffnet.runtime.step.train_step`) of G1-BN, G16-GN and G16-LN+PN
+  (plain and fused) in fp32, bf16 and fp16 (loss-scaled, as training scales it) against float64 on the CPU:
+  the loss, the gradient's cosine overall and the smallest cosine of any parameter tensor, later steps finite.
+- ``fold``: folded LN+PN and GN+PN equal the plain models in float64 on the device (fp32 with TF32 recorded).
+- ``sync_free``: training steps of ``peffnet train`` (in-memory data batched on the device, Mixup, CutMix,
+  label smoothing) counted for host synchronisations under ``torch.cuda.set_sync_debug_mode``.
+- ``checkpoint_to_cpu``, ``export``: a run trained on the device continues on the CPU; its checkpoint exports
+  to ONNX, verified by onnxruntime.
+- ``speed_train``, ``speed_infer``: :func:`peffnet.measure.bench.run_bench` in alternation, eager: timm's B0,
+  G1-BN, G16-GN, G16-LN+PN in NCHW and channels_last (and LN+PN's other form), the three at half resolution;
+  bf16 autocast on a GPU (fp32 on a CPU); MAC utilization against the peak measured in that precision; and
+  whether the layout and form ``peffnet train`` picks by default on the device are the fastest.
+- ``compile``: a ``torch.compile`` training step of G16-LN+PN matches eager, and its speed against eager.
+- ``suite`` (``--suite`` only): ``benchmarks/run_suite.py``'s comparisons at GPU sizes.
+- ``ddp``: a one-process NCCL group (60 s timeout) with micro-batches under ``no_sync``, last.
 """
 
 from __future__ import annotations
@@ -28,14 +38,22 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import copy  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
+import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from datetime import timedelta  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -46,30 +64,66 @@ if (REPO / "src" / "peffnet").is_dir() and str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))  # run from the source tree without installing
 
 import peffnet  # noqa: E402
+from peffnet.fusion import training_form  # noqa: E402
 from peffnet.measure.bench import BenchOptions, run_bench  # noqa: E402
+from peffnet.measure.device import DevicePeaks, measure_device  # noqa: E402
 from peffnet.measure.subjects import BenchSpec  # noqa: E402
+from peffnet.measure.timing import alternate  # noqa: E402
+from peffnet.resolution import half_resolution  # noqa: E402
+from peffnet.runtime.device import prefers_channels_last  # noqa: E402
+from peffnet.runtime.optim import rmsprop_tf  # noqa: E402
+from peffnet.runtime.step import StepSettings, grad_scaler, train_step  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from device_report import render  # noqa: E402
 
 MODELS = {"G1-BN": ("efficientnet_b0", "bn"), "G16-GN": ("g16_efficientnet_b0", "gn"),
           "G16-LN+PN": ("g16_efficientnet_b0", "lnpn")}
-TOLERANCE = {"fp32": 2e-3, "bf16": 5e-2, "fp16": 2e-2}  # relative loss error vs float64 (fp32: TF32 convs on GPU)
-COSINE = {"fp32": 0.999, "bf16": 0.98, "fp16": 0.99}  # gradient direction vs float64
+# Tolerances against float64, for rounding, not for bugs (a wrong or missing gradient has a cosine near 0); fp32 on a
+# GPU runs its convolutions in TF32 (10 mantissa bits, as fp16), so it is held to fp16's tensor tolerance.
+LOSS_ERROR = {"fp32": 5e-3, "bf16": 5e-2, "fp16": 2e-2}  # the loss's relative error
+COSINE = {"fp32": 0.999, "bf16": 0.95, "fp16": 0.99}  # the whole gradient's direction
+TENSOR_COSINE = {"fp32": 0.8, "bf16": 0.5, "fp16": 0.8}  # the worst parameter tensor's direction
+SIGNAL = 1e-8  # tensors whose float64 gradient is below this fraction of the whole one's norm carry none (a BN bias
+# whose shift the next BN removes has a gradient of exactly 0 up to rounding) and are not compared
+SLOWER_DEFAULT = 1.05  # a default layout or form this much slower than the fastest fails `speed_train` on a GPU
 
 
 class Skip(Exception):
     """A check that cannot run here (its reason is recorded)."""
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+@dataclass
+class Ctx:
+    """What every check gets."""
+
+    device: torch.device
+    quick: bool
+    work: Path  # the temporary folder
+    out: Path
+    say: Callable[[str], None]
+    measured: DevicePeaks | None = None
+
+    @property
+    def amp(self) -> str:
+        """The precision of the speed checks: bf16 autocast on a GPU, fp32 on a CPU (where bf16 may be emulated)."""
+        return "bf16" if self.device.type == "cuda" else "off"
+
+    def peaks(self) -> DevicePeaks:
+        """The device's compute peak in the speed checks' precision and its bandwidth, measured once."""
+        if self.measured is None:
+            dtype = torch.bfloat16 if self.amp == "bf16" else torch.float32
+            self.measured = measure_device(self.device, dtype, repeats=2 if self.quick else 5)
+        return self.measured
 
 
-def model_of(label: str, quick: bool, **kw: object) -> torch.nn.Module:
-    """The seeded model; its classifier init scaled by 0.1 (timm's head_init_scale) keeps the 10 logits small,
-    so that comparisons across precisions measure the network rather than the rounding of a few big logits."""
-    name, norm = MODELS[label]
+def model_of(label: str, norm: str | None = None) -> torch.nn.Module:
+    """The seeded model (``norm`` instead of the label's); its classifier init scaled by 0.1 (timm's
+    head_init_scale) keeps the 10 logits small, so that comparisons across precisions measure the network rather
+    than the rounding of a few big logits."""
+    name, own = MODELS[label]
     torch.manual_seed(0)
-    model = peffnet.create_model(name, norm=norm, num_classes=10, drop_rate=0.0, drop_path_rate=0.0, **kw)
+    model = peffnet.create_model(name, norm=norm or own, num_classes=10, drop_rate=0.0, drop_path_rate=0.0)
     with torch.no_grad():
         model.classifier.weight.mul_(0.1)
     return model
@@ -78,216 +132,380 @@ def model_of(label: str, quick: bool, **kw: object) -> torch.nn.Module:
 # --------------------------------------------------------------------------- correctness
 
 
-def check_train_steps(device: torch.device, quick: bool) -> dict:
-    """Loss and gradients of one step against float64 on the CPU; three more steps stay finite."""
-    res, batch = (64, 8) if quick else (128, 32)
+class Recorder(torch.optim.SGD):
+    """SGD that keeps the gradients its first step sees (the training step unscales them first and clears
+    them after stepping)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float) -> None:
+        super().__init__(params, lr=lr)
+        self.grads: list[torch.Tensor] | None = None
+
+    def step(self, closure: Callable | None = None) -> None:  # type: ignore[override]
+        if self.grads is None:
+            self.grads = [p.grad.detach().double().cpu().flatten() for p in self.param_groups[0]["params"]]
+        super().step(closure)
+
+
+def first_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, amp: str,
+               lr: float) -> tuple[float, list[torch.Tensor], Recorder, torch.amp.GradScaler]:
+    """The loss and gradients of the training step at the model's weights (fp16: steps whose scaled gradients
+    overflowed are skipped by the scaler, as in training, until one is taken)."""
+    device = next(model.parameters()).device
+    optimizer, scaler = Recorder(list(model.parameters()), lr), grad_scaler(device, amp)
+    settings = StepSettings(micro_batch_size=len(x), num_classes=10, amp=amp)
+    for _ in range(8):
+        loss = train_step(model, optimizer, scaler, x, y, settings).item()
+        if optimizer.grads is not None:
+            return loss, optimizer.grads, optimizer, scaler
+    raise RuntimeError(f"{amp}: every scaled gradient overflowed")
+
+
+def check_train_steps(c: Ctx) -> dict:
+    """Loss and gradients of the first step against float64 on the CPU; later steps finite. ``--quick``: bf16 and
+    fp16 for the flagship only (on CPUs without bf16 instructions both run at a few percent of fp32's speed)."""
+    res, batch = (32, 4) if c.quick else (128, 32)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(batch, 3, res, res, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
-    cases, worst = {}, "pass"
+    cases, status = {}, "pass"
     for label in MODELS:
-        forms = ("plain", "fused") if MODELS[label][1] == "lnpn" else ("plain",)
-        reference = model_of(label, quick).double().train()
-        ref_loss = F.cross_entropy(reference(x.double()), y)
-        ref_loss.backward()
-        ref_grad = torch.cat([p.grad.flatten() for p in reference.parameters()])
-        for form in forms:
-            for precision in ("fp32", "bf16", "fp16"):
-                model = model_of(label, quick).to(device).train()
+        names = [n for n, _ in model_of(label).named_parameters()]
+        ref_loss, ref_grads, _, _ = first_step(model_of(label).double(), x.double(), y, "off", 0.0)
+        ref = torch.cat(ref_grads)
+        for form in ("plain", "fused") if MODELS[label][1] == "lnpn" else ("plain",):
+            for amp in ("off",) if c.quick and (label, form) != ("G16-LN+PN", "plain") else ("off", "bf16", "fp16"):
+                precision = "fp32" if amp == "off" else amp
+                model = model_of(label).to(c.device).train()
                 if form == "fused":
                     peffnet.fuse_proxy_norm(model)
-                # step 0 unscaled, for the comparison; then steps as training takes them (fp16: loss scaling,
-                # which skips the updates whose gradients overflowed while it finds its scale)
-                scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-                optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-                losses = []
-                for step in range(3 if quick else 4):
-                    with autocast(device, precision):
-                        logits = model(x.to(device))
-                    loss = F.cross_entropy(logits.float(), y.to(device))
-                    if step == 0:
-                        loss.backward()
-                        grad = torch.cat([p.grad.double().flatten().cpu() for p in model.parameters()])
-                        optimizer.step()
-                    else:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    losses.append(loss.item())
-                rel = abs(losses[0] - ref_loss.item()) / abs(ref_loss.item())
-                cosine = F.cosine_similarity(grad, ref_grad, dim=0).item()
-                ok = rel <= TOLERANCE[precision] and cosine >= COSINE[precision] and all(map(_finite, losses))
-                cases[f"{label} {form} {precision}"] = {"loss": losses[0], "reference_loss": ref_loss.item(),
-                                                        "loss_rel_error": rel, "grad_cosine": cosine,
-                                                        "later_losses": losses[1:], "ok": ok}
-                worst = worst if ok else "fail"
-    return {"status": worst, "resolution": res, "batch": batch, "cases": cases,
-            "tolerance": {"loss_rel_error": TOLERANCE, "grad_cosine": COSINE}}
+                loss, grads, optimizer, scaler = first_step(model, x.to(c.device), y.to(c.device), amp, 1e-3)
+                settings = StepSettings(micro_batch_size=batch, num_classes=10, amp=amp)
+                later = [train_step(model, optimizer, scaler, x.to(c.device), y.to(c.device), settings).item()
+                         for _ in range(1 if c.quick else 2)]
+                per_tensor = {n: F.cosine_similarity(g, r, dim=0).item() for n, g, r in zip(names, grads, ref_grads,
+                              strict=True) if r.norm() > SIGNAL * ref.norm()}
+                worst = min(per_tensor, key=per_tensor.get)
+                case = {"loss": loss, "reference_loss": ref_loss, "loss_rel_error": abs(loss / ref_loss - 1),
+                        "grad_cosine": F.cosine_similarity(torch.cat(grads), ref, dim=0).item(),
+                        "min_tensor_cosine": per_tensor[worst], "min_tensor": worst,
+                        "tensors_without_signal": len(names) - len(per_tensor), "later_losses": later}
+                case["ok"] = (case["loss_rel_error"] <= LOSS_ERROR[precision]
+                              and case["grad_cosine"] >= COSINE[precision]
+                              and case["min_tensor_cosine"] >= TENSOR_COSINE[precision]
+                              and all(map(_finite, [loss, *later])))
+                cases[f"{label} {form} {precision}"] = case
+                status = status if case["ok"] else "fail"
+        c.say(f"train_steps: {label} done")
+    return {"status": status, "resolution": res, "batch": batch, "cases": cases,
+            "tolerance": {"loss_rel_error": LOSS_ERROR, "grad_cosine": COSINE, "min_tensor_cosine": TENSOR_COSINE}}
 
 
 def _finite(v: float) -> bool:
     return v == v and abs(v) != float("inf")
 
 
-def tiny_train(out: Path, device: str, *extra: str) -> list[str]:
+def randomized(model: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
+    """Every 1-D parameter (norm and proxy-norm affine, biases) moved off its initial value, so that every term
+    of Eq. 4 matters in the folding."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(scale * torch.randn(p.shape, generator=gen).to(p))
+    return model
+
+
+def check_fold(c: Ctx) -> dict:
+    """Folded proxy norm equals the plain model on the device: float64 (the test), fp32 (recorded: with TF32
+    convolutions two fp32 models with different weights differ by ~1e-3)."""
+    res = 32 if c.quick else 224
+    record, status = {"resolution": res}, "pass"
+    for norm in ("lnpn", "gnpn"):
+        for dtype in (torch.float64, torch.float32):
+            model = randomized(model_of("G16-LN+PN", norm=norm)).to(c.device, dtype).eval()
+            x = torch.randn(4, 3, res, res, generator=torch.Generator().manual_seed(2)).to(c.device, dtype)
+            with torch.no_grad():
+                plain = model(x)
+                folded = peffnet.fold_proxy_norm(copy.deepcopy(model))(x)
+            rel = ((folded - plain).abs().max() / plain.abs().max()).item()
+            record[f"{norm} {str(dtype).removeprefix('torch.')} max_rel_diff"] = rel
+            if dtype == torch.float64 and rel > 1e-9:
+                status = "fail"
+    return {"status": status, **record, "tolerance": "float64: 1e-9 of the largest logit"}
+
+
+def tiny_train(out: Path, device: str, epochs: int) -> list[str]:
     return ["train", "--model", "g16_efficientnet_b0", "--norm", "lnpn", "--data", "synthetic", "--subset", "64",
-            "--val-subset", "32", "--batch-size", "16", "--resolution", "32", "--epochs", "2", "--no-progress",
+            "--val-subset", "32", "--batch-size", "16", "--resolution", "32", "--epochs", str(epochs), "--no-progress",
             "--drop-rate", "0", "--drop-path-rate", "0", "--mixup-alpha", "0", "--lr", "0.003", "--recipe-epochs",
-            "0", "--head-init-scale", "0", "--checkpoint-every", "1", "--device", device, "--out", str(out), *extra]
+            "0", "--head-init-scale", "0", "--device", device, "--out", str(out)]
 
 
-def check_checkpoint_to_cpu(device: torch.device, quick: bool, work: Path) -> dict:
-    """A run interrupted on the device after 5 steps resumes on the CPU and finishes."""
+def check_checkpoint_to_cpu(c: Ctx) -> dict:
+    """A run trained for an epoch on the device continues on the CPU (the same command, a longer --epochs)."""
     from peffnet.checkpoint import load_checkpoint
     from peffnet.cli import main
-    from peffnet.training import loop
 
-    run = work / "gpu_run"
-    real, calls = loop.train_step, []
-
-    def interrupted(*a: object, **k: object) -> float:
-        calls.append(1)
-        if len(calls) > 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    loop.train_step = interrupted
-    try:
-        code = main(tiny_train(run, device.type))
-    finally:
-        loop.train_step = real
-    written = load_checkpoint(run / "checkpoint.pt")
-    if code == 0 or written["step"] != 5:
-        raise RuntimeError(f"the interrupted run returned {code} with a checkpoint at step {written['step']}")
-    if main(tiny_train(run, "cpu", "--resume")) != 0:
-        raise RuntimeError("resuming on the CPU failed")
+    run = c.work / "run"
+    if main(tiny_train(run, c.device.type, 1)) != 0:
+        raise RuntimeError(f"training on {c.device} failed")
+    written = load_checkpoint(run / "checkpoint.pt")["step"]
+    if main(tiny_train(run, "cpu", 2)) != 0:
+        raise RuntimeError("continuing on the CPU failed")
     summary = json.loads((run / "summary.json").read_text())
     final = load_checkpoint(run / "checkpoint.pt")
     finite = all(torch.isfinite(t).all() for t in final["model"].values() if t.is_floating_point())
-    return {"status": "pass" if finite and final["step"] == 8 else "fail", "written_on": str(device),
-            "resumed_at_step": written["step"], "final_step": final["step"], "top1": summary["top1"],
+    return {"status": "pass" if finite and final["step"] == 2 * written else "fail", "written_on": str(c.device),
+            "step_written": written, "final_step": final["step"], "top1": summary["top1"],
             "device_of_finish": summary["device"]}
 
 
-def check_fold_and_export(device: torch.device, quick: bool, work: Path) -> dict:
-    """Folded LN+PN equals plain LN+PN on the device; the trained LN+PN checkpoint exports to ONNX."""
-    res = 32 if quick else 224
-    model = model_of("G16-LN+PN", quick).to(device).eval()
-    x = torch.randn(8, 3, res, res, device=device)
-    with torch.no_grad():
-        plain = model(x)
-        folded = peffnet.fold_proxy_norm(copy.deepcopy(model))(x)
-    rel = ((folded - plain).abs().max() / plain.abs().max()).item()
-    record = {"resolution": res, "fold_max_rel_diff": rel}
+def check_export(c: Ctx) -> dict:
+    """The run's checkpoint exports to ONNX (proxy norm folded), verified against PyTorch by onnxruntime."""
     try:
-        from peffnet.serving.export import export_checkpoint
-
-        result = export_checkpoint(work / "gpu_run", "onnx", out=work / "model.onnx")
-        record["onnx_max_abs_diff"] = result.max_abs_diff
+        import onnxruntime  # noqa: F401
     except ImportError as err:
-        record["onnx"] = f"skipped: {err}"
-    return {"status": "pass" if rel <= 1e-4 else "fail", **record}
+        raise Skip(f"onnxruntime is not installed ({err})") from None
+    from peffnet.serving.export import export_checkpoint
+
+    if not (c.work / "run" / "checkpoint.pt").exists():
+        raise Skip("no checkpoint: checkpoint_to_cpu did not run")
+    result = export_checkpoint(c.work / "run", "onnx", out=c.work / "model.onnx")
+    return {"status": "pass", "onnx_max_abs_diff": result.max_abs_diff}
 
 
-def check_ddp(device: torch.device, quick: bool) -> dict:
-    """One DDP step in a one-process group, two micro-batches (the first under ``no_sync``)."""
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
+def check_sync_free(c: Ctx) -> dict:
+    """Training steps as ``peffnet train`` takes them (:func:`peffnet.training.loop.advance`: in-memory data
+    batched on the device, Mixup, CutMix, label smoothing, the loss read by :class:`LossReader`), counted for
+    host synchronisations: none in fp32 and bf16; fp16's loss scaler reads its overflow flag once a step."""
+    from peffnet.training import distributed
+    from peffnet.training.config import TrainConfig
+    from peffnet.training.loop import LossReader, advance
+    from peffnet.training.train import train_job
 
-    from peffnet.training.loop import StepSettings, train_step
-
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29517")
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, rank=0, world_size=1)
-    try:
-        model = model_of("G16-GN", quick).to(device)
-        reference = copy.deepcopy(model)
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-        settings = StepSettings(micro_batch_size=4, num_classes=10)
-        loss = train_step(net, torch.optim.SGD(model.parameters(), lr=0.0), torch.amp.GradScaler(device.type,
-                          enabled=False), x, y, settings).item()
-        ref = train_step(reference, torch.optim.SGD(reference.parameters(), lr=0.0), torch.amp.GradScaler(
-            device.type, enabled=False), x, y, settings).item()
-    finally:
-        dist.destroy_process_group()
-    return {"status": "pass" if abs(loss - ref) <= 1e-4 * abs(ref) else "fail", "backend": backend, "loss": loss,
-            "loss_without_ddp": ref}
-
-
-def check_compile(device: torch.device, quick: bool) -> dict:
-    """One compiled training step of the plain G16-LN+PN model equals the eager one (``--quick``: graph capture
-    with the ``aot_eager`` backend, since generating and compiling C++ kernels takes minutes on a CPU)."""
-    res = 32 if quick else 128
-    backend = "aot_eager" if quick else "inductor"
-    x, y = torch.randn(8, 3, res, res, device=device), torch.randint(0, 10, (8,), device=device)
-    losses = {}
-    for mode in ("eager", "compiled"):
-        model = model_of("G16-LN+PN", quick).to(device).train()
-        net = torch.compile(model, backend=backend) if mode == "compiled" else model
-        start = time.perf_counter()
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        losses[mode] = (loss.item(), time.perf_counter() - start)
-    rel = abs(losses["compiled"][0] - losses["eager"][0]) / abs(losses["eager"][0])
-    return {"status": "pass" if rel <= 1e-3 else "fail", "backend": backend, "loss_rel_diff": rel,
-            "first_step_s": {k: v[1] for k, v in losses.items()}}
+    counts, cuda = {}, c.device.type == "cuda"
+    for amp in ("off", "bf16", "fp16") if cuda else ("off",):
+        cfg = TrainConfig(model="g16_efficientnet_b0", norm="lnpn", data="synthetic", resolution="32" if c.quick
+                          else "64", batch_size=16 if c.quick else 64, epochs=1, amp=amp, mixup_alpha=0.2,
+                          cutmix_lambda=0.8, label_smoothing=0.1, device=c.device.type, out=str(c.work / "sync"),
+                          progress=False)
+        job = train_job(cfg, distributed.Context(0, 1, 0, c.device))
+        job.net.train()
+        reader, batches, steps = LossReader(), iter(job.train_loader), 2 if c.quick else 5
+        for _ in range(2):  # warm-up: lazy initialisation, cuDNN's autotuning
+            reader.put(job.state.step, 1, 0.0, advance(job, *next(batches)))
+        reader.take(wait=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if cuda:
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for _ in range(steps):
+                    reader.put(job.state.step, 1, 0.0, advance(job, *next(batches)))
+                    reader.take()
+            finally:
+                if cuda:
+                    torch.cuda.set_sync_debug_mode(0)
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+        counts[amp] = {"steps": steps, "syncs": len(syncs), "first": syncs[:1]}
+        reader.take(wait=True)
+    if not cuda:
+        raise Skip(f"synchronisations are counted on CUDA only (the steps ran: {counts})")
+    ok = counts["off"]["syncs"] == counts["bf16"]["syncs"] == 0 and counts["fp16"]["syncs"] <= counts["fp16"]["steps"]
+    return {"status": "pass" if ok else "fail", "counts": counts}
 
 
 # --------------------------------------------------------------------------- speed
 
 
-def check_speed(device: torch.device, quick: bool) -> dict:
-    """One alternating run: peers and ours at native and half resolution, layouts, compiled."""
-    native, half = (64, 32) if quick else (224, 160)
-    batch = 2 if quick else 128
-    g16 = "g16_efficientnet_b0"
-    specs = [BenchSpec("timm:efficientnet_b0", resolution=native, channels_last=True, label="timm B0"),
-             BenchSpec("efficientnet_b0", resolution=native, channels_last=True, label="G1-BN")]
-    for label, norm in (("G16-GN", "gn"), ("G16-LN+PN", "lnpn")):
-        specs.append(BenchSpec(g16, {"norm": norm}, native, channels_last=True, label=label))
+def speed_specs(c: Ctx) -> list[BenchSpec]:
+    """timm's B0 and ours in both layouts (LN+PN also in its other form), and ours at half resolution in the
+    layout they train in by default here."""
+    native = 64 if c.quick else 224
+    half = 32 if c.quick else half_resolution(native)
+    specs = []
+    for label, (name, norm) in {"timm B0": ("timm:efficientnet_b0", None), **MODELS}.items():
+        overrides = {"norm": norm} if norm else {}
+        for cl in (True, False):
+            specs.append(BenchSpec(name, overrides, native, channels_last=cl, label=f"{label} {_layout(cl)}"))
+        if norm == "lnpn":
+            other = "plain" if training_form(model_of(label), c.device, False) == "fused" else "fused"
+            specs.append(BenchSpec(name, overrides, native, channels_last=prefers_channels_last(norm, c.device),
+                                   form=other, label=f"{label} {other}"))
     for label, (name, norm) in MODELS.items():
-        specs.append(BenchSpec(name, {"norm": norm}, half, channels_last=True, label=f"{label} half"))
-    for label, norm in (("G16-GN", "gn"), ("G16-LN+PN", "lnpn")):
-        specs.append(BenchSpec(g16, {"norm": norm}, native, label=f"{label} NCHW"))
-        if not quick:  # compiling costs minutes on a CPU; the compile check covers it there
-            specs.append(BenchSpec(g16, {"norm": norm}, native, channels_last=True, compile=True,
-                                   label=f"{label} compiled"))
-    opts = BenchOptions(batch_size=batch, device=str(device), amp=True,
-                        amp_dtype="bfloat16", warmup=1 if quick else 3, repeats=1 if quick else 5,
-                        iters=1 if quick else 5, latency_iters=1 if quick else 10)
-    result = run_bench(specs, opts)
-    over = [r["label"] for r in result["results"] for m in ("train", "infer")
-            if m in r and r[m]["mac_utilization"] > 1.0]
-    return {"status": "fail" if over else "pass", "above_peak": over, **result}
+        specs.append(BenchSpec(name, {"norm": norm}, half, channels_last=prefers_channels_last(norm, c.device),
+                               label=f"{label} half"))
+    return specs
 
 
-def check_suite(device: torch.device, quick: bool, results: Path) -> dict:
-    """``benchmarks/run_suite.py``'s comparisons at GPU sizes: the device's column of RESULTS.md (written into
-    ``results``: the repository's ``benchmarks/results`` by default)."""
+def _layout(channels_last: bool) -> str:
+    return "channels_last" if channels_last else "NCHW"
+
+
+def bench_options(c: Ctx, *modes: str) -> BenchOptions:
+    batch = 2 if c.quick else (128 if "train" in modes else 256)
+    return BenchOptions(batch_size=batch, device=str(c.device), amp=c.amp != "off", warmup=1 if c.quick else 3,
+                        repeats=1 if c.quick else 5, iters=1 if c.quick else 3, latency_iters=1 if c.quick else 10,
+                        **dict.fromkeys(modes, True))
+
+
+def check_speed_train(c: Ctx) -> dict:
+    """Training img/s of every spec in one alternating run; the defaults' verdict."""
+    result = run_bench(speed_specs(c), bench_options(c, "train"), c.peaks(), progress=True)
+    return {**verdict(result, c, "train"), **result}
+
+
+def check_speed_infer(c: Ctx) -> dict:
+    """Inference img/s and batch-1 latency (eval mode set once), LN+PN folded as it is served."""
+    specs = [s for s in speed_specs(c) if s.form is None]
+    for s in specs:
+        s.fold_pn = s.overrides.get("norm") == "lnpn"
+    result = run_bench(specs, bench_options(c, "infer", "latency"), c.peaks(), progress=True)
+    return {**verdict(result, c, "infer"), **result}
+
+
+def verdict(result: dict, c: Ctx, mode: str) -> dict:
+    """Fail when a figure beats the measured peak of its precision, or (training, on a GPU) when the layout or
+    form ``peffnet train`` picks by default is over :data:`SLOWER_DEFAULT` times slower than the fastest."""
+    rows = [r for r in result["results"] if mode in r]
+    above = [r["label"] for r in rows if r[mode]["mac_utilization"] > 1.0]
+    defaults = {}
+    if mode == "train":
+        for label, (_, norm) in MODELS.items():
+            mine = {r["label"]: r[mode]["img_per_s"] for r in rows
+                    if r["label"].startswith(label + " ") and not r["label"].endswith("half")}
+            pick = f"{label} {_layout(prefers_channels_last(norm, c.device))}"
+            form = training_form(model_of(label), c.device, False)
+            fastest = max(mine, key=mine.get)
+            defaults[label] = {"default": f"{pick} ({form} form)", "fastest": fastest,
+                               "default_slower_by": mine[fastest] / mine[pick]}
+    slow = [k for k, v in defaults.items() if v["default_slower_by"] > SLOWER_DEFAULT]
+    failed = above or (slow and c.device.type == "cuda" and not c.quick)
+    return {"status": "fail" if failed else "pass", "above_peak": above, "defaults": defaults,
+            "defaults_not_fastest": slow}
+
+
+def check_compile(c: Ctx) -> dict:
+    """A compiled training step of the plain G16-LN+PN model equals the eager one at the same weights; then both
+    train in alternation, the compiled one reusing its graphs (``--quick``: the ``eager`` backend, graph capture
+    only, since generating and compiling kernels takes minutes on a CPU)."""
+    res, batch = (32, 4) if c.quick else (224, 128)
+    backend = "eager" if c.quick else "inductor"
+    fmt = torch.channels_last if prefers_channels_last("lnpn", c.device) else torch.contiguous_format
+    x = torch.randn(batch, 3, res, res, device=c.device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,), device=c.device)
+    eager = model_of("G16-LN+PN").to(c.device, memory_format=fmt).train()
+    compiled = copy.deepcopy(eager)
+    nets = {"eager": eager, "compiled": torch.compile(compiled, backend=backend)}
+    losses, firsts = {}, {}
+    for mode, net in nets.items():
+        start = time.perf_counter()
+        with torch.autocast(c.device.type, dtype=torch.bfloat16, enabled=c.amp == "bf16"):
+            loss = F.cross_entropy(net(x).float(), y)
+        loss.backward()  # compiles the backward graph too
+        losses[mode], firsts[mode] = loss.item(), time.perf_counter() - start
+        c.say(f"compile: first {mode} step {firsts[mode]:.1f} s")
+    rel = abs(losses["compiled"] / losses["eager"] - 1)
+    record = {"backend": backend, "resolution": res, "batch": batch, "amp": c.amp, "loss_rel_diff": rel,
+              "first_step_s": firsts}
+    settings = StepSettings(micro_batch_size=batch, num_classes=10, amp=c.amp)
+    steps = []
+    for model, net in ((eager, nets["eager"]), (compiled, nets["compiled"])):
+        optimizer, scaler = rmsprop_tf(model, lr=1e-5, decay=0.9), grad_scaler(c.device, c.amp)
+        steps.append(lambda net=net, optimizer=optimizer, scaler=scaler: train_step(net, optimizer, scaler, x, y,
+                                                                                     settings))
+    seconds = alternate(steps, warmup=1, repeats=1 if c.quick else 5, iters=1 if c.quick else 3, device=c.device)
+    eager_s, compiled_s = (statistics.median(t) for t in seconds)
+    record.update(train_img_per_s={"eager": batch / eager_s, "compiled": batch / compiled_s},
+                  compiled_speedup=eager_s / compiled_s)
+    return {"status": "pass" if rel <= (2e-2 if c.amp == "bf16" else 1e-3) else "fail", **record}
+
+
+def check_suite(c: Ctx) -> dict:
+    """``benchmarks/run_suite.py``'s comparisons at GPU sizes, written beside device_check.json."""
     suite = REPO / "benchmarks" / "run_suite.py"
     if not suite.is_file():
         raise Skip("not run from the repository (benchmarks/run_suite.py is missing)")
     sys.path.insert(0, str(suite.parent))
     import run_suite
 
-    argv = ["--device", device.type, "--only", "peers", "group_size", "norms", "resolution", "channels_last",
-            "--results", str(results), "--markdown", str(results.parent / "RESULTS.md")]
-    argv += ["--quick"] if quick else ["--check"]
+    argv = ["--device", c.device.type, "--only", "peers", "group_size", "norms", "resolution", "channels_last",
+            "--results", str(c.out), "--markdown", str(c.out / "suite.md"), "--quick" if c.quick else "--check"]
     if run_suite.main(argv) != 0:
         raise RuntimeError("run_suite.py failed")
     return {"status": "pass", "command": "python benchmarks/run_suite.py " + " ".join(argv)}
 
 
+def check_ddp(c: Ctx) -> dict:
+    """One DDP step in a one-process group (NCCL on CUDA, gloo on a CPU; 60 s timeout), two micro-batches (the
+    first under ``no_sync``), equal to the step without DDP."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cuda = c.device.type == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                            timeout=timedelta(seconds=60), device_id=c.device if cuda else None)
+    try:
+        model = model_of("G16-GN").to(c.device)
+        reference = copy.deepcopy(model)
+        net = DistributedDataParallel(model, device_ids=[c.device] if cuda else None)
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+        settings = StepSettings(micro_batch_size=4, num_classes=10)
+        losses = [train_step(m, torch.optim.SGD(m.parameters(), lr=0.0), grad_scaler(c.device, "off"), x, y,
+                             settings).item() for m in (net, reference)]
+    finally:
+        dist.destroy_process_group()
+    return {"status": "pass" if abs(losses[0] - losses[1]) <= 1e-4 * abs(losses[1]) else "fail",
+            "backend": dist.Backend.NCCL if cuda else dist.Backend.GLOO, "loss": losses[0],
+            "loss_without_ddp": losses[1]}
+
+
+CHECKS: list[tuple[str, Callable[[Ctx], dict], float, float]] = [  # name, check, budget on an H100, with --quick
+    ("train_steps", check_train_steps, 40, 30),
+    ("fold", check_fold, 15, 5),
+    ("sync_free", check_sync_free, 30, 10),
+    ("checkpoint_to_cpu", check_checkpoint_to_cpu, 30, 20),
+    ("export", check_export, 20, 10),
+    ("speed_train", check_speed_train, 75, 15),
+    ("speed_infer", check_speed_infer, 45, 10),
+    ("compile", check_compile, 150, 20),
+    ("suite", check_suite, 120, 60),
+    ("ddp", check_ddp, 20, 5),
+]
+
+
 # --------------------------------------------------------------------------- driver
+
+
+class Tee:
+    """A stream that also appends to the log file, line-buffered (the log survives a kill)."""
+
+    def __init__(self, stream: object, log: object) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.log.flush()
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)
 
 
 def environment(device: torch.device) -> dict:
     import timm
+    import torchvision
 
-    env = {"torch": torch.__version__, "timm": timm.__version__, "peffnet": peffnet.__version__,
-           "python": platform.python_version(), "device": str(device)}
+    env = {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
+           "peffnet": peffnet.__version__, "python": platform.python_version(), "device": str(device)}
     if device.type == "cuda":
         env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version(),
@@ -297,53 +515,84 @@ def environment(device: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help="folder for device_check.json")
+    p.add_argument("--out", type=Path, required=True, help="folder for device_check.json, RESULTS.md and the log")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (a dry run)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, one round: every check in minutes on a CPU")
-    p.add_argument("--budget", type=float, default=480, help="seconds; checks that would start later are skipped")
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results",
-                   help="where the suite check writes its JSON (RESULTS.md beside it)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one round: all checks in 2 minutes on a CPU")
+    p.add_argument("--budget", type=float, default=420, help="seconds for all checks (default 420: 7 minutes)")
+    p.add_argument("--suite", action="store_true", help="also run benchmarks/run_suite.py's comparisons")
+    p.add_argument("--only", nargs="+", choices=[n for n, *_ in CHECKS], help="run these checks only")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("device_check.py: error: no CUDA device here; use --device cpu --quick for a dry run", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.out / "work"
-    work.mkdir(exist_ok=True)
-    record = {"command": " ".join(["scripts/device_check.py", *(argv if argv is not None else sys.argv[1:])]),
-              "env": environment(device), "quick": args.quick, "checks": {}}
-    checks: list[tuple[str, Callable[[], dict]]] = [
-        ("train_steps", lambda: check_train_steps(device, args.quick)),
-        ("checkpoint_to_cpu", lambda: check_checkpoint_to_cpu(device, args.quick, work)),
-        ("fold_and_export", lambda: check_fold_and_export(device, args.quick, work)),
-        ("ddp", lambda: check_ddp(device, args.quick)),
-        ("compile", lambda: check_compile(device, args.quick)),
-        ("speed", lambda: check_speed(device, args.quick)),
-        ("suite", lambda: check_suite(device, args.quick, args.results)),
-    ]
+    log = open(args.out / "device_check.log", "a")  # noqa: SIM115 - open for the whole run
+    sys.stdout, sys.stderr = Tee(sys.stdout, log), Tee(sys.stderr, log)
     start = time.perf_counter()
-    for name, fn in checks:
-        t0 = time.perf_counter()
-        if t0 - start > args.budget:
-            result = {"status": "skip", "reason": f"time budget of {args.budget:.0f} s spent"}
-        else:
-            print(f"device_check: {name}", file=sys.stderr, flush=True)
-            try:
-                result = fn()
-            except Skip as why:
-                result = {"status": "skip", "reason": str(why)}
-            except Exception as err:  # a failed check is a result; the next checks still run
-                result = {"status": "fail", "error": f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}",
-                          "traceback": traceback.format_exc()[-3000:]}
-        result["seconds"] = time.perf_counter() - t0
-        record["checks"][name] = result
+
+    def say(text: str) -> None:
+        print(f"[{time.perf_counter() - start:5.0f} s] {text}", file=sys.stderr, flush=True)
+
+    record = {"command": " ".join(["scripts/device_check.py", *(argv if argv is not None else sys.argv[1:])]),
+              "env": environment(device), "quick": args.quick, "budget_s": args.budget, "checks": {}}
+
+    def save() -> None:
         record["wall_time_s"] = time.perf_counter() - start
-        (args.out / "device_check.json").write_text(json.dumps(record, indent=1) + "\n")
-        print(f"device_check: {name}: {result['status']} ({result['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        for name, text in (("device_check.json", json.dumps(record, indent=1) + "\n"), ("RESULTS.md", render(record))):
+            tmp = args.out / f".{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(args.out / name)
+
+    work = Path(tempfile.mkdtemp(prefix="peffnet-device-check-"))
+    ctx = Ctx(device, args.quick, work, args.out, say)
+    current: dict = {}
+
+    def abort(why: str, code: int) -> None:
+        """Record the check in progress as failed, save, remove the temporary folder and end the process."""
+        if current:
+            record["checks"][current["name"]] = {"status": "fail", "error": why,
+                                                 "seconds": time.perf_counter() - current["t0"]}
+        save()
+        say(f"{current.get('name', 'device_check')}: {why}; results so far in {args.out / 'device_check.json'}")
+        shutil.rmtree(work, ignore_errors=True)
+        os._exit(code)
+
+    signal.signal(signal.SIGTERM, lambda *_: abort("killed by SIGTERM (the time limit?)", 143))
+    selected = [c for c in CHECKS if (args.only is None or c[0] in args.only) and (c[0] != "suite" or args.suite)]
+    try:
+        for name, fn, budget_gpu, budget_quick in selected:
+            budget, t0 = (budget_quick if args.quick else budget_gpu), time.perf_counter()
+            left = args.budget - (t0 - start)
+            if budget > left:
+                result = {"status": "skip", "reason": f"its budget ({budget:.0f} s) is over the time left "
+                                                      f"({left:.0f} s)"}
+            else:
+                say(f"{name}: starting (budget {budget:.0f} s)")
+                current.update(name=name, t0=t0)
+                watchdog = threading.Timer(2 * budget + 30, abort, (f"timed out after {2 * budget + 30:.0f} s", 3))
+                watchdog.daemon = True
+                watchdog.start()
+                try:
+                    result = fn(ctx)
+                except Skip as why:
+                    result = {"status": "skip", "reason": str(why)}
+                except Exception as err:  # a failed check is a result; the next checks still run
+                    last = (str(err).strip().splitlines() or [""])[-1]
+                    result = {"status": "fail", "error": f"{type(err).__name__}: {last}",
+                              "traceback": traceback.format_exc()[-3000:]}
+                finally:
+                    watchdog.cancel()
+                    current.clear()
+            result["seconds"] = time.perf_counter() - t0
+            record["checks"][name] = result
+            save()
+            say(f"{name}: {result['status']} ({result['seconds']:.0f} s)"
+                + (f": {result.get('reason') or result.get('error')}" if result["status"] != "pass" else ""))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     failed = [n for n, r in record["checks"].items() if r["status"] == "fail"]
-    print(f"device_check: {len(record['checks']) - len(failed)}/{len(record['checks'])} not failed "
-          f"({record['wall_time_s']:.0f} s) -> {args.out / 'device_check.json'}")
+    say(f"{len(record['checks']) - len(failed)}/{len(record['checks'])} not failed -> {args.out / 'device_check.json'}")
     return 1 if failed else 0
 
 

@@ -2,9 +2,10 @@
 
 For each node count n, the moments of phi(U), U ~ N(mu, sigma^2), are computed by
 ``peffnet.proxy_norm_moments`` with n Gauss-Hermite and n Gauss-Laguerre nodes over a grid that covers
-the parameter box of the issue (gamma in [0.1, 5], beta in [-3, 3], gamma~ in [-0.5, 1], beta~ in [-1, 1]
-gives mu = gamma beta~ + beta in [-8, 8] and sigma = gamma (1 + gamma~) in [0.05, 10]). The table gives the
-worst error divided by the tolerance max(1e-3, 1 % of the exact value); below 1 meets the issue.
+the parameter box ``peffnet.proxy_norm_moments`` is specified for (gamma in [0.1, 5], beta in [-3, 3], gamma~
+in [-0.5, 1], beta~ in [-1, 1] gives mu = gamma beta~ + beta in [-8, 8] and sigma = gamma (1 + gamma~) in
+[0.05, 10]). The table gives the worst error divided by the tolerance max(1e-3, 1 % of the exact value), the
+accuracy that function promises; below 1 keeps the promise.
 Also shows plain Gauss-Hermite (one rule for every sigma) for comparison.
 
     python scripts/pn_quadrature.py                 # prints a markdown table (about 10 s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,9 @@ from peffnet.models import build, preset
 from resolution_helpers import train_tiny
 
 FORMATS_DOC = Path(__file__).resolve().parents[1] / "docs" / "formats.md"
+COMMAND_ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+"""The environment of a ``python -m peffnet`` subprocess: OpenMP threads that sleep while they wait, as the command
+chooses on a busy machine; given, the choice is the user's, so the command starts once (peffnet_command)."""
 
 
 def documented_keys(heading: str) -> set[str]:

@@ -1,5 +1,5 @@
 """Micro-batching with gradient accumulation equals full-batch training with GN, LN, LN+PN (plain and fused)
-and GN+PN, and does not with BN (paper Section 3.2; REFERENCE.md, training recipe)."""
+and GN+PN, and does not with BN (paper Section 3.2; docs/reference.md, "Training recipe")."""
 
 from __future__ import annotations
 

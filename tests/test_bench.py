@@ -16,9 +16,10 @@ from peffnet.measure.bench import BenchOptions, run_bench
 from peffnet.measure.device import DevicePeaks, measure_bandwidth, measure_peak_macs
 from peffnet.measure.roofline import layer_kind
 from peffnet.measure.subjects import BenchSpec, build_model, parse_spec
-from peffnet.measure.timing import max_batch, peak_transient_bytes
+from peffnet.measure.timing import alternate, max_batch
 from peffnet.models import create_model
 from peffnet.models.profile import conv_layers, model_macs, profile_model
+from peffnet.runtime.device import peak_transient_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,7 +56,7 @@ def test_baselines_build_randomly_initialised_with_b0_cost(name: str) -> None:
     model, res, _ = build_model(BenchSpec(name))
     ours, _, _ = build_model(BenchSpec("efficientnet_b0"))
     assert res == 224
-    assert sum(p.numel() for p in model.parameters()) == pytest.approx(5.29e6, rel=0.01)  # REFERENCE.md "Peers"
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(5.29e6, rel=0.01)  # docs/reference.md, "Peers"
     # Same architecture, same count: within 1 % of our G1 B0 (0.40 GMACs).
     assert model_macs(model, 224) == pytest.approx(model_macs(ours, 224), rel=0.01)
     assert model_macs(ours, 224) == pytest.approx(0.40e9, rel=0.05)  # published 0.40 also counts SE/pool ops
@@ -267,3 +268,17 @@ def test_a_loaded_run_is_named_as_such() -> None:
     assert "note: the machine's load varied during the run" in text and "b infer 0.63x per round vs 0.97x" in text
     result["results"][1]["infer"]["ratio"] = 0.96
     assert "note:" not in format_result(result)
+
+
+def test_a_race_stops_timing_what_is_clearly_slower_and_only_within_its_group() -> None:
+    """`alternate(race=...)`: a closure 5x slower than its group's best at warm-up gets no rounds, one 1.4x slower
+    is dropped once the margin has narrowed below 1.4 (after 2 rounds), one 1.1x slower and a closure alone in
+    its group are timed in full. Times come from a clock the closures advance by their cost."""
+    now = [0.0]
+    costs = {"a": 1.0, "b": 1.1, "c": 5.0, "d": 1.4, "e": 9.0}
+    steps = [lambda k=k: now.__setitem__(0, now[0] + costs[k]) for k in costs]
+    samples = alternate(steps, warmup=1, repeats=6, iters=1, device=torch.device("cpu"), clock=lambda: now[0],
+                        progress=False, race=["g", "g", "g", "g", "h"])
+    rounds = {k: len(s) for k, s in zip(costs, samples, strict=True)}
+    assert rounds == {"a": 6, "b": 6, "c": 0, "d": 2, "e": 6}
+    assert samples[0] == [1.0] * 6 and samples[4] == [9.0] * 6

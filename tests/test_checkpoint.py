@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import peffnet.checkpoint as checkpoint_module
+import peffnet.files as files_module
 from conftest import torch_threads
 from peffnet.checkpoint import (
     FORMAT,
@@ -268,7 +269,7 @@ def dev_full_for_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
             fd = os.open("/dev/full", os.O_WRONLY)
         return fd, path
 
-    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(files_module.tempfile, "mkstemp", mkstemp)
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
@@ -279,9 +280,9 @@ def test_a_full_disk_is_one_line_with_the_size_needed_and_the_earlier_checkpoint
     dev_full_for_checkpoints(monkeypatch)
     with pytest.raises(RunFailure) as err:
         checkpoints.save({**state, "step": 8})
-    size = f"{(tmp_path / 'checkpoint.pt').stat().st_size / 1e6:.1f} MB"
-    assert str(err.value).startswith(f"cannot write checkpoint {tmp_path / 'checkpoint.pt'}: No space left on device "
-                                     f"(a checkpoint needs about {size}, ")
+    size = f"{(tmp_path / 'checkpoint.pt').stat().st_size:,} bytes"  # the same state at another step
+    assert str(err.value).startswith(f"cannot write checkpoint.pt in {tmp_path}: No space left on device "
+                                     f"(it needs {size}; ")
     assert str(err.value).endswith(f"free there); the earlier checkpoints are intact: {tmp_path / 'checkpoint.pt'} "
                                    f"(step 4)")
     assert "\n" not in str(err.value)
@@ -297,9 +298,9 @@ def test_an_unwritable_directory_is_one_line_with_the_size_needed(tmp_path: Path
     def refuse(*args: object, dir: str = "", **kwargs: object) -> tuple[int, str]:
         raise PermissionError(errno.EACCES, "Permission denied", dir)
 
-    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", refuse)
-    with pytest.raises(RunFailure, match=r"cannot write checkpoint .*: Permission denied \(a checkpoint needs about "
-                                         r"\d+\.\d MB.*\); the earlier checkpoints are intact: no checkpoint yet"):
+    monkeypatch.setattr(files_module.tempfile, "mkstemp", refuse)
+    with pytest.raises(RunFailure, match=r"cannot write checkpoint.pt in .*: Permission denied \(it needs "
+                                         r"[\d,]+ bytes.*\); the earlier checkpoints are intact: no checkpoint yet"):
         CheckpointDir(tmp_path).save(state)
 
 
@@ -321,7 +322,7 @@ def test_disk_full_during_training_exits_1_with_one_line(tmp_path: Path, monkeyp
     with torch_threads(1):
         assert main(tiny_args(tmp_path, "--checkpoint-every", "1")) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"peffnet train: error: cannot write checkpoint {tmp_path}")
+    assert err.count("\n") == 1 and err.startswith(f"peffnet train: error: cannot write checkpoint.pt in {tmp_path}")
     assert "No space left on device" in err and "the earlier checkpoints are intact" in err
     assert [r["step"] for r in read_manifest(tmp_path)] == [2, 1]
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2 and not list(tmp_path.glob(".*.tmp"))

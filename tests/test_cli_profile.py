@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 
 import pytest
 
-import peffnet
-from conftest import meta_model
+from conftest import COMMAND_ENV, meta_model
 from peffnet.cli import main
 from peffnet.models import DEFAULT_NORM, NORMS
 from peffnet.models.profile import profile_model
@@ -101,59 +98,13 @@ def test_bad_input_exit_2_one_line(argv: list[str], message: str, capsys: pytest
 
 
 def test_console_script_usage_error_is_one_line() -> None:
-    proc = subprocess.run([sys.executable, "-m", "peffnet", "profile"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "peffnet", "profile"], capture_output=True, text=True, env=COMMAND_ENV)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "MODEL" in proc.stderr.upper()
-    proc = subprocess.run([sys.executable, "-m", "peffnet", "profile", "nope"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "peffnet", "profile", "nope"], capture_output=True, text=True,
+                          env=COMMAND_ENV)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "peffnet profile: error: unknown model 'nope'; run `peffnet models` for the list")
-
-
-@pytest.mark.parametrize("policy", [None, "ACTIVE"])
-def test_the_command_chooses_how_openmp_waits_unless_told(policy: str | None) -> None:
-    """OpenMP threads that spin make a run many times slower beside another process, threads that sleep at
-    once make it slower alone (benchmarks/bench_contention.py): the command chooses before torch loads,
-    keeping a user's choice; importing the library changes nothing."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    env.update({"OMP_WAIT_POLICY": policy} if policy else {})
-    argv = ["bench", "efficientnet_b0@32", "--infer", "--batch-size", "1", "--repeats", "1", "--iters", "1",
-            "--warmup", "0", "--device", "cpu", "--json"]
-    proc = subprocess.run([sys.executable, "-m", "peffnet", *argv], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr
-    recorded = json.loads(proc.stdout)["env"]
-    chosen = (recorded["omp_wait_policy"], recorded["gomp_spincount"])
-    assert chosen == (policy, None) if policy else chosen in (("PASSIVE", None), (None, peffnet.SPIN_WHEN_IDLE))
-    library = subprocess.run([sys.executable, "-c", "import os, peffnet; print(os.environ.get('OMP_WAIT_POLICY'), "
-                              "os.environ.get('GOMP_SPINCOUNT'))"], capture_output=True, text=True, env=env)
-    assert library.stdout.split() == [str(policy), "None"]
-
-
-@pytest.mark.parametrize("busy, chosen", [(0.1, (None, "3000")), (0.9, ("PASSIVE", None)), (None, ("PASSIVE", None))])
-def test_openmp_threads_sleep_at_once_on_a_busy_machine_and_spin_briefly_on_an_idle_one(
-        busy: float | None, chosen: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(peffnet, "_busy_cores", lambda: busy)
-    peffnet._choose_openmp_waiting()
-    assert (os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT")) == chosen
-    threads = os.environ.get("OMP_NUM_THREADS")  # a busy machine: only the cores left idle
-    assert threads == (str(max(1, os.cpu_count() - 1)) if busy == 0.9 else None)
-    monkeypatch.setenv("GOMP_SPINCOUNT", "7")
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    peffnet._choose_openmp_waiting()  # the user's own setting stays
-    assert (os.environ.get("OMP_WAIT_POLICY"), os.environ["GOMP_SPINCOUNT"]) == (None, "7")
-
-
-def test_busy_cores_counts_another_process() -> None:
-    idle = peffnet._busy_cores(0.3)  # whatever the machine does now: a number
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.3)
-        loaded = peffnet._busy_cores(0.3)
-    finally:
-        busy.kill()
-        busy.wait()
-    assert idle is not None and loaded is not None and loaded >= 0.5  # the busy loop holds about one core
 
 
 def test_every_command_prints_its_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import COMMAND_ENV
 from peffnet.checkpoint import load_checkpoint, read_manifest
 from peffnet.cli import main
 from peffnet.training.lock import LOCK_NAME
@@ -37,7 +38,7 @@ def torchrun(out: Path, *extra: str, restarts: int = 0) -> subprocess.Popen:
            "--max-restarts", str(restarts), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            "-m", "peffnet", *tiny_args(out, *extra, epochs=2)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**COMMAND_ENV, "OMP_NUM_THREADS": "1"})
 
 
 def finish(proc: subprocess.Popen) -> str:
@@ -87,7 +88,7 @@ def test_no_sync_reaches_a_compiled_ddp_model(monkeypatch: pytest.MonkeyPatch) -
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from peffnet.training.loop import _no_sync
+    from peffnet.runtime.step import no_sync
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
@@ -95,7 +96,7 @@ def test_no_sync_reaches_a_compiled_ddp_model(monkeypatch: pytest.MonkeyPatch) -
     try:
         ddp = DistributedDataParallel(torch.nn.Linear(2, 2))
         for net in (ddp, torch.compile(ddp)):  # compiling is lazy: nothing is compiled here
-            with _no_sync(net):
+            with no_sync(net):
                 assert not ddp.require_backward_grad_sync
             assert ddp.require_backward_grad_sync
     finally:

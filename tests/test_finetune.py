@@ -18,9 +18,9 @@ from peffnet.cli import main
 from peffnet.data import build_dataset
 from peffnet.errors import ConfigError
 from peffnet.models import create_model
+from peffnet.runtime.step import train_step
 from peffnet.training import loop as engine
 from peffnet.training.finetune import finetuned_stage_indices, freeze_for_finetune
-from peffnet.training.loop import train_step
 from resolution_helpers import TINY_FINETUNE
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -102,7 +102,8 @@ def test_run_directory_and_summary(tiny_parent: Path, run: tuple[Path, list[bool
         assert (out / name).exists()
     s = json.loads((out / "summary.json").read_text())
     assert (s["train_resolution"], s["finetune_stages"], s["epochs"], s["steps"]) == (64, 2, 2, 4)
-    assert Path(s["parent"]) == (tiny_parent / "checkpoint.pt").resolve() and s["parent_train_resolution"] == 32
+    assert (out / s["parent"]).resolve() == (tiny_parent / "checkpoint.pt").resolve()  # relative to the run
+    assert s["parent_train_resolution"] == 32
     assert 0 <= s["top1"] <= 100 and s["trainable_params"] < s["params"]
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["finetune_stages"] == 2 and state["train_resolution"] == 64

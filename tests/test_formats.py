@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import documented_keys
 from peffnet.checkpoint import load_checkpoint
@@ -60,6 +61,22 @@ def test_summary_keys(tiny_parent: Path, finetuned: Path) -> None:
     assert set(ft) == common | extra
 
 
+def test_a_run_records_paths_relative_to_its_directory(tiny_parent: Path, finetuned: Path,
+                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A run directory moved or shipped names no folder of the machine that made it: the checkpoint, ``out``
+    and the fine-tuned model's parent are recorded relative to the run directory (the inputs a run read, such
+    as the checkpoint fine-tuned, are settings recorded as given)."""
+    machine = str(tmp_path_factory.getbasetemp())
+    for run in (tiny_parent, finetuned):
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["checkpoint"] == "checkpoint.pt" and machine not in (run / "summary.json").read_text()
+        assert yaml.safe_load((run / "config.yaml").read_text())["out"] == "."
+        assert load_checkpoint(run / "checkpoint.pt")["config"]["out"] == "."
+    assert machine not in (tiny_parent / "config.yaml").read_text()
+    parent = json.loads((finetuned / "summary.json").read_text())["parent"]
+    assert (finetuned / parent).resolve() == (tiny_parent / "checkpoint.pt").resolve()
+
+
 def test_metrics_keys(tiny_parent: Path) -> None:
     records = [json.loads(line) for line in (tiny_parent / "metrics.jsonl").read_text().splitlines()]
     documented = documented_keys("`metrics.jsonl`")
@@ -71,6 +88,7 @@ def test_metrics_keys(tiny_parent: Path) -> None:
 def test_eval_keys(tiny_parent: Path, tmp_path: Path) -> None:
     assert main(["eval", str(tiny_parent), "--val-subset", "8", "--no-progress", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "eval.json").read_text())
+    assert (tmp_path / record["checkpoint"]).resolve() == (tiny_parent / "checkpoint.pt").resolve()  # relative
     top = documented_keys("`eval.json`")
     each = documented_keys("`eval.json`: each result")
     assert set(record) == top

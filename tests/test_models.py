@@ -9,6 +9,7 @@ from torch import nn
 import peffnet
 from conftest import checkpointed_grads_match, meta_model, randomize
 from peffnet.layers.norm_act import BatchNormAct2d
+from peffnet.layers.normalization import layer_norm_nhwc
 from peffnet.models.config import nearest_group_size
 from peffnet.models.profile import profile_model
 
@@ -123,6 +124,26 @@ def test_batchnorm_act_is_torch_batchnorm(train: bool) -> None:
             torch.testing.assert_close(ours.train(train)(x.clone()), torch.nn.functional.silu(ref.train(train)(x)))
         for key, value in ref.state_dict().items():
             torch.testing.assert_close(ours.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("affine", ["weight and bias", "weight", "none"])
+def test_layer_norm_on_nhwc_memory_is_group_norm_with_one_group(affine: str) -> None:
+    """The LN that CUDA runs on a channels_last tensor as it lies (``layer_norm_nhwc``) is ``F.group_norm`` with
+    one group: outputs (in the input's layout and dtype) and gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 5, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(8, requires_grad=True) if affine != "none" else None
+    bias = torch.randn(8, requires_grad=True) if affine == "weight and bias" else None
+    ours = layer_norm_nhwc(x, weight, bias, 1e-3)
+    ref = torch.nn.functional.group_norm(x, 1, weight, bias, 1e-3)
+    assert ours.is_contiguous(memory_format=torch.channels_last) and ours.dtype == x.dtype
+    torch.testing.assert_close(ours, ref)
+    inputs = [t for t in (x, weight, bias) if t is not None]
+    upstream = torch.randn(ref.shape)
+    torch.testing.assert_close(torch.autograd.grad(ours, inputs, upstream), torch.autograd.grad(ref, inputs, upstream))
+    half = layer_norm_nhwc(x.detach().bfloat16(), weight, bias, 1e-3)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), ref.detach(), atol=0.05, rtol=0.02)
 
 
 

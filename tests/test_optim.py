@@ -1,4 +1,4 @@
-"""Weight decay where the paper puts it (Section 3.2/3.4; REFERENCE.md): conv/linear weights and PN's
+"""Weight decay where the paper puts it (Section 3.2/3.4; docs/reference.md): conv/linear weights and PN's
 gamma~/beta~ decay; normalization gamma/beta (PN's included) and biases do not."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from timm.optim import RMSpropTF
 from torch import nn
 
 from peffnet import create_model
-from peffnet.training.optim import param_groups
+from peffnet.runtime.optim import param_groups
 
 
 def groups_by_name(model: nn.Module, weight_decay: float = 1e-5) -> tuple[set[str], set[str]]:

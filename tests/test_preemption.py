@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import COMMAND_ENV
 from peffnet.checkpoint import load_checkpoint
 from peffnet.cli import main
 from peffnet.training import loop
@@ -101,7 +102,7 @@ def test_sigterm_from_outside_exits_143_within_the_grace_period(tmp_path: Path) 
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "peffnet", *tiny_args(out, "--subset", "128", epochs=2)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**COMMAND_ENV, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 300
     while not (out / "metrics.jsonl").exists() or '"step": 2,' not in (out / "metrics.jsonl").read_text():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

@@ -42,7 +42,8 @@ def exact_moments(act: str, mu: float, sigma: float) -> tuple[float, float]:
 
 
 def box_params(n: int, seed: int = 0) -> np.ndarray:
-    """Corners of the issue's box (gamma [0.1, 5], beta [-3, 3], gamma~ [-0.5, 1], beta~ [-1, 1]) + random."""
+    """Corners of the box proxy_norm_moments is specified for (gamma [0.1, 5], beta [-3, 3], gamma~ [-0.5, 1],
+    beta~ [-1, 1]) + random."""
     rng = np.random.default_rng(seed)
     lo, hi = np.array([0.1, -3, -0.5, -1]), np.array([5, 3, 1, 1])
     corners = np.array(list(itertools.product(*zip(lo, hi, strict=True))))
@@ -135,15 +136,15 @@ def test_projection_norm_has_scale_no_shift_no_pn(groups: int) -> None:
 
 @pytest.mark.parametrize("train", [True, False])
 def test_layer_traces_with_the_moments_as_one_leaf_call(train: bool) -> None:
-    """Under ``torch.fx`` symbolic tracing the moments are one call of ``proxy_affine`` (not traced into, and not
-    served from the eval cache): the traced layer computes the layer's output and gradients."""
+    """Under ``torch.fx`` symbolic tracing the moments are one call of ``swish_proxy_affine`` (not traced into,
+    and not served from the eval cache): the traced layer computes the layer's output and gradients."""
     layer = randomize(ProxyNormAct2d(8, groups=4).double()).train(train)
     x = torch.randn(3, 8, 5, 5, dtype=torch.float64)
     with torch.no_grad():
         ref = layer(x.clone())  # in eval mode: fills the cache before tracing
     graph = torch.fx.symbolic_trace(layer)
     calls = [n.target for n in graph.graph.nodes if n.op == "call_function"]
-    assert calls.count(peffnet.layers.proxy_affine) == 1
+    assert calls.count(peffnet.layers.swish_proxy_affine) == 1
     out = graph(x.clone())
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     out.square().sum().backward()
@@ -419,7 +420,8 @@ def test_appendix_c_pre_activations_stay_normalized_only_with_pn() -> None:
 def test_norms_under_autocast_keep_float32_statistics_and_half_activations(norm: str) -> None:
     """The path CUDA's autocast takes (group_norm in float32), on the CPU too: the statistics in float32, the
     activations handed on in the autocast dtype (bfloat16 here), close to a float32 forward."""
-    from peffnet.layers.norm_act import group_norm, norm_act
+    from peffnet.layers.norm_act import norm_act
+    from peffnet.layers.normalization import group_norm
 
     torch.manual_seed(0)
     layer = norm_act(norm, 16)

@@ -39,10 +39,13 @@ def test_grid_rows_speed_and_report(study: Path) -> None:
     settings = {(c["cell"], c["stage"]) for c in speed["candidates"]}
     assert ("g16-gn-half", "finetune") in settings and ("g1-gn-native", "finetune") not in settings
     tried = [c["setting"] for c in speed["candidates"] if (c["cell"], c["stage"]) == ("g16-gn-native", "train")]
-    assert sorted(tried) == ["NCHW bf16", "NCHW fp32", "channels_last bf16", "channels_last fp32"]
+    bf16 = speed["precisions"].startswith("bf16 tried")  # else: "bf16 not tried: its measured peak is 0.1x fp32's"
+    assert sorted(tried) == ["NCHW bf16", "NCHW fp32", "channels_last bf16", "channels_last fp32"] if bf16 else \
+        ["NCHW fp32", "channels_last fp32"]
     for stages in speed["chosen"].values():  # each stage runs with its fastest candidate
         for stage, best in stages.items():
-            rivals = [c["img_per_s"] for c in speed["candidates"] if (c["cell"], c["stage"]) == (best["cell"], stage)]
+            rivals = [c["img_per_s"] for c in speed["candidates"]
+                      if (c["cell"], c["stage"]) == (best["cell"], stage) and c["rounds"]]
             assert best["img_per_s"] == max(rivals)
     infer = [c["cell"] for c in speed["candidates"] if c["stage"] == "infer"]  # timed once for both regimes
     assert sorted(set(infer)) == ["g1-gn-native", "g16-gn-native"]
@@ -67,6 +70,9 @@ def test_rerun_skips_finished_runs_and_a_new_seed_extends(study: Path) -> None:
     g16 = next(c for c in record["configurations"] if c["label"] == "G16-GN-Native")
     assert g16["seeds"] == [0, 1] and g16["top1_min"] <= g16["top1"] <= g16["top1_max"]
     assert len(record["commands"]) == 2 and "--seeds 1" in record["commands"][1]  # the study's pieces
+    assert all("--out . " in c for c in record["commands"])  # relative to the study directory
+    for name in ("plan.json", "study.json", "study.md"):
+        assert str(study) not in (study / name).read_text()
 
 
 def test_time_to_target_is_the_first_epoch_that_reached_it() -> None:

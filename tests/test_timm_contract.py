@@ -11,6 +11,7 @@ What runs on which names (docs/models.md, "timm's contract"):
   preset and every norm among them): the forward, backward, head, features and intermediates checks;
 * :data:`HEAVY` (B0: each norm, each group preset, the bare name and the flagship G16 LN+PN): FX forward and
   backward, TorchScript.
+* :data:`FX_SCRIPT` (one B0 per norm, classifier and backbone): FX, then TorchScript.
 
 Inputs are small (:func:`small_input`), as in timm's tests for large models; the pool size at the native
 resolution is checked for two B0s.
@@ -199,7 +200,7 @@ def test_fx_forward_is_exact(name: str) -> None:
         fx_out = torch.cat(list(graph(x).values()))
     assert torch.equal(fx_out, out) and not out.isnan().any()
     calls = [n.target for n in graph.graph.nodes if n.op == "call_function"]
-    assert calls.count(peffnet.layers.proxy_affine) == sum(isinstance(m, ProxyNormAct2d) for m in model.modules())
+    assert calls.count(peffnet.layers.swish_proxy_affine) == sum(isinstance(m, ProxyNormAct2d) for m in model.modules())
 
 
 @pytest.mark.parametrize("name", HEAVY)
@@ -240,6 +241,31 @@ def test_torchscript(name: str) -> None:
     assert out.shape == (1, 1000) and not out.isnan().any()
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loaded, ref, rtol=1e-5, atol=1e-5)
+
+
+FX_SCRIPT = [(name, trace) for name in ("peffnet_efficientnet_b0_bn", "peffnet_g4_efficientnet_b0_gn",
+                                         "peffnet_g16_efficientnet_b0_ln", "peffnet_g16_efficientnet_b0_lnpn",
+                                         "peffnet_g4_efficientnet_b0_gnpn") for trace in ("classifier", "features")]
+FX_SCRIPT.append(("peffnet_g16_efficientnet_b0_lnpn", "timm"))
+"""One B0 per norm (each group preset among them), its classifier and its backbone traced by
+``torch.fx.symbolic_trace``, and the flagship's classifier traced the timm way."""
+
+
+@pytest.mark.parametrize(("name", "trace"), FX_SCRIPT)
+def test_fx_graph_scripts(name: str, trace: str) -> None:
+    """timm's test_model_forward_fx_torchscript: a traced model compiles with TorchScript (the code FX generates
+    carries the forward's annotations, which must be types, not strings) and runs like the model (proxy norm:
+    its leaf call computes the moments with plain ops under TorchScript). ``timm`` traces with timm's leaf
+    modules and functions into a feature extractor, as timm's test does."""
+    with timm.set_scriptable(True):
+        model = randomize(timm.create_model(name, features_only=trace == "features")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    scripted = torch.jit.script(fx_model(model) if trace == "timm" else torch.fx.symbolic_trace(model))
+    with torch.no_grad(), torch.jit.optimized_execution(False):  # one run: no profiling passes
+        ref, out = model(x), scripted(x)
+    ref, out = (ref, out) if trace == "features" else ([ref], list(out.values()) if trace == "timm" else [out])
+    assert len(out) == len(ref) and not any(t.isnan().any() for t in ref)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("kwargs", "check"), [

@@ -16,9 +16,9 @@ from peffnet.cli import main
 from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
 from peffnet.models import build, preset
+from peffnet.runtime.mixing import mix_batch
 from peffnet.training.config import PAPER_DEFAULTS, TrainConfig, resolve, resolve_resolution
 from peffnet.training.loop import evaluate
-from peffnet.training.mixing import mix_batch
 from peffnet.training.optim import EpochAverage, recipe_lr_factor
 from train_helpers import final_weights, make_image_folder, max_abs_diff, tiny_args
 

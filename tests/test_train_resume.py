@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import COMMAND_ENV
 from peffnet.checkpoint import load_checkpoint
 from peffnet.cli import main
 from train_helpers import final_weights, max_abs_diff, tiny_args
@@ -37,7 +38,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path: Path) ->
     assert main(run_args(reference)) == 0
 
     proc = subprocess.Popen([sys.executable, "-m", "peffnet", *run_args(victim)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, env=COMMAND_ENV)
     deadline = time.monotonic() + 300
     while (checkpoint_step(victim / "checkpoint.pt") or 0) < STEPS_PER_EPOCH + 1:  # a mid-epoch-2 checkpoint
         assert proc.poll() is None, proc.stderr.read().decode()

@@ -23,15 +23,13 @@ import json
 import os
 import pickle
 import re
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-from peffnet.errors import ConfigError, RunFailure
+from peffnet.errors import ConfigError, WriteFailure
+from peffnet.files import commit, measured, temporary, write_file, writing
 from peffnet.models import EfficientNet, ModelConfig, build
 from peffnet.settings import INT, POSITIVE, require
 
@@ -59,41 +57,10 @@ def older_name(step: int) -> str:
     return f"checkpoint-step{step}.pt"
 
 
-def _write_temporary(directory: Path, name: str, write: Callable[[IO[bytes]], None]) -> Path:
-    """``write`` into a new temporary file ``.NAME.*.tmp`` of ``directory``, flushed to disk, with the
-    permissions of any new file (``mkstemp`` makes them private)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the renames in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: temporary file in the same directory, fsync, ``os.replace``.
-    (A run's checkpoints go through :meth:`CheckpointDir.save`, which also keeps older ones and checksums.)"""
-    path = Path(path)
-    tmp = _write_temporary(path.parent, path.name, lambda f: torch.save(state, f))
-    os.replace(tmp, path)
-    _fsync_directory(path.parent)
+    """Write ``state`` to ``path`` whole or not at all (:func:`peffnet.files.write_file`). (A run's checkpoints go
+    through :meth:`CheckpointDir.save`, which also keeps older ones and checksums.)"""
+    write_file(path, lambda f: torch.save(state, f))
 
 
 def sha256(f: IO[bytes]) -> str:
@@ -118,8 +85,7 @@ def read_manifest(directory: Path) -> list[dict[str, Any]] | None:
 
 
 def _write_manifest(directory: Path, records: list[dict[str, Any]]) -> None:
-    text = json.dumps({"format": MANIFEST_FORMAT, "checkpoints": records}, indent=1) + "\n"
-    os.replace(_write_temporary(directory, MANIFEST, lambda f: f.write(text.encode())), directory / MANIFEST)
+    write_file(directory / MANIFEST, json.dumps({"format": MANIFEST_FORMAT, "checkpoints": records}, indent=1) + "\n")
 
 
 def non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
@@ -210,17 +176,6 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def _tensor_bytes(obj: Any) -> int:
-    """Bytes of the tensors in a nested checkpoint dict (about the size of its file)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
-
-
 class CheckpointDir:
     """The checkpoints of one run directory: ``checkpoint.pt`` (the newest) and the ``keep - 1`` before it as
     ``checkpoint-step{N}.pt``, each recorded in ``checkpoints.json`` with its step, size and SHA-256.
@@ -245,7 +200,7 @@ class CheckpointDir:
         """Delete the temporary files of writes that a kill interrupted; returns ``NAME (SIZE)`` of each.
         Only safe while this process holds the run directory's lock."""
         removed = []
-        for path in sorted(self.directory.glob(".checkpoint*.tmp")):
+        for path in sorted(self.directory.glob(".*.tmp")):
             with_size = f"{path.name} ({_megabytes(path.stat().st_size)})"
             path.unlink(missing_ok=True)
             removed.append(with_size)
@@ -299,42 +254,38 @@ class CheckpointDir:
         lists what is left.
 
         Raises:
-            RunFailure: the file could not be written (disk full, no permission): one line with the size a
-                checkpoint needs; the earlier checkpoints are intact.
+            WriteFailure: a file could not be written (disk full, no permission): one line with the bytes it
+                needs; the earlier checkpoints are intact.
         """
-        step, tmp = state["step"], None
+        step = state["step"]
+
+        def write(f: IO[bytes]) -> None:
+            torch.save(state, f)
+
         try:
-            tmp = _write_temporary(self.directory, NEWEST, lambda f: torch.save(state, f))
-            with tmp.open("rb") as f:
-                new = {"file": NEWEST, "step": step, "bytes": os.fstat(f.fileno()).st_size, "sha256": sha256(f)}
-            previous = [r for r in self.records if r["step"] != step]
-            older = [{**r, "file": older_name(r["step"])} for r in previous]
-            kept = older[: self.keep - 1]
-            _write_manifest(self.directory, [new, *older, *self.records])  # every file present meanwhile
-            for r, moved in zip(previous, older, strict=True):
-                if r["file"] == NEWEST and moved in kept:
-                    os.replace(self.newest, self.directory / moved["file"])
-            os.replace(tmp, self.newest)
-            for r in self.records + older:
-                if r["file"] != NEWEST and r["file"] not in {k["file"] for k in kept}:
-                    (self.directory / r["file"]).unlink(missing_ok=True)
-            _write_manifest(self.directory, [new, *kept])
-            _fsync_directory(self.directory)
-        except OSError as err:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-            raise RunFailure(self._write_error(err, state)) from None
+            with writing(self.newest, lambda: measured(write)):
+                tmp = temporary(self.newest, write)
+                try:
+                    with tmp.open("rb") as f:
+                        new = {"file": NEWEST, "step": step, "bytes": os.fstat(f.fileno()).st_size, "sha256": sha256(f)}
+                    previous = [r for r in self.records if r["step"] != step]
+                    older = [{**r, "file": older_name(r["step"])} for r in previous]
+                    kept = older[: self.keep - 1]
+                    _write_manifest(self.directory, [new, *older, *self.records])  # every file present meanwhile
+                    for r, moved in zip(previous, older, strict=True):
+                        if r["file"] == NEWEST and moved in kept:
+                            os.replace(self.newest, self.directory / moved["file"])
+                    commit(tmp, self.newest)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                for r in self.records + older:
+                    if r["file"] != NEWEST and r["file"] not in {k["file"] for k in kept}:
+                        (self.directory / r["file"]).unlink(missing_ok=True)
+                _write_manifest(self.directory, [new, *kept])
+        except WriteFailure as err:
+            raise err.noting(f"the earlier checkpoints are intact: {self.describe_last()}") from None
         self.records = [new, *kept]
         return self.newest
-
-    def _write_error(self, err: OSError, state: dict[str, Any]) -> str:
-        need = self.records[0]["bytes"] if self.records else _tensor_bytes(state)
-        try:
-            free = f", {_megabytes(shutil.disk_usage(self.directory).free)} free there"
-        except OSError:
-            free = ""
-        return (f"cannot write checkpoint {self.newest}: {err.strerror or err} (a checkpoint needs about "
-                f"{_megabytes(need)}{free}); the earlier checkpoints are intact: {self.describe_last()}")
 
 
 def config_from_checkpoint(state: dict[str, Any]) -> ModelConfig:

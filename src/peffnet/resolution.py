@@ -25,7 +25,7 @@ MAX_SWEEP_RESOLUTION = 700
 """The paper fine-tunes and tests "at a range of image sizes up to 700x700" (Section 3.3)."""
 
 PUBLISHED_HALF: dict[int, int] = {224: 160, 240: 176, 260: 196, 300: 204, 380: 252, 456: 328}
-"""Half-resolution sizes of B0-B5 (paper Table 1; B2 = 196 from the authors' config, REFERENCE.md)."""
+"""Half-resolution sizes of B0-B5 (paper Table 1; B2 = 196 from the authors' config, docs/reference.md)."""
 
 
 def downsampling_modulus() -> int:

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -276,6 +277,15 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (YAML, JSON and checkpoint safe)."""
         return dataclasses.asdict(self)
+
+    def recorded_in(self: S, directory: str | os.PathLike) -> S:
+        """These settings as a file in ``directory`` records them: ``out``, where the command writes, relative
+        to ``directory`` (``.`` for the directory itself), so that results moved or shipped elsewhere name no
+        folder of the machine that made them (docs/formats.md). Inputs (data, checkpoints read) stay as given."""
+        out = getattr(self, "out", None)
+        if not out:
+            return self
+        return dataclasses.replace(self, out=os.path.relpath(os.path.abspath(out), os.path.abspath(directory)))
 
     def computed(self) -> dict[str, Any]:
         """The settings that change what a run computes (execution settings left out)."""

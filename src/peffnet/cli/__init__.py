@@ -1,7 +1,8 @@
 """peffnet: practically efficient EfficientNets (group convolutions, proxy-normalized activations,
 half-resolution training): train, fine-tune, evaluate, measure and export them.
 
-Bad input ends with one line on stderr naming the problem and exit code 2, never a traceback.
+Bad input ends with one line on stderr naming the problem and exit code 2, a file the disk refuses with one
+line and exit code 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-from peffnet.errors import ConfigError
+from peffnet.errors import ConfigError, RunFailure
+from peffnet.files import WRITE_ERRNOS
 
 # One module per subcommand; each defines ``register(subparsers)`` that sets ``func`` on its parser.
 COMMAND_MODULES = (
@@ -61,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"peffnet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunFailure as err:  # a file that cannot be written (peffnet.files), for every command
+        print(f"peffnet {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # what no writer of peffnet.files met: creating a folder, say
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        print(f"peffnet {args.command}: error: cannot write {err.filename or 'a file'}: {err.strerror}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"peffnet {args.command}: interrupted", file=sys.stderr)
         return 130

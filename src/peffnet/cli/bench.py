@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
+from peffnet.files import write_file
 from peffnet.measure.bench import BenchOptions
 from peffnet.models import ModelOverrides
 from peffnet.resolution import RESOLUTION
@@ -60,10 +61,9 @@ def run(args: argparse.Namespace) -> int:
                         channels_last=cfg.channels_last, compile=cfg.compile, fold_pn=cfg.fold_pn)
              for m in cfg.models]
     result = run_bench(specs, cfg)
-    result["command"] = cfg.command_line("bench")
+    result["command"] = cfg.recorded_in(os.path.dirname(cfg.out) or ".").command_line("bench")
     if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(result, indent=1) + "\n")
+        write_file(cfg.out, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result) if cfg.json else format_result(result))
     return 0
 

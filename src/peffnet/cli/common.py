@@ -5,13 +5,10 @@ checkpoint is."""
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
-
-WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.EIO)
 
 
 def run_and_report(command: str, job: Callable[[], dict[str, Any]], describe: Callable[[dict[str, Any]], str]) -> int:
@@ -27,12 +24,8 @@ def run_and_report(command: str, job: Callable[[], dict[str, Any]], describe: Ca
         summary = job()
     except Stopped as err:
         message, code = f"peffnet {command}: {err}", err.exit_code
-    except RunFailure as err:
+    except RunFailure as err:  # a write failure too (peffnet.files)
         message, code = f"peffnet {command}: error: {err}", 1
-    except OSError as err:
-        if err.errno not in WRITE_ERRORS:
-            raise
-        message, code = f"peffnet {command}: error: cannot write {err.filename or 'a file'}: {err.strerror}", 1
     if message is not None:
         if main_rank:
             print(message, file=sys.stderr, flush=True)

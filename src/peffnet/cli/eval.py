@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                                  progress=c.progress)
     path = eval_json_path(c.checkpoint, c.out)
     if path is not None:
-        write_eval(record, path)
+        record = write_eval(record, path)
     print(json.dumps(record) if c.json else format_table(record))
     if path is not None:
         print(f"wrote {path}", file=sys.stderr if c.json else sys.stdout)

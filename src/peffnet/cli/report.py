@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         points = [p for pts in measure_inference(runs, opts) for p in pts]
     else:
         points = [p for pts, _ in runs for p in pts]
-    written = write_report(points, Path(c.out), c.command_line("report"))
+    written = write_report(points, Path(c.out), c.recorded_in(c.out).command_line("report"))
     for f in written["files"]:
         print(f)
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from peffnet.files import write_file
 from peffnet.models import ModelOverrides
 from peffnet.resolution import RESOLUTION
 from peffnet.settings import BOOL, INT, POSITIVE, TEXTS, setting
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
               "layers": {label: [{**vars(layer), "achieved_macs_per_s": r, "achieved_quartiles": q}
                                  for (layer, r), q in zip(pts, spreads[label], strict=True)]
                          for label, pts in points.items()}}
-    (out / "roofline.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_file(out / "roofline.json", json.dumps(record, indent=1) + "\n")
     if c.json:
         print(json.dumps({"peaks": record["peaks"], "summary": rows}))
         return 0

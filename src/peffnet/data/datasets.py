@@ -133,7 +133,8 @@ class TensorImageDataset(Dataset):
 
     def get_batch(self, indices: torch.Tensor, epoch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Preprocessed float images (n, C, r, r) and labels of ``indices``, on the device the images are on."""
-        indices = indices.to(self.images.device)
+        if self.images.is_cuda and not indices.is_cuda:  # pinned, asynchronous: the host does not wait for the GPU
+            indices = indices.pin_memory().to(self.images.device, non_blocking=True)
         x = self.images[indices]
         if not self.train_transform:
             return self.preprocessing.batch(x), self.labels[indices]

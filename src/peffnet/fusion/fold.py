@@ -33,8 +33,6 @@ Any other PN layer keeps its cached affine as a constant (:class:`FoldedNormAct2
 export only.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +40,7 @@ from torch import nn
 from peffnet.fusion.fuse import FusedConvNormAct, FusedMBConv
 from peffnet.fusion.ops import channel_affine_, scale_inputs
 from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
-from peffnet.layers.norm_act import group_norm
+from peffnet.layers.normalization import group_norm
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 
 

@@ -30,15 +30,13 @@ the channels of all 33 layers of a B0 changes nothing but the number of (tiny) o
 is what the moments cost. Gradients flow back through the concatenation to each layer's parameters.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from peffnet.fusion.ops import ChannelAffine, ChannelShift, channel_affine_, channel_view, scale_inputs
 from peffnet.layers.blocks import ConvNormAct, MBConv, SqueezeExcite
-from peffnet.layers.norm_act import group_norm
+from peffnet.layers.normalization import group_norm
 from peffnet.layers.proxy_moments import proxy_affine
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 from peffnet.models.efficientnet import EfficientNet

@@ -5,8 +5,6 @@ Written in place, it stores no tensor beyond what GN + swish store; these are th
 :mod:`peffnet.fusion.fuse` and :mod:`peffnet.fusion.fold` build from.
 """
 
-from __future__ import annotations
-
 import math
 
 import torch

@@ -4,8 +4,6 @@ Plain modules that read top to bottom (as torchvision's MBConv): no state passes
 module mutates its input. :mod:`peffnet.fusion` rewrites proxy-normalized models for speed.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath

@@ -1,38 +1,20 @@
 """Normalization + activation layers (timm's norm-act pattern), one factory for all five choices.
 
 ``bn``   BatchNorm (batch-dependent; the EfficientNet original).
-``gn``   GroupNorm with 4 *groups* (paper Section 3.4; REFERENCE.md), eps 1e-3.
+``gn``   GroupNorm with 4 *groups* (paper Section 3.4; docs/reference.md), eps 1e-3.
 ``ln``   LayerNorm over (C, H, W) of each image = GroupNorm with one group, eps 1e-3.
 ``lnpn`` LN without affine, then a proxy-normalized activation owning gamma/beta (Eq. 3-4).
 ``gnpn`` GN (4 groups) without affine, then a proxy-normalized activation.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORM_EPS = 1e-3  # paper Section 3.4: epsilon of BN/GN/LN
+from peffnet.layers.normalization import NORM_EPS, group_norm
+from peffnet.layers.proxy_norm import ProxyNormAct2d
+
 GN_GROUPS = 4
-
-
-def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-               eps: float) -> torch.Tensor:
-    """``F.group_norm`` with its statistics in float32 and its output in ``x``'s dtype, the same on every device.
-
-    Under mixed precision the two autocast policies differ: CUDA's runs ``group_norm`` in float32 and hands
-    on float32, so the swish, proxy norm's affine (Eq. 4) and the activations kept for the backward pass would
-    all run and be stored in float32; CPU's runs it on the bfloat16 input and hands on bfloat16. So the path
-    tested on a CPU was not the one a GPU took. Here both normalize a float32 copy (neither policy casts a
-    float32 input down) and pass on the half-precision activations the next convolution takes anyway.
-    """
-    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
-        w = weight.float() if weight is not None else None
-        b = bias.float() if bias is not None else None
-        return F.group_norm(x.float(), groups, w, b, eps).to(x.dtype)
-    return F.group_norm(x, groups, weight, bias, eps)
-
 
 torch.fx.wrap("group_norm")  # a leaf for torch.fx: its dtype test is not traced
 
@@ -76,7 +58,7 @@ class ScaledGroupNorm(nn.Module):
     """GroupNorm (LN when ``groups == 1``) with a per-channel scale (``weight``) and no shift, no activation.
 
     The normalization after the projection conv of the PN models (the projection has no activation, so
-    there is nothing for Eq. 4 to proxy), as in the authors' reference (REFERENCE.md, "Placement"): a
+    there is nothing for Eq. 4 to proxy), as in the authors' reference (docs/reference.md, "where PN goes"): a
     per-channel shift there would add a constant offset to the residual stream.
     """
 
@@ -108,7 +90,5 @@ def norm_act(norm: str, channels: int, act: bool = True) -> nn.Module:
         groups = 1 if norm == "lnpn" else GN_GROUPS
         if not act:
             return ScaledGroupNorm(channels, groups)
-        from peffnet.layers.proxy_norm import ProxyNormAct2d  # it imports NORM_EPS from here
-
         return ProxyNormAct2d(channels, groups)
     raise ValueError(f"unknown norm {norm!r}")

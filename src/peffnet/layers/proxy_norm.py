@@ -12,23 +12,21 @@ This is the plain reference layer (what ``torch.compile`` and CUDA training run)
 form is :func:`peffnet.fusion.fuse_proxy_norm`, the inference form :func:`peffnet.fusion.fold_proxy_norm`.
 
 The layer also traces and scripts: under ``torch.fx`` symbolic tracing the moments are one leaf call of
-:func:`~peffnet.layers.proxy_moments.proxy_affine` (computed on every call of the traced graph), and under
-TorchScript they are :func:`~peffnet.layers.proxy_moments.proxy_affine_ops`, the same quadrature as plain ops.
-Neither uses the eval cache.
+:func:`~peffnet.layers.proxy_moments.swish_proxy_affine` (computed on every call of the traced graph), and under
+TorchScript they are :func:`~peffnet.layers.proxy_moments.proxy_affine_ops`, the same quadrature as plain ops
+(also when a traced layer is scripted: the leaf call compiles to it). Neither uses the eval cache.
 """
-
-from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peffnet.layers.norm_act import NORM_EPS, group_norm
-from peffnet.layers.proxy_moments import SIGMA_SPLIT, SWISH_TABLE, SWISH_TABLE_SIZES, proxy_affine, proxy_affine_ops
+from peffnet.layers.normalization import NORM_EPS, group_norm
+from peffnet.layers.proxy_moments import SIGMA_SPLIT, SWISH_TABLE, SWISH_TABLE_SIZES, swish_proxy_affine
 
-PROXY_EPS = 3e-2  # eps~ of Eq. 4 (REFERENCE.md)
-torch.fx.wrap("proxy_affine")  # symbolic tracing records the moments as one call instead of tracing into them
-torch.fx.wrap("group_norm")  # and the norm's dtype test as one call (layers.norm_act)
+PROXY_EPS = 3e-2  # eps~ of Eq. 4 (paper Section 3.4; docs/reference.md)
+torch.fx.wrap("swish_proxy_affine")  # symbolic tracing records the moments as one call instead of tracing into them
+torch.fx.wrap("group_norm")  # and the norm's dtype test as one call (layers.normalization)
 
 
 def _values_key(t: torch.Tensor) -> tuple:
@@ -69,7 +67,7 @@ class ProxyNormAct2d(nn.Module):
         self.proxy_weight = nn.Parameter(torch.zeros(channels))
         self.proxy_bias = nn.Parameter(torch.zeros(channels))
         self._cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
-        self.quadrature = SWISH_TABLE  # a plain attribute (no state_dict entry), read under TorchScript only
+        self.quadrature = SWISH_TABLE  # a plain attribute (no state_dict entry): proxy_affine_ops's table
 
     def _proxy_parameters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.weight, self.bias, self.proxy_weight, self.proxy_bias
@@ -90,20 +88,24 @@ class ProxyNormAct2d(nn.Module):
         ``scale = 1 / sqrt(Var + eps~)`` and ``shift = -E * scale`` (float32 or wider), from the eval cache
         when :meth:`caches_affine`, else computed (differentiable in all four parameters)."""
         if torch.jit.is_scripting():  # TorchScript compiles this branch only: plain ops, no cache
-            return proxy_affine_ops(self.weight, self.bias, self.proxy_weight, self.proxy_bias, self.proxy_eps,
-                                    self.quadrature, self.quadrature_sizes, self.quadrature_split)
+            return self._compute_affine()
         if not self.caches_affine():
-            return proxy_affine("swish", *self._proxy_parameters(), self.proxy_eps)
+            return self._compute_affine()
         key = (torch.is_inference_mode_enabled(), *map(_values_key, self._proxy_parameters()))
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, *proxy_affine("swish", *self._proxy_parameters(), self.proxy_eps))
+            self._cache = (key, *self._compute_affine())
         return self._cache[1], self._cache[2]
+
+    def _compute_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The affine computed, not cached: one leaf call under ``torch.fx``, plain ops under TorchScript."""
+        return swish_proxy_affine(self.weight, self.bias, self.proxy_weight, self.proxy_bias, self.proxy_eps,
+                                  self.quadrature, self.quadrature_sizes, self.quadrature_split)
 
     def clear_cache(self) -> None:
         """Forget the cached eval-mode moments (needed only after edits through ``param.data``)."""
         self._cache = None
 
-    def train(self, mode: bool = True) -> ProxyNormAct2d:
+    def train(self, mode: bool = True) -> "ProxyNormAct2d":
         self.clear_cache()
         return super().train(mode)
 

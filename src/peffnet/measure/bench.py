@@ -22,15 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from peffnet.errors import ConfigError
 from peffnet.fusion import fuse_proxy_norm, training_form
 from peffnet.measure.device import DevicePeaks, environment, measure_device, resolve_device
 from peffnet.measure.subjects import BenchSpec, build_model
-from peffnet.measure.timing import GIB, alternate, max_batch, memory_cap, nbytes, peak_transient_bytes, synchronize
+from peffnet.measure.timing import GIB, alternate, max_batch, memory_cap, nbytes
 from peffnet.models.profile import model_macs
+from peffnet.runtime.device import peak_transient_bytes, synchronize
+from peffnet.runtime.optim import rmsprop_tf
+from peffnet.runtime.step import StepSettings, grad_scaler, train_step
 from peffnet.settings import BATCH, BOOL, FLOAT, INT, NON_NEGATIVE, POSITIVE, Settings, setting
 
 MODES = ("train", "infer", "latency")
@@ -43,15 +45,16 @@ class BenchOptions(Settings):
     --measure`` and ``benchmarks/run_suite.py`` use them too). With none of ``train``/``infer``/``latency``
     set, all three are measured."""
 
-    train: bool = setting(False, "training img/s (forward + backward + RMSprop step)", BOOL, group="what")
+    train: bool = setting(False, "training img/s (the training step: forward, backward, the recipe's RMSProp)",
+                          BOOL, group="what")
     infer: bool = setting(False, "inference img/s", BOOL, group="what")
     latency: bool = setting(False, "batch-1 latency, median and p90", BOOL, group="what")
     batch_size: int | str = setting(32, "batch for training/inference, or 'max': the largest that fits (CUDA: tried; "
                                         "CPU: predicted against memory_cap)", BATCH, group="how")
     device: str | None = setting(None, "cpu, cuda or cuda:N (default: cuda when available, else cpu)", group="how")
-    amp: bool = setting(False, "autocast (float16 on CUDA with a grad scaler, bfloat16 on CPU)", BOOL, group="how")
-    amp_dtype: str | None = setting(None, "override the autocast dtype", choices=("float16", "bfloat16"),
-                                    group="how")
+    amp: bool = setting(False, "autocast, bfloat16 (float16 with --amp-dtype float16: with a grad scaler, as "
+                               "training in fp16)", BOOL, group="how")
+    amp_dtype: str = setting("bfloat16", "the autocast dtype", choices=("float16", "bfloat16"), group="how")
     warmup: int = setting(2, "untimed steps per model before timing", INT, NON_NEGATIVE, group="how")
     repeats: int = setting(5, "timed rounds over all models", INT, POSITIVE, group="how")
     iters: int = setting(2, "steps per model per round", INT, POSITIVE, group="how")
@@ -88,40 +91,38 @@ class Subject:
         self.macs = model_macs(model, self.resolution)
         self.memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=self.memory_format)
-        if not spec.fold_pn and training_form(self.model, device, spec.compile) == "fused":
-            fuse_proxy_norm(self.model)  # measured in the form `peffnet train` trains here
+        form = spec.form or ("plain" if spec.fold_pn else training_form(self.model, device, spec.compile))
+        if form == "fused":  # by default the form `peffnet train` trains in here
+            fuse_proxy_norm(self.model)
             self.desc += " fused"
         self.fn: nn.Module = torch.compile(self.model, dynamic=False) if spec.compile else self.model  # type: ignore[assignment]
-        self.optimizer = torch.optim.RMSprop(self.model.parameters(), lr=1e-5, alpha=0.9, eps=1e-3, momentum=0.9)
-        self.amp_dtype = _amp_dtype(opts, device)
-        use_scaler = self.amp_dtype == torch.float16 and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.optimizer = rmsprop_tf(self.model, lr=1e-5, decay=0.9)
+        self.amp = amp_setting(opts)
+        self.scaler = grad_scaler(device, self.amp)
 
     def make_step(self, mode: str, batch: int, fn: nn.Module | None = None) -> tuple[Callable[[], None], int]:
-        """A closure running one ``mode`` step at ``batch``, and the bytes of resident tensors it uses."""
+        """A closure running one ``mode`` step at ``batch``, and the bytes of resident tensors it uses. The model
+        is put in the mode's train/eval state here, once: a step does not change it (a proxy-norm model's
+        eval-mode moments would otherwise be recomputed every step)."""
         fn = fn or self.fn
         r = self.resolution
         x = torch.randn(batch, self.in_chans, r, r, device=self.device).contiguous(memory_format=self.memory_format)
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                  enabled=self.amp_dtype is not None)
         resident = nbytes(self.model.parameters()) + nbytes(self.model.buffers()) + nbytes([x])
+        self.model.train(mode == "train")
         if mode == "train":
             y = torch.randint(0, self.num_classes, (batch,), device=self.device)
             resident += nbytes(v for s in self.optimizer.state.values() for v in s.values())
+            settings = StepSettings(micro_batch_size=batch, num_classes=self.num_classes, amp=self.amp,
+                                    channels_last=self.spec.channels_last)
 
             def step() -> None:
-                self.model.train()
-                self.optimizer.zero_grad(set_to_none=True)
-                with autocast:
-                    loss = F.cross_entropy(fn(x), y)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                train_step(fn, self.optimizer, self.scaler, x, y, settings)
         else:
+            cast = torch.autocast(self.device.type, dtype=AMP_DTYPES.get(self.amp, torch.float32),
+                                  enabled=self.amp != "off")
 
             def step() -> None:
-                self.model.eval()
-                with torch.inference_mode(), autocast:
+                with torch.inference_mode(), cast:
                     fn(x)
 
         return step, resident
@@ -165,10 +166,12 @@ class Subject:
         return fits_cuda
 
 
-def _amp_dtype(opts: BenchOptions, device: torch.device) -> torch.dtype | None:
-    if not opts.amp:
-        return None
-    return getattr(torch, opts.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16"))
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_setting(opts: BenchOptions) -> str:
+    """The training step's precision (``off``, ``bf16``, ``fp16``) of these options."""
+    return ("bf16" if opts.amp_dtype == "bfloat16" else "fp16") if opts.amp else "off"
 
 
 def _batch_for(subject: Subject, mode: str, opts: BenchOptions) -> int:
@@ -191,19 +194,23 @@ def _batch_for(subject: Subject, mode: str, opts: BenchOptions) -> int:
     return batch  # type: ignore[return-value]
 
 
-def run_bench(specs: list[BenchSpec], opts: BenchOptions, peaks: DevicePeaks | None = None) -> dict:
-    """Measure every spec for every mode in ``opts.modes``; returns the JSON-ready result."""
+def run_bench(specs: list[BenchSpec], opts: BenchOptions, peaks: DevicePeaks | None = None,
+              progress: bool | None = None) -> dict:
+    """Measure every spec for every mode in ``opts.modes``; returns the JSON-ready result. ``progress``: show the
+    timing's progress (``None``: on a terminal only)."""
     if not specs:
         raise ConfigError("no models to benchmark")
     if "train" in opts.modes and any(s.fold_pn for s in specs):
         raise ConfigError("folded proxy norm is for inference only; measure training without --fold-pn")
     device = resolve_device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp = _amp_dtype(opts, device)
+    if amp_setting(opts) == "fp16" and device.type != "cuda":
+        raise ConfigError("--amp-dtype float16 needs a CUDA device; use bfloat16 on the CPU")
+    dtype = AMP_DTYPES.get(amp_setting(opts), torch.float32)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     subjects = [Subject(s, opts, device) for s in specs]
     measured_here = peaks is None
-    peaks = peaks or measure_device(device, amp or torch.float32)
+    peaks = peaks or measure_device(device, dtype)
     results = [{"name": s.spec.name, "label": s.label, "desc": s.desc, "resolution": s.resolution,
                 "params": s.params, "macs": s.macs, "channels_last": s.spec.channels_last,
                 "compile": s.spec.compile} for s in subjects]
@@ -214,9 +221,10 @@ def run_bench(specs: list[BenchSpec], opts: BenchOptions, peaks: DevicePeaks | N
             steps.append(s.make_step(mode, b)[0])
         try:
             if mode == "latency":
-                samples = alternate(steps, opts.warmup, opts.repeats * opts.latency_iters, 1, device, "latency")
+                samples = alternate(steps, opts.warmup, opts.repeats * opts.latency_iters, 1, device, "latency",
+                                    progress=progress)
             else:
-                samples = alternate(steps, opts.warmup, opts.repeats, opts.iters, device, mode)
+                samples = alternate(steps, opts.warmup, opts.repeats, opts.iters, device, mode, progress=progress)
         except torch.OutOfMemoryError:
             raise ConfigError(f"batch size {opts.batch_size} does not fit in {device} memory ({mode}); "
                               "use a smaller --batch-size or --batch-size max") from None
@@ -237,7 +245,7 @@ def run_bench(specs: list[BenchSpec], opts: BenchOptions, peaks: DevicePeaks | N
                              achieved_macs_per_s=passes * s.macs * img_s)
             results[i][mode] = entry
     if measured_here:  # the machine may have been busier at the start: keep the best of both measurements
-        peaks = peaks.max_with(measure_device(device, amp or torch.float32))
+        peaks = peaks.max_with(measure_device(device, dtype))
     set_utilization(results, peaks)
     options = {**opts.to_dict(), "modes": list(opts.modes)}
     return {"env": environment(device), "peaks": peaks.to_dict(), "options": options, "results": results}

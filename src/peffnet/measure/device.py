@@ -7,22 +7,24 @@ towards it -- the hardware argument for G-EfficientNet (Section 3.1).
 
 Both ceilings are *measured* on the device, never taken from a data sheet:
 
-* peak compute: an ``n x n`` by ``n x n`` matmul (``n^3`` MACs), best of several timings;
+* peak compute: an ``n x n`` by ``n x n`` matmul (``n^3`` MACs), and the same product as 1x1 convolutions,
+  the fastest of several timings;
 * memory bandwidth: ``c = a + b`` over large vectors (reads 2, writes 1 vector), best of several timings.
 """
 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
+import time
 from dataclasses import asdict, dataclass
 
 import torch
 
 from peffnet.errors import ConfigError
 from peffnet.measure.timing import best_time
+from peffnet.runtime.device import device_name
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,38 @@ class DevicePeaks:
 
 def measure_peak_macs(device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None,
                       repeats: int = 5) -> float:
-    """Multiply-accumulates per second of a square matmul (the device's practical compute peak)."""
-    n = size or (8192 if device.type == "cuda" else 1024)
+    """Multiply-accumulates per second of the fastest dense kernel in ``dtype`` (the device's practical compute
+    peak): a square matmul, and the same product as a 1x1 convolution in NCHW and in channels_last. Libraries
+    may run convolutions on other code than matmuls (on CPUs without bf16 instructions, oneDNN's bf16
+    convolutions outrun the bf16 matmul several times), and a model's convolutions must not beat the peak they
+    are compared with."""
+    n = size or (8192 if device.type == "cuda" else _cpu_size(dtype))
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     c = torch.empty(n, n, device=device, dtype=dtype)
-    return n**3 / best_time(lambda: torch.mm(a, b, out=c), device, repeats, inner=4)
+    rate = n**3 / best_time(lambda: torch.mm(a, b, out=c), device, repeats, inner=4)
+    side = 32  # n channels in and out over max(1, n / side**2) images of side x side pixels: about n**3 MACs
+    batch = max(1, n // side**2)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(batch, n, side, side, device=device).to(dtype).contiguous(memory_format=fmt)
+        w = b.view(n, n, 1, 1).contiguous(memory_format=fmt)
+        seconds = best_time(lambda: torch.nn.functional.conv2d(x, w), device, repeats, inner=4)  # noqa: B023
+        rate = max(rate, batch * side * side * n * n / seconds)
+    return rate
+
+
+def _cpu_size(dtype: torch.dtype, largest: int = 1024, enough: float = 0.02) -> int:
+    """The matmul side for a CPU peak: doubled from 256 while one product takes under ``enough`` seconds, up to
+    ``largest`` (a dtype the CPU computes slowly is measured in about as much time as a fast one)."""
+    n = 256
+    while n < largest:
+        a = torch.randn(n, n).to(dtype)
+        start = time.perf_counter()
+        torch.mm(a, a)
+        if time.perf_counter() - start >= enough:
+            break
+        n *= 2
+    return n
 
 
 def measure_bandwidth(device: torch.device, numel: int | None = None, repeats: int = 5) -> float:
@@ -87,17 +115,6 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise ConfigError(f"unsupported device {name!r}; use cpu or cuda[:N]")
     return device
-
-
-def device_name(device: torch.device) -> str:
-    """Human-readable device: the GPU's name, or the CPU model and thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    threads = torch.get_num_threads()
-    return f"{model} ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def environment(device: torch.device) -> dict:

@@ -6,6 +6,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from peffnet.files import write_file
+
 
 def pyplot() -> ModuleType:
     """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed; imported on first use)."""
@@ -22,7 +24,7 @@ def save_figure(fig: Any, path: Path) -> list[Path]:
     fig.tight_layout()
     out = [path.with_suffix(".png"), path.with_suffix(".svg")]
     for p in out:
-        fig.savefig(p, dpi=120)
+        write_file(p, lambda f, p=p: fig.savefig(f, format=p.suffix[1:], dpi=120))
     pyplot().close(fig)
     return out
 

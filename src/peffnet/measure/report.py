@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peffnet.errors import ConfigError
+from peffnet.files import write_file
 from peffnet.measure.plotting import label_points, pyplot, save_figure
 from peffnet.models import ModelConfig, preset
 
@@ -162,7 +163,7 @@ def load_run(run_dir: str | Path) -> tuple[list[Point], ModelConfig]:
     series = series_label(cfg, int(summary["parent_train_resolution" if finetuned else "train_resolution"]))
     train_img_per_s = summary.get("train_img_per_s")
     if finetuned:
-        parent = Path(summary["parent"]).parent / "summary.json"
+        parent = (run_dir / summary["parent"]).parent / "summary.json"  # relative to the run (or absolute)
         train_img_per_s = _read_json(parent, "parent run summary").get("train_img_per_s") if parent.is_file() else None
     points = []
     for res, top1 in sorted(accuracy.items()):
@@ -193,7 +194,7 @@ def measure_inference(runs: list[tuple[list[Point], ModelConfig]], opts: BenchOp
     for i, (points, _) in enumerate(runs):
         mine = [r for r, owner in zip(result["results"], owners, strict=True) if owner == i]
         record = {**{k: result[k] for k in ("env", "peaks", "options")}, "results": mine}
-        (Path(points[0].run) / "bench.json").write_text(json.dumps(record, indent=1) + "\n")
+        write_file(Path(points[0].run) / "bench.json", json.dumps(record, indent=1) + "\n")
         out.append([replace(p, infer_img_per_s=r["infer"]["img_per_s"], latency_ms=r["latency"]["median_ms"])
                     for p, r in zip(points, mine, strict=True)])
     return out
@@ -288,8 +289,8 @@ def write_report(points: list[Point], out_dir: Path, command: str = "") -> dict[
     if skipped:
         lines += ["", "Not drawn (no run recorded it): " + ", ".join(m.title for m in skipped) + ". Record "
                   "inference figures with `peffnet report --measure` or `peffnet bench ... --out RUN/bench.json`."]
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-    (out_dir / "points.json").write_text(json.dumps(
-        {"points": [asdict(p) for p in points], "pareto": front}, indent=1) + "\n")
+    write_file(out_dir / "report.md", "\n".join(lines) + "\n")
+    write_file(out_dir / "points.json", json.dumps({"points": [asdict(p) for p in points], "pareto": front},
+                                                   indent=1) + "\n")
     return {"files": [*files, out_dir / "report.md", out_dir / "points.json"], "pareto": front,
             "skipped": [m.key for m in skipped]}

@@ -22,6 +22,7 @@ class BenchSpec:
     compile: bool = False
     fold_pn: bool = False  # inference only: proxy norm folded by peffnet.fold_proxy_norm
     label: str = ""
+    form: str | None = None  # "plain" or "fused" (proxy-norm models); None: the form `peffnet train` picks here
 
 
 

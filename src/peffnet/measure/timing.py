@@ -1,33 +1,28 @@
-"""Measuring primitives of the benchmarks (paper Sections 2.2, 4.4, 4.5): timing in alternation, the peak
-memory of one step, and the largest batch that fits.
+"""Measuring primitives of the benchmarks (paper Sections 2.2, 4.4, 4.5): timing in alternation and the largest
+batch that fits (a step's peak memory: :func:`peffnet.runtime.device.peak_transient_bytes`).
 
 Timing: every closure is warmed up, then the closures are timed in *alternation* (the starting one rotates
 each round), so load that drifts over the run affects all of them alike; callers take medians over rounds.
-
-Peak memory of a step is the largest transient allocation during it: from CUDA's allocator statistics, or
-on CPU from the allocation events ``torch.profiler`` records (what tensors hold, not process RSS).
+When closures compete (the settings of one stage, of which only the fastest will run), the clearly slower ones
+are dropped as soon as that is clear, instead of being timed in full.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
+import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import torch
 from tqdm import tqdm
 
 from peffnet.errors import ConfigError
+from peffnet.runtime.device import synchronize
 
 GIB = 2**30
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels, so wall-clock timings cover the work (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def best_time(fn: Callable[[], object], device: torch.device, repeats: int, inner: int = 1) -> float:
@@ -65,54 +60,70 @@ def steady_clock(device: torch.device) -> tuple[str, Callable[[], float]]:
 
 
 def alternate(steps: list[Callable[[], None]], warmup: int, repeats: int, iters: int, device: torch.device,
-              desc: str = "", clock: Callable[[], float] = time.perf_counter) -> list[list[float]]:
+              desc: str = "", clock: Callable[[], float] = time.perf_counter, progress: bool | None = None,
+              race: list[object] | None = None) -> list[list[float]]:
     """Seconds per step of each closure: warm-up, then ``repeats`` rounds in rotating order, each timed with
-    ``clock``."""
-    for step in steps:
-        for _ in range(warmup):
-            step()
+    ``clock``; a progress bar counts the calls (``progress``: ``None`` shows it on a terminal only).
+
+    ``race`` gives each closure a group key: the closures of a group compete (the layouts and precisions of one
+    stage, say) and only the fastest matters, so a closure stops being timed as soon as it is clearly slower
+    than the best of its group: its warm-up call took over :data:`RACE_WARMUP` times the group's fastest
+    warm-up call, or after a round its median is over ``1 + RACE_MARGIN / sqrt(rounds)`` times the group's best
+    median (a margin that narrows as the evidence grows). A dropped closure keeps the samples it has.
+    """
+    n = len(steps)
+    alive = [True] * n
     samples: list[list[float]] = [[] for _ in steps]
-    for r in tqdm(range(repeats), desc=desc, disable=None, leave=False):
-        for k in range(len(steps)):
-            i = (r + k) % len(steps)
-            samples[i].append(_time_block(steps[i], iters, device, clock))
+    total = n * (warmup + repeats)
+    with tqdm(total=total, desc=desc, disable=None if progress is None else not progress, leave=False,
+              unit="call", dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10) as bar:
+        first: list[float] = [float("inf")] * n
+        for i, step in enumerate(steps):
+            for w in range(warmup):
+                if race is not None and w == 0:
+                    first[i] = _time_block(step, 1, device, clock)
+                    best = min(t for k, t in enumerate(first) if race[k] == race[i])
+                    if first[i] > RACE_WARMUP * best:
+                        alive[i] = False
+                        bar.update(warmup + repeats)
+                        break
+                else:
+                    step()
+                bar.update()
+            if race is not None and alive[i]:  # a faster closure warmed up later drops the ones before it
+                for k in range(i):
+                    if alive[k] and race[k] == race[i] and first[k] > RACE_WARMUP * first[i]:
+                        alive[k] = False
+                        bar.update(repeats)
+        for r in range(repeats):
+            for k in range(n):
+                i = (r + k) % n
+                if alive[i]:
+                    samples[i].append(_time_block(steps[i], iters, device, clock))
+                    bar.update()
+            if race is not None:
+                for _ in _drop_slower(samples, alive, race, r + 1):
+                    bar.update(repeats - r - 1)
     return samples
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence the profiler's C++ start/stop log lines (file descriptor 2) for the duration."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+RACE_WARMUP = 3.0
+"""A closure whose warm-up call took this many times its group's fastest one is not timed further."""
+RACE_MARGIN = 0.5
+"""After ``k`` rounds a closure is dropped when its median exceeds its group's best by ``RACE_MARGIN / sqrt(k)``."""
 
 
-def peak_transient_bytes(step: Callable[[], object], device: torch.device) -> int:
-    """Largest number of bytes allocated during ``step()`` beyond what was allocated before it."""
-    if device.type == "cuda":
-        synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    current = peak = 0
-    for e in events:
-        current += e.nbytes()
-        peak = max(peak, current)
-    return peak
+def _drop_slower(samples: list[list[float]], alive: list[bool], race: list[object], rounds: int) -> list[int]:
+    """Mark dead the live closures whose median is clearly above the best median of their group; returns them."""
+    medians = [statistics.median(s) if s else float("inf") for s in samples]
+    limit = 1 + RACE_MARGIN / math.sqrt(rounds)
+    dropped = []
+    for i in range(len(samples)):
+        group = [medians[k] for k in range(len(samples)) if race[k] == race[i] and samples[k]]
+        if alive[i] and group and medians[i] > limit * min(group):
+            alive[i] = False
+            dropped.append(i)
+    return dropped
 
 
 def nbytes(tensors: Iterable[object]) -> int:

@@ -4,7 +4,7 @@ The base network is EfficientNet B0 (Tan & Le, 2019); sizes B1-B7 scale its widt
 resolution. The paper (Section 3.1) generalises every depthwise (spatial) convolution of the MBConv
 blocks to a grouped convolution of group size ``G`` and lowers the expansion ratio ``E`` to keep the
 cost similar: G1/E6 is vanilla, G4/E5 and G16/E4 are the paper's presets (Table 2). Facts the paper
-leaves open are taken from the authors' code, see ``../shared/REFERENCE.md``.
+leaves open are taken from the authors' code, see docs/reference.md.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class ModelConfig:
     num_classes: int = 1000  # 0: no classifier, the model returns its pooled features
     in_chans: int = 3
     drop_rate: float = 0.2
-    drop_path_rate: float = 0.2  # stochastic depth; survival 0.8 at the last block (REFERENCE.md)
+    drop_path_rate: float = 0.2  # stochastic depth; survival 0.8 at the last block (docs/reference.md)
     global_pool: str = "avg"
 
     def __post_init__(self) -> None:

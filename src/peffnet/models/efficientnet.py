@@ -5,8 +5,6 @@ The network has timm's model interface (``forward_features``, ``forward_head``, 
 (TorchScript) as it is.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 from dataclasses import replace

@@ -8,8 +8,6 @@ backbones do. The normalizations are those of the classifier; with LN+PN or GN+P
 image depends on that image only (paper Section 3.2): a detection batch needs no batch statistics.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch

@@ -80,6 +80,53 @@ def _part_of(name: str) -> str:
     return "stem" if name.startswith("stem") else "head"
 
 
+def layer_stat(name: str, part: str, mod: nn.Module, x: torch.Tensor, out: torch.Tensor,
+               batch_size: int) -> LayerStat:
+    """A conv or linear layer's cost from one forward: MACs = output elements x input channels per group x k^2,
+    and the Eq. 7 intensity at ``batch_size``."""
+    params = sum(p.numel() for p in mod.parameters(recurse=False))
+    if isinstance(mod, nn.Conv2d):
+        k, s, gs, f = mod.kernel_size[0], mod.stride[0], mod.in_channels // mod.groups, x.shape[-1]
+        macs = out[0].numel() * gs * mod.kernel_size[0] * mod.kernel_size[1]
+        return LayerStat(name, part, "conv", mod.in_channels, mod.out_channels, k, s, gs, f, macs, params,
+                         arithmetic_intensity(gs, k, f, s, batch_size))
+    return LayerStat(name, part, "linear", mod.in_features, mod.out_features, 1, 1, mod.in_features, 1,
+                     out[0].numel() * mod.in_features, params,
+                     arithmetic_intensity(mod.in_features, 1, 1, 1, batch_size))
+
+
+def trace_layers(model: nn.Module, x: torch.Tensor, batch_size: int, part_of: Callable[[str], str],
+                 watch: Callable[[str, nn.Module], bool] | None = None) -> tuple[list[LayerStat], dict[str, int]]:
+    """One eval-mode, gradient-free forward of ``model`` on ``x`` with hooks: the :func:`layer_stat` of every
+    conv and linear layer, and the output size (elements per image) of every module ``watch`` selects."""
+    layers: list[LayerStat] = []
+    outputs: dict[str, int] = {}
+
+    def on_layer(name: str) -> Callable[..., None]:
+        return lambda mod, inputs, out: layers.append(layer_stat(name, part_of(name), mod, inputs[0], out,
+                                                                 batch_size))
+
+    def on_output(name: str) -> Callable[..., None]:
+        return lambda mod, inputs, out: outputs.__setitem__(name, out[0].numel())
+
+    handles = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            handles.append(mod.register_forward_hook(on_layer(name)))
+        if watch is not None and watch(name, mod):
+            handles.append(mod.register_forward_hook(on_output(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return layers, outputs
+
+
 def profile_model(model: nn.Module, resolution: int, batch_size: int = 1, in_chans: int = 3) -> ModelProfile:
     """Profile ``model`` for a square input of side ``resolution``.
 
@@ -87,59 +134,26 @@ def profile_model(model: nn.Module, resolution: int, batch_size: int = 1, in_cha
     otherwise shapes are traced on a meta copy so real weights are not touched.
     """
     meta = model if next(model.parameters()).is_meta else _meta_copy(model)
-    layers: list[LayerStat] = []
+
+    def stored(name: str, mod: nn.Module) -> bool:
+        """The modules whose outputs are the activations an image keeps (a flatten is a view of the pooled
+        features, with no memory of its own; a squeeze-excite's insides are 1x1 and counted with it)."""
+        return bool(name and (not list(mod.children()) or isinstance(mod, SqueezeExcite))
+                    and not _inside_se(meta, name) and not isinstance(mod, nn.Flatten))
+
+    x = torch.empty(1, in_chans, resolution, resolution, device="meta")
+    layers, activations = trace_layers(meta, x, batch_size, _part_of, stored)
     parts: dict[str, PartStat] = {}
     numer = denom = 0.0
-    activations: dict[str, int] = {}
-
-    def on_layer(name: str):
-        def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            nonlocal numer, denom
-            x = inputs[0]
-            part = parts.setdefault(_part_of(name), PartStat())
-            params = sum(p.numel() for p in mod.parameters(recurse=False))
-            if isinstance(mod, nn.Conv2d):
-                k, s, gs = mod.kernel_size[0], mod.stride[0], mod.in_channels // mod.groups
-                macs = out[0].numel() * gs * k * k
-                f = x.shape[-1]
-                stat = LayerStat(name, _part_of(name), "conv", mod.in_channels, mod.out_channels, k, s, gs,
-                                 f, macs, params, arithmetic_intensity(gs, k, f, s, batch_size))
-                groups = mod.groups
-                numer += gs * gs * k * k * batch_size * f * f * groups / s
-                denom += k * k * gs * gs * groups + batch_size * f * f * gs * groups
-            else:
-                macs = mod.in_features * mod.out_features
-                stat = LayerStat(name, "head", "linear", mod.in_features, mod.out_features, 1, 1,
-                                 mod.in_features, 1, macs, params,
-                                 arithmetic_intensity(mod.in_features, 1, 1, 1, batch_size))
-            layers.append(stat)
-            part.params += params
-            part.macs += macs
-
-        return hook
-
-    def on_output(name: str):
-        def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            activations[name] = out[0].numel()
-
-        return hook
-
-    handles = []
-    for name, mod in meta.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            handles.append(mod.register_forward_hook(on_layer(name)))
-        if (name and (not list(mod.children()) or isinstance(mod, SqueezeExcite)) and not _inside_se(meta, name)
-                and not isinstance(mod, nn.Flatten)):  # a view of the pooled features, no memory of its own
-            handles.append(mod.register_forward_hook(on_output(name)))
-    try:
-        was_training = meta.training
-        meta.eval()
-        with torch.no_grad():
-            meta(torch.empty(1, in_chans, resolution, resolution, device="meta"))
-        meta.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
+    for layer in layers:
+        part = parts.setdefault(layer.part, PartStat())
+        part.params += layer.params
+        part.macs += layer.macs
+        if layer.kind == "conv":  # Eq. 6 summed over the layers: G^2 k^2 B f^2 groups / s over the elements moved
+            g, k2, bf2, groups = layer.group_size, layer.kernel**2, batch_size * layer.field**2, \
+                layer.in_channels // layer.group_size
+            numer += g * g * k2 * bf2 * groups / layer.stride
+            denom += k2 * g * g * groups + bf2 * g * groups
     for name, n in activations.items():
         parts.setdefault(_part_of(name), PartStat()).activations += n
     # Parameters that sit outside conv/linear layers (norm affine, PN) count towards their part.
@@ -180,44 +194,14 @@ def _meta_copy(model: nn.Module) -> nn.Module:
 
 
 def conv_layers(model: nn.Module, resolution: int, batch_size: int = 1, in_chans: int = 3) -> list[LayerStat]:
-    """Conv and linear layers of *any* model with their MACs per image and Eq. 7 intensity.
-
-    Forward hooks on ``nn.Conv2d`` / ``nn.Linear``, the same count as :func:`peffnet.models.profile.profile_model`
-    (MACs = output elements x input channels per group x k^2), traced on a meta-device copy.
-    """
+    """Conv and linear layers of *any* model with their MACs per image and Eq. 7 intensity (:func:`layer_stat`,
+    the count of :func:`profile_model`), traced on a meta-device copy."""
     try:
         meta = copy.deepcopy(model).to("meta")
         x = torch.empty(1, in_chans, resolution, resolution, device="meta")
     except (RuntimeError, NotImplementedError):  # pragma: no cover - models that refuse the meta device
         meta, x = copy.deepcopy(model).cpu(), torch.zeros(1, in_chans, resolution, resolution)
-    layers: list[LayerStat] = []
-
-    def hook(name: str) -> Callable[..., None]:
-        def fn(mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            params = sum(p.numel() for p in mod.parameters(recurse=False))
-            if isinstance(mod, nn.Conv2d):
-                k, s, gs, f = mod.kernel_size[0], mod.stride[0], mod.in_channels // mod.groups, inputs[0].shape[-1]
-                macs = out[0].numel() * gs * mod.kernel_size[0] * mod.kernel_size[1]
-                layers.append(LayerStat(name, "", "conv", mod.in_channels, mod.out_channels, k, s, gs, f, macs,
-                                        params, arithmetic_intensity(gs, k, f, s, batch_size)))
-            else:
-                macs = out[0].numel() * mod.in_features
-                layers.append(LayerStat(name, "", "linear", mod.in_features, mod.out_features, 1, 1,
-                                        mod.in_features, 1, macs, params,
-                                        arithmetic_intensity(mod.in_features, 1, 1, 1, batch_size)))
-
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in meta.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        meta.eval()
-        with torch.no_grad():
-            meta(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return layers
+    return trace_layers(meta, x, batch_size, lambda name: "")[0]
 
 
 def model_macs(model: nn.Module, resolution: int) -> int:

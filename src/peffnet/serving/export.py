@@ -18,9 +18,7 @@ import copy
 import dataclasses
 import io
 import json
-import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 from torch import nn
 
 from peffnet.errors import ConfigError
+from peffnet.files import replacing, write_file
 from peffnet.serving.metadata import TORCHSCRIPT_EXTRA, describe_checkpoint, export_metadata, onnx_props
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -79,7 +78,8 @@ def _write_torchscript(model: nn.Module, x: torch.Tensor, path: Path, metadata: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript is deprecated upstream; still the format many servers load
         traced = torch.jit.trace(model, (x,), check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
+        with path.open("wb") as f:  # given a file name, torch.jit.save aborts the process when the disk is full
+            torch.jit.save(traced, f, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
 
 
 def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -137,8 +137,8 @@ def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", resolution: int
     trace_x = torch.randn(2, model.cfg.in_chans, res, res, generator=gen)
     check_x = torch.randn(3, model.cfg.in_chans, res, res, generator=gen)
     sidecar = path.with_name(path.name + ".json") if fmt == "torchscript" else None
-    tmp, side_tmp = _temporary(path), _temporary(sidecar) if sidecar else None
-    try:
+    weights = sum(t.numel() * t.element_size() for t in served.state_dict().values())  # most of the file
+    with replacing(path, weights, about=True) as tmp:  # the file appears when verified, or not at all
         (_write_onnx if fmt == "onnx" else _write_torchscript)(served, trace_x, tmp, metadata)
         with torch.no_grad():
             expected = reference(check_x)
@@ -146,22 +146,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", resolution: int
         if not diff <= TOLERANCE:
             raise ConfigError(f"exported {fmt} model differs from PyTorch by {diff:.3g} > {TOLERANCE:g}; "
                               f"nothing written to {path}")
-        tmp.chmod(0o644)  # mkstemp's 0600 would hide the model from a serving user
-        if side_tmp is not None:
-            side_tmp.write_text(json.dumps(metadata, indent=1) + "\n")
-            side_tmp.chmod(0o644)
-        os.replace(tmp, path)
-        if side_tmp is not None:
-            os.replace(side_tmp, sidecar)
-    finally:
-        for leftover in (tmp, side_tmp):
-            if leftover is not None:
-                leftover.unlink(missing_ok=True)
+        if sidecar is not None:
+            write_file(sidecar, json.dumps(metadata, indent=1) + "\n")
     return ExportResult(path, fmt, res, diff, folded, metadata, sidecar, description.note)
 
-
-def _temporary(path: Path) -> Path:
-    """A new empty temporary file ``.NAME.*`` beside ``path`` (renamed to it once complete)."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    return Path(name)

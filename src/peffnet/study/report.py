@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from peffnet.files import write_file
 from peffnet.measure.plotting import label_points, pyplot, save_figure
 from peffnet.measure.report import pareto_front
 from peffnet.models import build, preset
@@ -142,10 +143,10 @@ def write_report(cfg: StudyConfig, out: Path, results: list[dict], speed: dict, 
     record = {"commands": commands, "device": speed["device"], "torch": torch.__version__,
               "peffnet": __version__, "recipe": cfg.recipe(), "targets": targets, "rows": rows,
               "configurations": configs, "diverged": diverged}
-    (out / "study.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_file(out / "study.json", json.dumps(record, indent=1) + "\n")
     figures = [f for key, title, lower, log in AXES
                for f in plot(configs, key, title, lower, log, out / f"accuracy_vs_{key}")] if configs else []
-    (out / "study.md").write_text(markdown(record, [f for f in figures if f.suffix == ".png"]))
+    write_file(out / "study.md", markdown(record, [f for f in figures if f.suffix == ".png"]))
     return record
 
 

@@ -19,6 +19,7 @@ import torch
 
 from peffnet.data import build_dataset
 from peffnet.errors import ConfigError
+from peffnet.files import write_file
 from peffnet.study.config import Cell, StudyConfig
 from peffnet.study.report import write_report
 from peffnet.study.speed import FINETUNE_STAGES, measure_speed
@@ -48,9 +49,9 @@ def check_plan(out: Path, cfg: StudyConfig) -> None:
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty and holds no study ({PLAN}); use another --out")
     out.mkdir(parents=True, exist_ok=True)
-    command = cfg.command_line("study")
-    path.write_text(json.dumps({**cfg.recipe(), "commands": [*commands, *([command] if command not in commands
-                                                                          else [])]}, indent=1) + "\n")
+    command = cfg.recorded_in(out).command_line("study")
+    write_file(path, json.dumps({**cfg.recipe(), "commands": [*commands, *([command] if command not in commands
+                                                                           else [])]}, indent=1) + "\n")
 
 
 def cells_in(out: Path) -> list[Cell]:
@@ -73,7 +74,7 @@ def speed_record(cfg: StudyConfig, out: Path, cells: list[Cell], num_classes: in
             return record
     print(f"peffnet study: timing {len(cells)} configuration(s) in alternation on {device}", file=sys.stderr)
     record = measure_speed(cfg, cells, num_classes, in_chans, device)
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    write_file(path, json.dumps(record, indent=1) + "\n")
     return record
 
 
@@ -150,6 +151,6 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
                                       probe.in_chans)
                 except NonFiniteLoss as err:  # a diverged configuration is a result too; the study goes on
                     record = {"label": cell.label, "key": cell.key, "seed": seed, "diverged": str(err)}
-                result.write_text(json.dumps(record, indent=1) + "\n")
+                write_file(result, json.dumps(record, indent=1) + "\n")
     results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob(f"*/{RESULT}"))]
     return write_report(cfg, out, results, speed, json.loads((out / PLAN).read_text())["commands"])

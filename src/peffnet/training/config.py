@@ -1,4 +1,4 @@
-"""``peffnet train``'s settings: every flag, its default (the paper's recipe, Section 3.4 and REFERENCE.md),
+"""``peffnet train``'s settings: every flag, its default (the paper's recipe, Section 3.4 and docs/reference.md),
 and the resolution of the "auto" values once the dataset and the number of processes are known.
 
 Precedence: defaults < ``--config FILE.yaml`` < command-line flags (:mod:`peffnet.settings`). The resolved
@@ -17,6 +17,7 @@ from peffnet.errors import ConfigError
 from peffnet.models import ModelConfig, ModelOverrides, preset
 from peffnet.models.config import split_norm
 from peffnet.resolution import check_resolution, half_resolution
+from peffnet.runtime.mixing import CUTMIX_LAMBDA, MIXUP_ALPHA
 from peffnet.settings import (
     BOOL,
     FLOAT,
@@ -30,7 +31,6 @@ from peffnet.settings import (
     setting,
 )
 from peffnet.training.distributed import DEFAULT_TIMEOUT_S
-from peffnet.training.mixing import CUTMIX_LAMBDA, MIXUP_ALPHA
 from peffnet.training.rundir import RESUME, RESUME_MODES
 
 LR_PER_SAMPLE = 2.0**-14

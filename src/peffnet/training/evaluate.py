@@ -21,6 +21,7 @@ from tqdm import tqdm
 from peffnet.checkpoint import model_from_checkpoint
 from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
+from peffnet.files import relative_to, write_file
 from peffnet.models import ModelConfig
 from peffnet.resolution import MAX_SWEEP_RESOLUTION, MIN_RESOLUTION, check_resolution, mod32_ok, test_resolutions
 from peffnet.training import distributed
@@ -105,10 +106,12 @@ def eval_json_path(checkpoint: str | Path, out: str | Path | None) -> Path | Non
     return run_dir / "eval.json" if (run_dir / "config.yaml").is_file() else None
 
 
-def write_eval(record: dict[str, Any], path: Path) -> None:
-    """Write the ``eval.json`` record (creating its directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+def write_eval(record: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Write the ``eval.json`` record as ``path``, its checkpoint relative to ``path``'s folder; returns what
+    it wrote."""
+    record = {**record, "checkpoint": relative_to(record["checkpoint"], path.parent)}
+    write_file(path, json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def format_table(record: dict[str, Any]) -> str:

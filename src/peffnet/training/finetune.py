@@ -34,16 +34,18 @@ from torch import nn
 from peffnet.checkpoint import model_from_checkpoint
 from peffnet.data import AUGMENTS, DECODE_MODES, build_dataset, make_loader
 from peffnet.errors import ConfigError
+from peffnet.files import relative_to
 from peffnet.fusion import training_form
 from peffnet.models import EfficientNet, ModelConfig, preset
 from peffnet.models.config import B0_STAGES
 from peffnet.resolution import RESOLUTION, mod32_ok
+from peffnet.runtime.optim import param_groups
+from peffnet.runtime.step import StepSettings, grad_scaler
 from peffnet.settings import BOOL, FLOAT, FRACTION, INT, NON_NEGATIVE, POSITIVE, Check, setting
 from peffnet.training import distributed
 from peffnet.training.config import AMP_MODES, DEVICES, RunSettings, split_batch
 from peffnet.training.evaluate import check_data, checkpoint_file
-from peffnet.training.loop import Job, StepSettings, TrainState
-from peffnet.training.optim import param_groups
+from peffnet.training.loop import Job, TrainState
 from peffnet.training.run import run
 from peffnet.training.rundir import claim
 from peffnet.training.train import prepare
@@ -219,15 +221,16 @@ def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
     net = prepare(model, form, ctx, compile=False)
     optimizer = torch.optim.SGD(param_groups(model, c.weight_decay), lr=c.lr, momentum=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=len(train_loader) * c.epochs)
-    state = TrainState(model, optimizer, scheduler, torch.amp.GradScaler(ctx.device.type, enabled=c.amp == "fp16"),
+    state = TrainState(model, optimizer, scheduler, grad_scaler(ctx.device, c.amp),
                        average=None)
     step = StepSettings(micro, train_set.num_classes, c.label_smoothing, 0.0, 1.0, c.amp, c.channels_last)
     record = {"train_resolution": c.resolution, "num_classes": train_set.num_classes,
               "data": {"spec": spec, "in_chans": train_set.in_chans, "subset": c.subset},
               "classes": list(train_set.classes), "preprocessing": val_set.preprocessing.to_dict(),
-              "parent": str(parent_path), "parent_train_resolution": parent_res, "finetune_stages": c.stages}
+              "parent": relative_to(parent_path, c.out), "parent_train_resolution": parent_res,
+              "finetune_stages": c.stages}
     summary = {"trainable_params": sum(p.numel() for n, p in model.named_parameters() if n in trainable),
-               "lr": c.lr, "parent": str(parent_path), "parent_train_resolution": parent_res,
+               "lr": c.lr, "parent": relative_to(parent_path, c.out), "parent_train_resolution": parent_res,
                "finetune_stages": c.stages}
     return Job("finetune", Path(c.out), c, state, net, form, train_loader, val_loader, step, c.epochs,
                c.batch_size, c.seed, c.log_every, c.checkpoint_every, c.progress, ctx, record, summary,

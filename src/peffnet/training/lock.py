@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peffnet.errors import ConfigError
+from peffnet.errors import ConfigError, WriteFailure
+from peffnet.files import writing
 
 try:
     import fcntl
@@ -107,9 +108,15 @@ class RunLock:
               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "command": " ".join(["peffnet" if sys.argv[0].endswith(("peffnet", "__main__.py")) else sys.argv[0],
                                    *sys.argv[1:]])[:1000]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-        os.fsync(fd)
+        data = (json.dumps(me) + "\n").encode()
+        try:
+            with writing(self.path, len(data)):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, data, 0)
+                os.fsync(fd)
+        except WriteFailure:
+            os.close(fd)
+            raise
         self._fd = fd
         _HELD.add(fd)
         return [f"took over {self.path} from {describe(previous)}, which is no longer running"] if previous else []

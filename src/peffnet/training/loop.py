@@ -1,5 +1,5 @@
-"""The training loop, read top to bottom: one step with micro-batching, evaluation, and :func:`fit`, the epoch
-loop that ``peffnet train`` and ``peffnet finetune`` share (paper Section 3.4).
+"""The training loop, read top to bottom: evaluation and :func:`fit`, the epoch loop that ``peffnet train`` and
+``peffnet finetune`` share around the training step (:func:`peffnet.runtime.step.train_step`; paper Section 3.4).
 
 A :class:`Job` is everything one run needs: the state a checkpoint holds (:class:`TrainState`), the module
 that is trained (the same model, possibly fused, DDP-wrapped or compiled), loaders and step settings.
@@ -10,7 +10,6 @@ that is trained (the same model, possibly fused, DDP-wrapped or compiled), loade
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -19,18 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from peffnet.data import Loader
 from peffnet.errors import RunFailure
 from peffnet.models import EfficientNet
+from peffnet.runtime.step import StepSettings, autocast, train_step
 from peffnet.settings import Settings
 from peffnet.training import distributed
 from peffnet.training.metrics import MetricsLogger
-from peffnet.training.mixing import mix_batch
 from peffnet.training.optim import EpochAverage
 from peffnet.training.signals import Stopped, signal_name
 
@@ -38,65 +35,6 @@ from peffnet.training.signals import Stopped, signal_name
 class NonFiniteLoss(RunFailure):
     """The training loss (or the weights) became NaN or infinite; the run stops, and no checkpoint of those
     weights is written."""
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed precision for the forward pass: bf16 (CPU/CUDA) or fp16 (CUDA), else nothing."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-@dataclass(frozen=True)
-class StepSettings:
-    """What one optimizer step needs besides model, optimizer and data."""
-
-    micro_batch_size: int
-    num_classes: int
-    label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_lambda: float = 1.0
-    amp: str = "off"
-    channels_last: bool = False
-
-
-def _no_sync(net: nn.Module) -> contextlib.AbstractContextManager:
-    """DDP's ``no_sync`` (skip the gradient all-reduce of a micro-batch that is not the last), also when the
-    DDP module is wrapped by ``torch.compile``; nothing for a single process."""
-    ddp = getattr(net, "_orig_mod", net)
-    return ddp.no_sync() if isinstance(ddp, DistributedDataParallel) else contextlib.nullcontext()
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               images: torch.Tensor, labels: torch.Tensor, s: StepSettings) -> float:
-    """One optimizer step on this rank's share of the global batch, accumulated over micro-batches.
-
-    Each micro-batch's loss is summed over its images and divided by this rank's batch size, so the
-    accumulated gradient is the mean over the rank's images; DDP then averages ranks (equal shares), giving
-    the mean over the global batch whatever the micro-batch size and world size. Returns the mean loss over
-    the global batch as a tensor on the device: reading it is left to the caller (:class:`LossReader`), so
-    that a GPU is not made to wait for the host every step.
-    """
-    device = next(model.parameters()).device
-    local = images.shape[0]
-    chunks = list(zip(images.split(s.micro_batch_size), labels.split(s.micro_batch_size), strict=True))
-    total = torch.zeros((), device=device)
-    for i, (x, y) in enumerate(chunks):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if s.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x, targets = mix_batch(x, y, s.num_classes, s.mixup_alpha, s.cutmix_lambda)
-        with contextlib.nullcontext() if i == len(chunks) - 1 else _no_sync(model):
-            with autocast(device, s.amp):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=s.label_smoothing, reduction="sum") / local
-            scaler.scale(loss).backward()
-        total += loss.detach()
-    mean_loss = distributed.all_reduce_sum(total) / distributed.world_size()
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return mean_loss.detach()
 
 
 @dataclass
@@ -259,21 +197,33 @@ def stopped(signum: int, step: int, where: str, hooks: Hooks) -> Stopped:
                            f"{hooks.last_checkpoint()}: the same command resumes it")
 
 
+def advance(job: Job, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One step of a run: the global RNG reseeded from (seed, step, rank), so that dropout, stochastic depth and
+    the mixing draws are reproducible from the step alone (the same after a resume); the training step; the
+    schedule. Returns the global batch's mean loss, on the device (nothing here makes a GPU wait for the
+    host)."""
+    state = job.state
+    torch.manual_seed((job.seed * 1_000_003 + state.step) * 1_009 + distributed.rank())
+    loss = train_step(job.net, state.optimizer, state.scaler, images, labels, job.step)
+    state.scheduler.step()
+    state.step += 1
+    return distributed.all_reduce_sum(loss) / distributed.world_size()
+
+
 def fit(job: Job, logger: MetricsLogger, hooks: Hooks) -> tuple[float, float] | None:
     """Run the epochs left, from ``job.state.step`` (mid-epoch after a resume) to ``job.epochs``.
 
-    Before each step the global RNG is reseeded from (seed, step, rank), so dropout, stochastic depth and
-    the mixing draws are reproducible from the step alone -- the same after a resume. Each step updates the
-    progress bar, logs every ``log_every`` steps, saves every ``checkpoint_every`` steps, and asks whether a
-    rank got a stop signal: then it saves and stops. Each epoch adds its time and images to the progress,
-    folds the weights into the average, evaluates, logs, prints one line, saves, and asks again. Returns
-    (top-1, top-5) of the last epoch's live weights, or ``None`` when no epoch was left to run.
+    Each step (:func:`advance`) updates the progress bar, logs every ``log_every`` steps, saves every
+    ``checkpoint_every`` steps, and asks whether a rank got a stop signal: then it saves and stops. Each epoch
+    adds its time and images to the progress, folds the weights into the average, evaluates, logs, prints one
+    line, saves, and asks again. Returns (top-1, top-5) of the last epoch's live weights, or ``None`` when no
+    epoch was left to run.
 
     Raises:
         NonFiniteLoss: the loss became NaN/inf; names the step, the epoch and the last finite checkpoint.
         Stopped: a stop signal; raised after the checkpoint at the step it stopped at.
     """
-    state, spe, rank = job.state, job.steps_per_epoch, distributed.rank()
+    state, spe = job.state, job.steps_per_epoch
     live = None
     for epoch in range(state.step // spe, job.epochs):
         first = state.step - epoch * spe
@@ -302,12 +252,8 @@ def fit(job: Job, logger: MetricsLogger, hooks: Hooks) -> tuple[float, float] | 
         try:
             for images, labels in job.train_loader:
                 tick = time.perf_counter()
-                torch.manual_seed((job.seed * 1_000_003 + state.step) * 1_009 + rank)
                 lr = state.optimizer.param_groups[0]["lr"]
-                loss = train_step(job.net, state.optimizer, state.scaler, images, labels, job.step)
-                state.scheduler.step()
-                state.step += 1
-                reader.put(state.step, epoch + 1, lr, loss)
+                reader.put(state.step + 1, epoch + 1, lr, advance(job, images, labels))
                 report(reader.take(), tick)
                 if state.step % spe == 0:  # the epoch's end: averaged, evaluated and saved below
                     continue

@@ -26,12 +26,13 @@ import torch
 
 from peffnet.data import in_memory
 from peffnet.errors import ConfigError
+from peffnet.files import write_file
 from peffnet.models import preset
 from peffnet.resolution import RESOLUTION, half_resolution, mod32_ok, test_resolutions
 from peffnet.settings import BOOL, FLOAT, INT, INTS, NON_NEGATIVE, POSITIVE, Settings, setting
 from peffnet.training import distributed
 from peffnet.training.config import AMP_MODES, DEVICES, TrainConfig
-from peffnet.training.evaluate import evaluate_checkpoint
+from peffnet.training.evaluate import evaluate_checkpoint, write_eval
 from peffnet.training.finetune import DEPTH, FinetuneConfig, finetune
 from peffnet.training.train import train
 
@@ -154,7 +155,7 @@ def _evaluate(cfg: RecipeConfig, run_dir: Path, resolutions: list[int]) -> dict[
                                  device=cfg.device, amp=cfg.amp, progress=cfg.progress)
     record["wall_time_s"] = time.perf_counter() - start
     if distributed.rank() == 0:  # under torchrun every rank evaluates its shard; one writes
-        (run_dir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_eval(record, run_dir / "eval.json")
     return record
 
 
@@ -184,7 +185,7 @@ def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
         stages["native"] = done["native"] or train(configs["native"])
         evals["native"] = _evaluate(cfg, out / "native", tests)
     summary = {
-        "config": cfg.to_dict(), "native": native, "train_resolution": train_res,
+        "config": cfg.recorded_in(out).to_dict(), "native": native, "train_resolution": train_res,
         "finetune_resolution": ft_res, "stages": {name: _stage_record(st) for name, st in stages.items()},
         "evaluations": {name: {"results": e["results"], "best": e["best"], "wall_time_s": e["wall_time_s"]}
                         for name, e in evals.items()},
@@ -194,8 +195,8 @@ def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
         "device": stages["train"]["device"], "torch": torch.__version__,
     }
     if distributed.rank() == 0:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (out / "summary.md").write_text(format_summary(summary))
+        write_file(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_file(out / "summary.md", format_summary(summary))
     return summary
 
 

@@ -9,23 +9,21 @@ the settings that may change on resume), print the banner, write ``config.yaml``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import re
-import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
 from peffnet.checkpoint import FORMAT, load_weights, non_finite
-from peffnet.errors import ConfigError, RunFailure
+from peffnet.errors import ConfigError, RunFailure, WriteFailure
+from peffnet.files import relative_to, write_file
 from peffnet.models import build
 from peffnet.models.config import DEFAULT_NORM, split_norm
 from peffnet.models.profile import profile_model
+from peffnet.runtime.device import device_name, peak_memory_bytes, reset_peak_memory
 from peffnet.training import distributed
 from peffnet.training.loop import Hooks, Job, Progress, TrainState, diverged, evaluate, fit
 from peffnet.training.metrics import MetricsLogger
@@ -44,7 +42,8 @@ def checkpoint_entries(job: Job) -> dict[str, Any]:
             "averaged": s.final_model().state_dict(), "optimizer": s.optimizer.state_dict(),
             "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
             "epoch": s.step // job.steps_per_epoch, "step": s.step, "progress": dataclasses.asdict(s.progress),
-            "rng": {"seed": job.seed, "scheme": RNG_SCHEME}, "config": job.config.to_dict(), **job.record}
+            "rng": {"seed": job.seed, "scheme": RNG_SCHEME}, "config": job.config.recorded_in(job.out).to_dict(),
+            **job.record}
 
 
 def restore(state: TrainState, checkpoint: dict[str, Any], steps_per_epoch: int, what: str) -> None:
@@ -93,30 +92,6 @@ def apply_changes(job: Job, changes: dict[str, tuple[Any, Any]], what: str) -> l
     return notes
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak-memory window (so each stage of a pipeline reports its own peak)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):  # Linux: "5" resets the peak resident set size (VmHWM) to the current one
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak CUDA memory allocated, or on the CPU the process's peak resident set size, since the last
-    :func:`reset_peak_memory`."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    try:
-        return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
-    except (OSError, AttributeError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-
-
 def banner(job: Job) -> str:
     """The line a run starts with: what trains, in which form, where, how long."""
     m, ctx = job.state.model.cfg, job.ctx
@@ -130,7 +105,23 @@ def banner(job: Job) -> str:
 
 def run(job: Job, start: Start) -> dict[str, Any]:
     """Run ``job`` from ``start`` (a new run, or the checkpoint to continue) and return its ``summary.json``
-    record. SIGTERM, SIGINT and SIGUSR1 stop it after the current step, with a checkpoint."""
+    record. SIGTERM, SIGINT and SIGUSR1 stop it after the current step, with a checkpoint.
+
+    Raises:
+        WriteFailure: a file of the run could not be written; the line says which checkpoint the same command
+            resumes from.
+    """
+    try:
+        return _run(job, start)
+    except WriteFailure as err:
+        if err.note:  # a checkpoint's failure names the intact checkpoints itself
+            raise
+        last = start.checkpoints.describe_last()
+        raise err.noting(f"the same command resumes from {last}" if start.checkpoints.records
+                         else "no checkpoint was written yet") from None
+
+
+def _run(job: Job, start: Start) -> dict[str, Any]:
     t0, ctx, state, checkpoint = time.perf_counter(), job.ctx, job.state, start.checkpoint
     reset_peak_memory(ctx.device)
     notes = []
@@ -145,7 +136,7 @@ def run(job: Job, start: Start) -> dict[str, Any]:
         for note in notes:
             print(f"peffnet {job.name}: {note}", flush=True)
         job.out.mkdir(parents=True, exist_ok=True)
-        (job.out / "config.yaml").write_text(yaml.safe_dump(job.config.to_dict(), sort_keys=False))
+        write_file(job.out / "config.yaml", yaml.safe_dump(job.config.recorded_in(job.out).to_dict(), sort_keys=False))
         if state.step < job.epochs * job.steps_per_epoch:  # a summary describes a finished run only
             (job.out / "summary.json").unlink(missing_ok=True)
     logger = MetricsLogger(job.out, ctx.is_main, resume_step=state.step if checkpoint is not None else None)
@@ -179,7 +170,7 @@ def run(job: Job, start: Start) -> dict[str, Any]:
         if error is not None:
             raise RunFailure(error)
 
-    with StopRequests(announce=ctx.is_main) as stop, contextlib.closing(logger):
+    with StopRequests(announce=ctx.is_main) as stop:
         hooks = Hooks(save, start.checkpoints.describe_last, elapsed, stop.agreed)
         live = fit(job, logger, hooks)
         if live is None:  # nothing was left to run (a finished run resumed): measure the live weights here
@@ -189,7 +180,7 @@ def run(job: Job, start: Start) -> dict[str, Any]:
         save()
     summary = make_summary(job, final, live, peak_memory_bytes(ctx.device))
     if ctx.is_main:
-        (job.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_file(job.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -218,5 +209,5 @@ def make_summary(job: Job, final: tuple[float, float], live: tuple[float, float]
         "skipped_images": len(s.progress.skipped), "skipped_files": s.progress.skipped[:100],
         "oversized_images": len(s.progress.oversized), "resumes": s.progress.resumes,
         "config_hash": c.config_hash(), "device": device_name(job.ctx.device), "torch": torch.__version__,
-        "peffnet": __version__, "checkpoint": str(job.out / "checkpoint.pt"), **job.summary,
+        "peffnet": __version__, "checkpoint": relative_to(job.out / "checkpoint.pt", job.out), **job.summary,
     }

@@ -18,10 +18,12 @@ from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
 from peffnet.fusion import fuse_proxy_norm, training_form
 from peffnet.models import EfficientNet, build, preset
+from peffnet.runtime.optim import rmsprop_tf
+from peffnet.runtime.step import StepSettings, grad_scaler
 from peffnet.training import distributed
 from peffnet.training.config import Resolved, TrainConfig, resolve, resolve_resolution, with_dataset_defaults
-from peffnet.training.loop import Job, StepSettings, TrainState
-from peffnet.training.optim import EpochAverage, recipe_scheduler, rmsprop_tf
+from peffnet.training.loop import Job, TrainState
+from peffnet.training.optim import EpochAverage, recipe_scheduler
 from peffnet.training.run import run
 from peffnet.training.rundir import claim
 
@@ -74,7 +76,7 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
     s = run_cfg.time_scale
     scheduler = recipe_scheduler(optimizer, len(train_loader), c.warmup_epochs * s, c.decay_epochs * s,
                                  c.decay_rate)
-    state = TrainState(model, optimizer, scheduler, torch.amp.GradScaler(ctx.device.type, enabled=c.amp == "fp16"),
+    state = TrainState(model, optimizer, scheduler, grad_scaler(ctx.device, c.amp),
                        EpochAverage(model, run_cfg.average_decay_per_epoch))
     step = StepSettings(c.micro_batch_size, run_cfg.num_classes, c.label_smoothing, c.mixup_alpha, c.cutmix_lambda,
                         c.amp, c.channels_last)

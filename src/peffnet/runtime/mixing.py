@@ -8,7 +8,7 @@ are mixed in the same proportions (the box's exact pixel share for CutMix). timm
 express this (it picks one of the two per batch and draws CutMix's lambda from a Beta distribution), so
 this module implements the authors' scheme directly.
 
-Per-size strengths (REFERENCE.md): Mixup alpha 0.1 for B0-B2 and 0.2 from B3; CutMix off at B0, lambda
+Per-size strengths (docs/reference.md): Mixup alpha 0.1 for B0-B2 and 0.2 from B3; CutMix off at B0, lambda
 0.95 at B1 falling to 0.8 at B5 (0.85 at B4 as in the authors' B4 config; B2/B3 interpolated; B6/B7
 keep B5's values).
 """
@@ -25,6 +25,11 @@ CUTMIX_LAMBDA = {"b0": 1.0, "b1": 0.95, "b2": 0.9, "b3": 0.85, "b4": 0.85, "b5":
 """Fraction of each image CutMix keeps; 1.0 means no CutMix."""
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; to a GPU through pinned memory, asynchronously (the host does not wait)."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 def mix_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int, mixup_alpha: float,
               cutmix_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixed images and soft targets (rows sum to 1) of one batch; randomness from torch's global RNG.
@@ -37,7 +42,7 @@ def mix_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int, mixu
     if mixup_alpha > 0 and n > 1:
         alpha = torch.tensor(float(mixup_alpha))
         m = torch.distributions.Beta(alpha, alpha).sample((n,))
-        m = torch.maximum(m, 1 - m).to(images.device)
+        m = _to_device(torch.maximum(m, 1 - m), images.device)
         images = torch.lerp(images.roll(1, 0), images, m.to(images.dtype).view(-1, 1, 1, 1))
         targets = torch.lerp(targets.roll(1, 0), targets, m.view(-1, 1))
     if cutmix_lambda < 1 and n > 1:

@@ -74,13 +74,13 @@ def run_pack(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from peffnet.files import write_file
     from peffnet.measure.loader import DataBenchOptions, format_loader, measure_loader
 
     opts = DataBenchOptions.from_args(args)
     record = measure_loader(opts)
     record["command"] = opts.command_line("data").replace("peffnet data", "peffnet data bench", 1)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+        write_file(args.out, json.dumps(record, indent=1) + "\n")
     print(format_loader(record))
     return 0

@@ -28,6 +28,7 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -36,6 +37,7 @@ from peffnet.data.decode import DECODE_ERRORS, OversizedImage, open_image, to_rg
 from peffnet.data.imagefolder import class_folders, list_images
 from peffnet.data.images import ImageDataset
 from peffnet.errors import ConfigError
+from peffnet.files import write_file
 
 FORMAT = "peffnet-shards-v1"
 INDEX = "index.json"
@@ -44,7 +46,7 @@ PACK_SEED = 0
 """Seed of the order samples are packed in."""
 OPEN_SHARDS = 64
 """Shard files a process keeps open at most."""
-TAR_BLOCK = 512
+TAR_BLOCK = tarfile.BLOCKSIZE
 
 
 def split_index_file(split: str) -> str:
@@ -216,42 +218,48 @@ def pack(source: Path, out: Path, max_side: int | None = None, quality: int = 90
         else:
             meta["splits"][split] = write_split(out, split, map(prepare, jobs), shard_bytes)
         packed = meta["splits"][split].pop("files")
-        (out / split_files_file(split)).write_text("".join(f"{Path(p).relative_to(source)}\n" for p in packed))
-    (out / INDEX).write_text(json.dumps(meta, indent=1) + "\n")
+        write_file(out / split_files_file(split), "".join(f"{Path(p).relative_to(source)}\n" for p in packed))
+    write_file(out / INDEX, json.dumps(meta, indent=1) + "\n")
     return meta
 
 
-def write_split(out: Path, split: str, packed: Iterable[Packed], shard_bytes: int) -> dict:
-    """Write one split's samples into shards of about ``shard_bytes``; its ``index.json`` entry."""
-    shards, rows, left_out, files = [], [], [], []
-    tar, path = None, None
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """Write ``members`` (name, bytes) as a ustar tar, whole or not at all (:func:`peffnet.files.write_file`)."""
+    def write(f: IO[bytes]) -> None:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o444
+                tar.addfile(info, io.BytesIO(data))
+    write_file(path, write)
 
-    def close() -> None:
-        tar.close()
-        shards[-1]["bytes"] = path.stat().st_size
+
+def write_split(out: Path, split: str, packed: Iterable[Packed], shard_bytes: int) -> dict:
+    """Write one split's samples into shards of about ``shard_bytes``; its ``index.json`` entry. A member's
+    data starts one header block after the member (ustar, names under 100 characters) and takes whole blocks."""
+    shards, rows, left_out, files, members, used = [], [], [], [], [], 0
+
+    def flush() -> None:
+        if members:
+            path = out / shards[-1]["file"]
+            write_tar(path, members)
+            shards[-1]["bytes"] = path.stat().st_size
+            members.clear()
 
     for item in packed:
         if item.reason:
             left_out.append({"path": item.path, "reason": item.reason})
             continue
-        if tar is None or tar.offset >= shard_bytes:
-            if tar is not None:
-                close()
-            path = out / f"{split}-{len(shards):06d}.tar"
-            tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (closed when full)
-            shards.append({"file": path.name, "samples": 0, "bytes": 0})
-        key = f"{len(rows):08d}"
-        for name, data in ((f"{key}.{item.ext}", item.data), (f"{key}.cls", str(item.label).encode())):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o444
-            offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
-            tar.addfile(info, io.BytesIO(data))
-            if name.endswith(".cls"):
-                continue
-            rows.append((len(shards) - 1, offset, len(data), item.label))
-            files.append(item.path)
+        if not shards or used >= shard_bytes:
+            flush()
+            shards.append({"file": f"{split}-{len(shards):06d}.tar", "samples": 0, "bytes": 0})
+            used = 0
+        key, label = f"{len(rows):08d}", str(item.label).encode()
+        members += [(f"{key}.{item.ext}", item.data), (f"{key}.cls", label)]
+        rows.append((len(shards) - 1, used + TAR_BLOCK, len(item.data), item.label))
+        used += sum(TAR_BLOCK + -(-len(data) // TAR_BLOCK) * TAR_BLOCK for data in (item.data, label))
+        files.append(item.path)
         shards[-1]["samples"] += 1
-    if tar is not None:
-        close()
-    np.save(out / split_index_file(split), np.array(rows, dtype=np.int64).reshape(-1, 4))
+    flush()
+    write_file(out / split_index_file(split), lambda f: np.save(f, np.array(rows, dtype=np.int64).reshape(-1, 4)))
     return {"samples": len(rows), "shards": shards, "left_out": left_out, "files": files}

@@ -43,7 +43,15 @@ def worker_signals(worker_id: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     if hasattr(signal, "sigwaitinfo"):  # Linux; elsewhere a SIGTERM ends a worker at once
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        # A thread that started before this function (a multiprocessing queue's feeder, seen in workers forked
+        # beside an earlier DataLoader) does not block SIGTERM: one that lands there is caught and dropped, as a
+        # signal whose sender cannot be known, instead of killing the worker.
+        signal.signal(signal.SIGTERM, _drop)
         threading.Thread(target=_end_at_sigterm_from_parent, daemon=True).start()
+
+
+def _drop(signum: int, frame: object) -> None:
+    """A Python-level handler that does nothing."""
 
 
 class Loader:

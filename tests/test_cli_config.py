@@ -13,12 +13,17 @@ from peffnet.cli import build_parser, main
 # what each command needs on its command line before its settings are read (argparse's required positionals)
 POSITIONALS = {"bench": ["efficientnet_b0"], "roofline": ["efficientnet_b0"], "profile": ["efficientnet_b0"],
                "export": ["run"], "eval": ["run"], "finetune": ["run"], "predict": ["run", "image.png"],
-               "report": ["run"]}
+               "report": ["run"], "data pack": ["imagefolder:d", "--out", "o"], "data bench": ["imagefolder:d"]}
 
 
 def commands() -> list[str]:
+    """Every command, a command with subcommands as each of them ("data pack")."""
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    return sorted(sub.choices)
+    names = []
+    for name, parser in sorted(sub.choices.items()):
+        nested = [a for a in parser._actions if isinstance(a, type(sub))]
+        names += [f"{name} {n}" for n in sorted(nested[0].choices)] if nested else [name]
+    return names
 
 
 @pytest.mark.parametrize("command", commands())
@@ -26,7 +31,8 @@ def test_every_command_reads_its_settings_from_config(command: str, tmp_path: Pa
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("no_such_setting: 1\n")
-    code = main([command, *POSITIONALS.get(command, []), "--config", str(bad)])
+    code = main([*command.split(), *POSITIONALS.get(command, []), "--config", str(bad)])
+    command = command.split()[0]
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == f"peffnet {command}: error: config {bad} has unknown setting(s): no_such_setting"
 

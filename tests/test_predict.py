@@ -159,8 +159,8 @@ def test_image_folder_files_get_the_validation_transform(tmp_path: Path) -> None
     assert val.classes == ["cat", "dog"]
     assert val.preprocessing == Preprocessing.image_folder(40)
     assert (val.preprocessing.resize, val.preprocessing.interpolation) == (45, "bilinear")
-    for i, (path, _) in enumerate(val.samples):
-        torch.testing.assert_close(read_image(path, val.preprocessing), val[i][0], rtol=0, atol=0)
+    for i in range(len(val)):
+        torch.testing.assert_close(read_image(val.source.name(i), val.preprocessing), val[i][0], rtol=0, atol=0)
 
 
 def test_older_checkpoints_are_refused_or_fall_back_to_indices_and_the_pretrained_cfg(

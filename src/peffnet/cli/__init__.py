@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "peffnet.cli.recipe",
     "peffnet.cli.train",
     "peffnet.cli.study",
+    "peffnet.cli.data",
 )
 
 

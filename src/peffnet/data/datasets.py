@@ -1,9 +1,10 @@
-"""Datasets: ``fashion-mnist``, ``imagefolder:PATH`` and ``synthetic`` (the specs: docs/formats.md).
+"""Datasets: ``fashion-mnist``, ``synthetic``, ``imagefolder:PATH`` and ``shards:DIR`` (the specs:
+docs/formats.md).
 
 Fashion-MNIST and the synthetic set live in memory as one ``uint8`` tensor and are augmented as whole
 batches with tensor ops (pad, random crop by translation, horizontal flip, resize, normalize): that is
-orders of magnitude faster than per-image PIL work on a 2-core machine. Image folders are decoded by
-DataLoader workers with torchvision transforms (:mod:`peffnet.data.imagefolder`).
+orders of magnitude faster than per-image PIL work on a 2-core machine. Image folders and shards hold
+encoded images, decoded by DataLoader workers or on the GPU (:mod:`peffnet.data.images`, docs/data.md).
 
 Every random choice of the data pipeline is a function of ``(seed, epoch, image index)`` only, never of
 the batch an image lands in, so a run gives the same images whatever its micro-batch size, its number of
@@ -22,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from peffnet.data.imagefolder import ImageFolderDataset
+from peffnet.data.imagefolder import image_folder
 from peffnet.data.preprocessing import Preprocessing
+from peffnet.data.shards import shard_dataset
 from peffnet.errors import ConfigError
 from peffnet.settings import INT, POSITIVE, require
 
@@ -42,24 +44,34 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 SYNTHETIC_CLASS_NAMES = tuple(f"prototype {i}" for i in range(SYNTHETIC_CLASSES))
 
 
+SPECS = "fashion-mnist, synthetic, imagefolder:PATH or shards:DIR"
+ENCODED_KINDS = ("imagefolder", "shards")
+"""Data kinds of encoded images (photos at any size), as opposed to the 28/32 px in-memory sets."""
+
+
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """``"fashion-mnist"`` / ``"synthetic"`` / ``"imagefolder:PATH"`` -> (kind, path or None)."""
+    """``"fashion-mnist"`` / ``"synthetic"`` / ``"imagefolder:PATH"`` / ``"shards:DIR"`` -> (kind, path or None)."""
     if not isinstance(spec, str) or not spec:
-        raise ConfigError("--data is required: fashion-mnist, synthetic or imagefolder:PATH")
+        raise ConfigError(f"--data is required: {SPECS}")
     kind, _, path = spec.partition(":")
-    if kind == "imagefolder":
+    if kind in ENCODED_KINDS:
         if not path:
-            raise ConfigError("imagefolder needs a path: --data imagefolder:PATH")
+            raise ConfigError(f"{kind} needs a path: --data {kind}:{'PATH' if kind == 'imagefolder' else 'DIR'}")
         return kind, path
     if kind in ("fashion-mnist", "synthetic") and not path:
         return kind, None
-    raise ConfigError(f"unknown data spec {spec!r}; use fashion-mnist, synthetic or imagefolder:PATH")
+    raise ConfigError(f"unknown data spec {spec!r}; use {SPECS}")
+
+
+def in_memory(spec: str) -> bool:
+    """Whether ``spec`` is one of the small in-memory sets (fashion-mnist, synthetic): their runs take the
+    small-data defaults; image folders and shards take the paper's ImageNet settings."""
+    return parse_spec(spec)[0] not in ENCODED_KINDS
 
 
 def default_resolution(spec: str) -> int | None:
     """The dataset's default training resolution, or ``None`` for "the model's native resolution"."""
-    kind, _ = parse_spec(spec)
-    return None if kind == "imagefolder" else SMALL_IMAGE_RESOLUTION
+    return SMALL_IMAGE_RESOLUTION if in_memory(spec) else None
 
 
 # --------------------------------------------------------------------------- in-memory datasets
@@ -206,7 +218,7 @@ DEFAULT_TRANSLATE = 4
 
 def build_dataset(spec: str, split: str, resolution: int, train_transform: bool, data_dir: str | None = None,
                   *, subset: int | None = None, translate: int = DEFAULT_TRANSLATE,
-                  max_pixels: int | None = None) -> Dataset:
+                  max_pixels: int | None = None, augment: str = "crop") -> Dataset:
     """The ``split`` ("train" or "val") of the dataset ``spec`` at ``resolution``, with ``.num_classes``,
     ``.in_chans``, ``.classes`` (the class names, by label) and ``.preprocessing`` (the validation
     :class:`~peffnet.data.preprocessing.Preprocessing` at ``resolution``, which checkpoints record).
@@ -216,8 +228,9 @@ def build_dataset(spec: str, split: str, resolution: int, train_transform: bool,
     synthetic set, the centred image on its canvas resized to ``r``. Fashion-MNIST is single-channel
     (``in_chans == 1``); its "val" split is the official 10 000-image test set. ``subset`` keeps a fixed,
     seeded random choice of that many images (quick runs and tests). ``translate`` is the largest random
-    shift (pixels of the 32 px canvas) of the Fashion-MNIST/synthetic training augmentation. Image files with
-    more than ``max_pixels`` pixels (default: PIL's limit) are skipped unread.
+    shift (pixels of the 32 px canvas) of the Fashion-MNIST/synthetic training augmentation, and of image folders
+    and shards with ``augment="shift"`` (:data:`~peffnet.data.images.AUGMENTS`; in-memory sets ignore
+    ``augment``). Image files with more than ``max_pixels`` pixels (default: PIL's limit) are skipped unread.
     """
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
@@ -236,7 +249,8 @@ def build_dataset(spec: str, split: str, resolution: int, train_transform: bool,
                                      max_shift=translate, name=spec)
     else:
         root = Path(data_dir, path) if data_dir else Path(path)  # a relative PATH is taken under --data-dir
-        dataset = ImageFolderDataset(root, split, resolution, train_transform, max_pixels)
+        build = image_folder if kind == "imagefolder" else shard_dataset
+        dataset = build(root, split, resolution, train_transform, max_pixels, augment, translate)
     return take_subset(dataset, subset) if subset is not None else dataset
 
 
@@ -247,5 +261,5 @@ def take_subset(dataset: Dataset, size: int) -> Dataset:
     if isinstance(dataset, TensorImageDataset):
         dataset.images, dataset.labels = dataset.images[keep], dataset.labels[keep]
     else:
-        dataset.samples = [dataset.samples[i] for i in keep.tolist()]
+        dataset.select(keep.tolist())
     return dataset

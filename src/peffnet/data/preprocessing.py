@@ -8,7 +8,9 @@ Two pipelines, both following He et al. (2015) as the paper does (Section 3.4):
 
 * **image folders**: the file as 8-bit RGB, the short side resized to ``resize = int(r * 256 / 224)``
   (antialiased, on the 8-bit image), the centre ``r x r`` cropped, scaled to [0, 1], normalized with
-  ImageNet's mean and std;
+  ImageNet's mean and std. Done in one step, as the datasets do it (:mod:`peffnet.data.decode`): the centre
+  box that becomes that square is resized to ``r x r`` (a JPEG decoded at the largest DCT scale that keeps
+  the box at least ``r`` pixels wide);
 * **in-memory sets** (Fashion-MNIST, synthetic): the ``image_size`` px image (28, 32) centred on a black
   canvas of ``image_size + 2 * pad`` px (32), scaled to [0, 1], the canvas resized to ``r x r`` (antialiased)
   when it is not that size already, normalized with the training set's mean and std. Fashion-MNIST is
@@ -22,16 +24,17 @@ Any PIL mode is converted as the image folders convert it (:func:`to_rgb`: alpha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
+from peffnet.data.decode import centre_plan, decode_box, to_rgb
 from peffnet.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,26 +42,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_PCT = 224 / 256
 """The validation crop of image folders: resize the short side to ``r / CROP_PCT`` (= ``r * 256 / 224``)."""
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-ALPHA_BACKGROUND = (255, 255, 255)
-"""Transparent pixels are composited onto white, as an image viewer shows them."""
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB from any PIL mode: alpha composited onto white, 16-bit and float scaled, CMYK converted."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I"):  # 16-bit samples (PNG/TIFF load as I;16 or I): 0..65535 -> 0..255
-            values = values / 257.0
-        elif values.max(initial=0.0) <= 1.0:  # float images are usually 0..1
-            values = values * 255.0
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
+@functools.lru_cache(maxsize=16)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``1 / (255 std)`` and ``mean / std`` as (C, 1, 1) tensors on ``device``, made once (on a GPU, making them
+    is a copy from the host that would wait for the work queued before it)."""
+    scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(-1, 1, 1)
+    return scale, torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=device).view(-1, 1, 1)
 
 
 def _number_list(name: str, value: Any, channels: int) -> tuple[float, ...]:
@@ -166,8 +157,8 @@ class Preprocessing:
         """``(x - mean) / std`` per channel, in place, of float images (..., C, H, W)."""
         if len(set(self.mean)) == 1 and len(set(self.std)) == 1:  # one value for every channel
             return x.sub_(self.mean[0]).div_(self.std[0])
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
-        return x.sub_(mean).div_(torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1))
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return x.sub_(mean).div_(torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1))
 
     def finish_canvas(self, canvas: torch.Tensor) -> torch.Tensor:
         """In-memory sets: 8-bit canvases (N, C, s, s) scaled to [0, 1], resized to the resolution, normalized
@@ -178,6 +169,13 @@ class Preprocessing:
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode=self.interpolation, antialias=smooth,
                               align_corners=False if smooth else None)
         return self.normalize(x)
+
+    def finish_image(self, pixels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Image folders: 8-bit images (..., C, r, r) as the network's input, scaled to [0, 1] and normalized in
+        one multiply-subtract, ``x * (1 / (255 std)) - mean / std`` (into ``out`` when given)."""
+        scale, shift = _affine(self.mean, self.std, pixels.device)
+        out = torch.empty(pixels.shape, device=pixels.device) if out is None else out
+        return out.copy_(pixels).mul_(scale).sub_(shift)
 
     def batch(self, images: torch.Tensor) -> torch.Tensor:
         """In-memory sets: the validation pipeline of 8-bit images (N, C, image_size, image_size)."""
@@ -197,7 +195,11 @@ class Preprocessing:
         return rgb if self.channels == 3 else rgb.convert("L")
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """The network's input (C, r, r) for a PIL image of any mode and size."""
+        """The network's input (C, r, r) for a PIL image of any mode and size; an image opened but not yet loaded
+        (``PIL.Image.open``) is decoded here as the datasets decode it (a JPEG at a reduced DCT scale)."""
+        if self.image_size is None and self.channels == 3:
+            plan = centre_plan(image.width, image.height, self.resolution, self.resize)
+            return self.finish_image(decode_box(image, plan, self.resolution, self.interpolation))
         image = self.convert(image)
         if self.image_size is None:
             return self.tensor_transform()(image)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from peffnet.checkpoint import model_from_checkpoint
-from peffnet.data.imagefolder import DECODE_ERRORS, OversizedImage, open_image
+from peffnet.data.decode import DECODE_ERRORS, OversizedImage, open_image
 from peffnet.data.preprocessing import Preprocessing
 from peffnet.errors import ConfigError
 from peffnet.serving.export import fold_for_inference
@@ -139,8 +139,7 @@ def read_image(path: str | Path, preprocessing: Preprocessing, max_pixels: int |
     """
     try:
         with open_image(Path(path), max_pixels) as image:
-            image.load()
-            return preprocessing(image)
+            return preprocessing(image)  # decodes it as the dataset does (a JPEG at a reduced DCT scale)
     except (*DECODE_ERRORS, OversizedImage) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         if isinstance(err, OSError) and err.strerror:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peffnet.data import parse_spec
+from peffnet.data import in_memory, parse_spec
 from peffnet.errors import ConfigError
 from peffnet.models.config import NORMS, PRESETS, SIZES, preset
 from peffnet.resolution import RESOLUTION, half_resolution
@@ -30,7 +30,7 @@ NORM_LABELS = {"bn": "BN", "gn": "GN", "ln": "LN", "lnpn": "LN+PN", "gnpn": "GN+
 class StudyConfig(Settings):
     """Everything ``peffnet study`` takes."""
 
-    data: str = setting("", "dataset: fashion-mnist, synthetic or imagefolder:PATH", required=True)
+    data: str = setting("", "dataset: fashion-mnist, synthetic, imagefolder:PATH or shards:DIR", required=True)
     out: str | None = setting(None, "study directory (runs/, speed.json, study.json, study.md, figures)",
                               execution=True, required=True)
     groups: list[int] = setting((1, 16), "group sizes (comma-separated): 1 (E6), 4 (E5), 16 (E4)", INTS, GROUPS,
@@ -79,7 +79,7 @@ class StudyConfig(Settings):
     @property
     def small(self) -> bool:
         """A 28/32 px in-memory dataset (fashion-mnist, synthetic) rather than image folders."""
-        return parse_spec(self.data)[0] != "imagefolder"
+        return in_memory(self.data)
 
     def native(self) -> int:
         return self.resolution or (SMALL_IMAGE_NATIVE if self.small else preset(self.model_name(1)).resolution)

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from peffnet.data import DEFAULT_TRANSLATE, default_resolution, parse_spec
+from peffnet.data import AUGMENTS, DECODE_MODES, DEFAULT_TRANSLATE, default_resolution, in_memory
 from peffnet.errors import ConfigError
 from peffnet.models import ModelConfig, ModelOverrides, preset
 from peffnet.models.config import split_norm
@@ -78,13 +78,18 @@ class TrainConfig(ModelOverrides, RunSettings):
                                                   "init gives large logits for few classes)", FLOAT, NON_NEGATIVE,
                                             group="model")
     # data
-    data: str = setting("", "dataset: fashion-mnist, synthetic or imagefolder:PATH (train/CLASS/*, val/CLASS/*)",
+    data: str = setting("", "dataset: fashion-mnist, synthetic, imagefolder:PATH (train/CLASS/*, val/CLASS/*) or "
+                                "shards:DIR (peffnet data pack)",
                         group="data")
     data_dir: str | None = setting(None, "where the dataset lives (fashion-mnist: folder of the idx files; "
                                          "imagefolder: base of a relative PATH)", execution=True, group="data")
     translate: int | None = setting(None, "fashion-mnist/synthetic training augmentation: random shift by up to "
-                                          "this many pixels (default 2; image folders: ignored)", INT, NON_NEGATIVE,
-                                    group="data")
+                                          "this many pixels (default 2; image folders and shards: with --augment "
+                                          "shift, default 4)", INT, NON_NEGATIVE, group="data")
+    augment: str = setting("crop", "image folders and shards: crop (the paper's random-resized crop and flip; "
+                                   "validation: resize to r * 256/224, centre crop) or shift (small images such as "
+                                   "Fashion-MNIST as files: shifted by up to --translate pixels and flipped; "
+                                   "validation: the image resized)", choices=AUGMENTS, group="data")
     subset: int | None = setting(None, "train on a fixed random subset of this many images", INT, POSITIVE,
                                  group="data")
     val_subset: int | None = setting(None, "evaluate on a fixed random subset of this many images", INT, POSITIVE,
@@ -151,6 +156,9 @@ class TrainConfig(ModelOverrides, RunSettings):
     device: str = setting("auto", "where to train", choices=DEVICES, execution=True, group="speed")
     workers: int | None = setting(None, "DataLoader workers per process for image folders (default: cores per "
                                         "process, at most 8)", INT, NON_NEGATIVE, execution=True, group="speed")
+    decode: str = setting("auto", "where JPEGs are decoded: cpu (DataLoader workers), device (nvJPEG on the GPU) or "
+                                  "auto (the faster, measured when the run starts; cpu without a GPU)",
+                          choices=DECODE_MODES, execution=True, group="speed")
     eval_batch_size: int | None = setting(None, "images per evaluation batch and process (default: micro-batch "
                                                 "size)", INT, POSITIVE, execution=True, group="speed")
     deterministic: bool = setting(False, "deterministic kernels (slower on CUDA)", BOOL, execution=True,
@@ -210,13 +218,13 @@ and BatchNorm")."""
 
 def default_optimizer(spec: str, norm: str) -> str:
     """The optimizer of a run that does not name one: :data:`SMALL_DATA_OPTIMIZER` on the small datasets."""
-    return SMALL_DATA_OPTIMIZER.get(norm, "rmsprop_tf") if parse_spec(spec)[0] != "imagefolder" else "rmsprop_tf"
+    return SMALL_DATA_OPTIMIZER.get(norm, "rmsprop_tf") if in_memory(spec) else "rmsprop_tf"
 
 
 def with_dataset_defaults(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with its "auto" values that depend on the dataset filled in (:data:`SMALL_DATA_DEFAULTS` for
     fashion-mnist/synthetic, :data:`PAPER_DEFAULTS` for image folders); settings given stay as given."""
-    small = parse_spec(cfg.data)[0] != "imagefolder"
+    small = in_memory(cfg.data)
     defaults = SMALL_DATA_DEFAULTS if small else PAPER_DEFAULTS
     return dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
 

@@ -73,6 +73,7 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, resolutions: 
     model, state = model_from_checkpoint(path, averaged=averaged)
     train_res = int(state["train_resolution"])
     spec = data or state["data"]["spec"]
+    augment = state.get("config", {}).get("augment", "crop")  # image data: the run's validation preprocessing
     resolutions = [check_resolution(r, "test resolution") for r in (resolutions or [train_res])]
     ctx = distributed.setup(device)
     for r in resolutions:
@@ -82,7 +83,7 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, resolutions: 
     model = fold_proxy_norm(model.eval()).to(ctx.device, memory_format=torch.channels_last)  # the served form
     results = []
     for r in tqdm(resolutions, desc="evaluating", unit="size", disable=not (progress and ctx.is_main)):
-        dataset = build_dataset(spec, "val", r, False, data_dir, subset=val_subset)
+        dataset = build_dataset(spec, "val", r, False, data_dir, subset=val_subset, augment=augment)
         check_data(dataset, model.cfg, spec)
         loader = make_loader(dataset, batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
                              device=ctx.device)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from peffnet.checkpoint import model_from_checkpoint
-from peffnet.data import build_dataset, make_loader
+from peffnet.data import AUGMENTS, DECODE_MODES, build_dataset, make_loader
 from peffnet.errors import ConfigError
 from peffnet.files import relative_to
 from peffnet.fusion import training_form
@@ -134,6 +134,9 @@ class FinetuneConfig(RunSettings):
     max_image_pixels: int | None = setting(None, "image files with more pixels are skipped unread, and counted "
                                                  "(default: PIL's Image.MAX_IMAGE_PIXELS)", INT, POSITIVE,
                                            group="data")
+    augment: str | None = setting(None, "image folders and shards: the validation preprocessing fine-tuning trains "
+                                        "and evaluates with, crop or shift as `peffnet train --augment` (default: "
+                                        "the parent's)", choices=AUGMENTS, group="data")
     epochs: int = setting(2, "fine-tuning epochs", INT, POSITIVE, resumable=True, group="schedule")
     batch_size: int = setting(REFERENCE_BATCH, "global batch", INT, POSITIVE, group="schedule")
     micro_batch_size: int | None = setting(None, "images per pass (default: batch / processes)", INT, POSITIVE,
@@ -150,6 +153,9 @@ class FinetuneConfig(RunSettings):
     device: str = setting("auto", "where to fine-tune", choices=DEVICES, execution=True, group="speed")
     workers: int | None = setting(None, "DataLoader workers (image folders)", INT, NON_NEGATIVE, execution=True,
                                   group="speed")
+    decode: str = setting("auto", "where JPEGs are decoded: cpu (DataLoader workers), device (nvJPEG on the GPU) or "
+                                  "auto (the faster, measured when the run starts; cpu without a GPU)",
+                          choices=DECODE_MODES, execution=True, group="speed")
     eval_batch_size: int | None = setting(None, "(default: micro-batch size)", INT, POSITIVE, execution=True,
                                           group="speed")
     model: str | None = setting(None, "expected model of the checkpoint (an error if it holds another)",
@@ -191,18 +197,19 @@ def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
 
     # data: validation preprocessing for training too (Section 3.4)
     spec = cfg.data or parent["data"]["spec"]
+    augment = cfg.augment or parent["config"].get("augment", "crop")
     train_set = build_dataset(spec, "train", cfg.resolution, False, cfg.data_dir, subset=cfg.subset,
-                              max_pixels=cfg.max_image_pixels)
+                              max_pixels=cfg.max_image_pixels, augment=augment)
     check_data(train_set, model.cfg, spec)
     val_set = build_dataset(spec, "val", cfg.resolution, False, cfg.data_dir, subset=cfg.val_subset,
-                            max_pixels=cfg.max_image_pixels)
+                            max_pixels=cfg.max_image_pixels, augment=augment)
     micro = split_batch(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
     c = dataclasses.replace(cfg, checkpoint=str(parent_path), data=spec, lr=cfg.peak_lr, micro_batch_size=micro,
-                            eval_batch_size=cfg.eval_batch_size or micro)
+                            eval_batch_size=cfg.eval_batch_size or micro, augment=augment)
     train_loader = make_loader(train_set, c.batch_size, train=True, seed=c.seed, rank=ctx.rank,
-                               world_size=ctx.world_size, workers=c.workers, device=ctx.device)
+                               world_size=ctx.world_size, workers=c.workers, device=ctx.device, decode=c.decode)
     val_loader = make_loader(val_set, c.eval_batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
-                             workers=c.workers, device=ctx.device)
+                             workers=c.workers, device=ctx.device, decode=c.decode)
 
     # model: the parent's averaged weights, all but the last `stages` parts frozen; SGD without momentum,
     # cosine schedule over the whole run, no weight averaging (the final weights are the last ones)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from peffnet.data import parse_spec
+from peffnet.data import in_memory
 from peffnet.errors import ConfigError
 from peffnet.files import write_file
 from peffnet.models import preset
@@ -99,7 +99,7 @@ class RecipeConfig(Settings):
         """(native, training, fine-tuning, test) resolutions, defaults filled in."""
         if self.native is not None:
             native = self.native
-        elif parse_spec(self.data)[0] == "imagefolder":
+        elif not in_memory(self.data):
             native = preset(self.model).resolution
         else:
             native = SMALL_IMAGE_NATIVE
@@ -135,7 +135,7 @@ def _train_config(cfg: RecipeConfig, run_dir: Path, resolution: int, resume: boo
 def _finetune_config(cfg: RecipeConfig, parent: Path, run_dir: Path, resolution: int, resume: bool
                      ) -> FinetuneConfig:
     """The ``peffnet finetune`` settings of the fine-tuning stage (validated now)."""
-    small = parse_spec(cfg.data)[0] != "imagefolder"
+    small = in_memory(cfg.data)
     lr = cfg.finetune_lr if cfg.finetune_lr is not None else (SHORT_RUN_FINETUNE_LR if small else None)
     return FinetuneConfig(
         checkpoint=str(parent), resolution=resolution, out=str(run_dir), stages=cfg.finetune_stages, lr=lr,

@@ -49,17 +49,17 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
     cfg = with_dataset_defaults(cfg)
     train_res = resolve_resolution(cfg.resolution, cfg.data, preset(cfg.model).resolution)
     train_set = build_dataset(cfg.data, "train", train_res, True, cfg.data_dir, subset=cfg.subset,
-                              translate=cfg.translate, max_pixels=cfg.max_image_pixels)
+                              translate=cfg.translate, max_pixels=cfg.max_image_pixels, augment=cfg.augment)
     run_cfg: Resolved = resolve(cfg, ctx.world_size, train_set.num_classes, train_set.in_chans)
     c = run_cfg.config
     if c.amp == "fp16" and ctx.device.type != "cuda":
         raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
     val_set = build_dataset(c.data, "val", c.eval_resolution, False, c.data_dir, subset=c.val_subset,
-                            max_pixels=c.max_image_pixels)
+                            max_pixels=c.max_image_pixels, augment=c.augment)
     train_loader = make_loader(train_set, c.batch_size, train=True, seed=c.seed, rank=ctx.rank,
-                               world_size=ctx.world_size, workers=c.workers, device=ctx.device)
+                               world_size=ctx.world_size, workers=c.workers, device=ctx.device, decode=c.decode)
     val_loader = make_loader(val_set, c.eval_batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
-                             workers=c.workers, device=ctx.device)
+                             workers=c.workers, device=ctx.device, decode=c.decode)
 
     # model; RMSProp with lr B*2^-14 and decay 1 - B*2^-14; warm-up + staircase decay and the weight
     # average, their epoch counts stretched by the run's time scale

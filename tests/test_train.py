@@ -16,8 +16,10 @@ from peffnet.cli import main
 from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
 from peffnet.models import build, preset
+from peffnet.runtime.device import prefers_channels_last
 from peffnet.runtime.mixing import mix_batch
 from peffnet.training.config import PAPER_DEFAULTS, TrainConfig, resolve, resolve_resolution
+from peffnet.training.finetune import FinetuneConfig
 from peffnet.training.loop import evaluate
 from peffnet.training.optim import EpochAverage, recipe_lr_factor
 from train_helpers import final_weights, make_image_folder, max_abs_diff, tiny_args
@@ -154,6 +156,7 @@ def test_tiny_run_writes_the_contract_files(tmp_path: Path, capsys: pytest.Captu
     state = load_checkpoint(out / "checkpoint.pt")
     assert (state["epoch"], state["step"]) == (2, 8)
     assert yaml.safe_load((out / "config.yaml").read_text()) == state["config"]
+    assert state["config"]["channels_last"] is False  # not given: the layout GN trains fastest in on a CPU
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, 9))
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
@@ -261,3 +264,13 @@ def test_train_config_defaults_are_the_paper_recipe() -> None:
     assert (c.epochs, c.momentum, c.eps, c.weight_decay, c.label_smoothing) == (350, 0.9, 1e-3, 1e-5, 0.1)
     assert PAPER_DEFAULTS["batch_size"] == 768 and PAPER_DEFAULTS["lr_scale"] == 1.0  # auto on image folders
     assert (c.warmup_epochs, c.decay_epochs, c.decay_rate, c.average_decay) == (5.0, 2.4, 0.97, 0.97)
+
+
+def test_the_default_layout_is_the_faster_one_for_the_norm_and_device() -> None:
+    """``channels_last`` left unset: NHWC on CUDA for the norms whose kernels run on it directly (BN, LN, LN+PN;
+    scripts/device_check.py times both layouts on a GPU), NCHW for GN (F.group_norm copies NHWC to NCHW and
+    back on CUDA) and on a CPU."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert [prefers_channels_last(n, cuda) for n in ("bn", "ln", "lnpn", "gn", "gnpn")] == [True] * 3 + [False] * 2
+    assert not any(prefers_channels_last(n, cpu) for n in ("bn", "ln", "lnpn", "gn", "gnpn"))
+    assert TrainConfig.default("channels_last") is None and FinetuneConfig.default("channels_last") is None

@@ -150,7 +150,9 @@ class TrainConfig(ModelOverrides, RunSettings):
                        choices=AMP_MODES, group="speed")
     recompute: bool = setting(False, "recompute activations in the backward pass (less memory)", BOOL,
                               execution=True, group="speed")
-    channels_last: bool = setting(False, "NHWC memory format", BOOL, execution=True, group="speed")
+    channels_last: bool | None = setting(None, "NHWC memory format (default: the layout the norm trains fastest "
+                                               "in on the device: channels_last on CUDA for BN, LN and LN+PN, NCHW "
+                                               "for GN and on a CPU)", BOOL, execution=True, group="speed")
     compile: bool = setting(False, "torch.compile the model (trains the plain form: the compiler fuses)", BOOL,
                             execution=True, group="speed")
     device: str = setting("auto", "where to train", choices=DEVICES, execution=True, group="speed")

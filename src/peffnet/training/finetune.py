@@ -39,6 +39,7 @@ from peffnet.fusion import training_form
 from peffnet.models import EfficientNet, ModelConfig, preset
 from peffnet.models.config import B0_STAGES
 from peffnet.resolution import RESOLUTION, mod32_ok
+from peffnet.runtime.device import prefers_channels_last
 from peffnet.runtime.optim import param_groups
 from peffnet.runtime.step import StepSettings, grad_scaler
 from peffnet.settings import BOOL, FLOAT, FRACTION, INT, NON_NEGATIVE, POSITIVE, Check, setting
@@ -149,7 +150,9 @@ class FinetuneConfig(RunSettings):
     label_smoothing: float = setting(0.1, "as in training", FLOAT, FRACTION, group="schedule")
     seed: int = setting(0, "random seed (data order, dropout)", INT, NON_NEGATIVE, group="schedule")
     amp: str = setting("off", "mixed precision", choices=AMP_MODES, group="speed")
-    channels_last: bool = setting(False, "NHWC memory format", BOOL, execution=True, group="speed")
+    channels_last: bool | None = setting(None, "NHWC memory format (default: the layout the norm trains fastest "
+                                               "in on the device: channels_last on CUDA for BN, LN and LN+PN, NCHW "
+                                               "for GN and on a CPU)", BOOL, execution=True, group="speed")
     device: str = setting("auto", "where to fine-tune", choices=DEVICES, execution=True, group="speed")
     workers: int | None = setting(None, "DataLoader workers (image folders)", INT, NON_NEGATIVE, execution=True,
                                   group="speed")
@@ -205,7 +208,9 @@ def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
                             max_pixels=cfg.max_image_pixels, augment=augment)
     micro = split_batch(cfg.batch_size, cfg.micro_batch_size, ctx.world_size)
     c = dataclasses.replace(cfg, checkpoint=str(parent_path), data=spec, lr=cfg.peak_lr, micro_batch_size=micro,
-                            eval_batch_size=cfg.eval_batch_size or micro, augment=augment)
+                            eval_batch_size=cfg.eval_batch_size or micro, augment=augment,
+                            channels_last=cfg.channels_last if cfg.channels_last is not None else
+                            prefers_channels_last(model.cfg.norm, ctx.device))
     train_loader = make_loader(train_set, c.batch_size, train=True, seed=c.seed, rank=ctx.rank,
                                world_size=ctx.world_size, workers=c.workers, device=ctx.device, decode=c.decode)
     val_loader = make_loader(val_set, c.eval_batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,

@@ -7,6 +7,7 @@ it and writes the run directory (docs/formats.md).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from peffnet.data import build_dataset, make_loader
 from peffnet.errors import ConfigError
 from peffnet.fusion import fuse_proxy_norm, training_form
 from peffnet.models import EfficientNet, build, preset
+from peffnet.runtime.device import prefers_channels_last
 from peffnet.runtime.optim import build_optimizer
 from peffnet.runtime.step import StepSettings, grad_scaler
 from peffnet.training import distributed
@@ -52,6 +54,8 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
                               translate=cfg.translate, max_pixels=cfg.max_image_pixels, augment=cfg.augment)
     run_cfg: Resolved = resolve(cfg, ctx.world_size, train_set.num_classes, train_set.in_chans)
     c = run_cfg.config
+    if c.channels_last is None:  # the layout this norm's models train fastest in on this device
+        c = dataclasses.replace(c, channels_last=prefers_channels_last(c.norm, ctx.device))
     if c.amp == "fp16" and ctx.device.type != "cuda":
         raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
     val_set = build_dataset(c.data, "val", c.eval_resolution, False, c.data_dir, subset=c.val_subset,

@@ -22,6 +22,9 @@ is recorded as timed out and the command ends. Correctness comes first, speed ne
   label smoothing) counted for host synchronisations under ``torch.cuda.set_sync_debug_mode``.
 - ``checkpoint_to_cpu``, ``export``: a run trained on the device continues on the CPU; its checkpoint exports
   to ONNX, verified by onnxruntime.
+- ``loader``: the JPEG input pipeline against the model (:func:`peffnet.measure.loader.device_loader_check`):
+  a photo-like folder made on the spot, loader img/s per CPU worker and with nvJPEG on the device, against
+  G16-LN+PN's training img/s at 128 and 224 px: does the loader keep up (docs/data.md).
 - ``speed_train``, ``speed_infer``: :func:`peffnet.measure.bench.run_bench` in alternation, eager: timm's B0,
   G1-BN, G16-GN, G16-LN+PN in NCHW and channels_last (and LN+PN's other form), the three at half resolution;
   bf16 autocast on a GPU (fp32 on a CPU); MAC utilization against the peak measured in that precision; and
@@ -67,6 +70,7 @@ import peffnet  # noqa: E402
 from peffnet.fusion import training_form  # noqa: E402
 from peffnet.measure.bench import BenchOptions, run_bench  # noqa: E402
 from peffnet.measure.device import DevicePeaks, measure_device  # noqa: E402
+from peffnet.measure.loader import device_loader_check  # noqa: E402
 from peffnet.measure.subjects import BenchSpec  # noqa: E402
 from peffnet.measure.timing import alternate  # noqa: E402
 from peffnet.resolution import half_resolution  # noqa: E402
@@ -82,7 +86,9 @@ MODELS = {"G1-BN": ("efficientnet_b0", "bn"), "G16-GN": ("g16_efficientnet_b0", 
 # Tolerances against float64, for rounding, not for bugs (a wrong or missing gradient has a cosine near 0); fp32 on a
 # GPU runs its convolutions in TF32 (10 mantissa bits, as fp16), so it is held to fp16's tensor tolerance.
 LOSS_ERROR = {"fp32": 5e-3, "bf16": 5e-2, "fp16": 2e-2}  # the loss's relative error
-COSINE = {"fp32": 0.999, "bf16": 0.95, "fp16": 0.99}  # the whole gradient's direction
+COSINE = {"fp32": 0.999, "bf16": 0.9, "fp16": 0.99}  # the whole gradient's direction; 1 - cosine grows with the
+# square of the rounding error, and bf16's unit roundoff is 8x fp16's: G16-LN+PN at batch 4 gave 1 - cosine = 0.0011 in
+# fp16 and 0.070 in bf16 (64x) on a CPU
 TENSOR_COSINE = {"fp32": 0.8, "bf16": 0.5, "fp16": 0.8}  # the worst parameter tensor's direction
 SIGNAL = 1e-8  # tensors whose float64 gradient is below this fraction of the whole one's norm carry none (a BN bias
 # whose shift the next BN removes has a gradient of exactly 0 up to rounding) and are not compared
@@ -348,6 +354,22 @@ def bench_options(c: Ctx, *modes: str) -> BenchOptions:
                         **dict.fromkeys(modes, True))
 
 
+def check_loader(c: Ctx) -> dict:
+    """Loader vs model img/s at 128 and 224 px, both decoders (``--quick``: 64 px, 32 images, fp32). Whether the
+    loader keeps up is a finding, not a failure; a decoder that gives no images or a model that does not train
+    fails."""
+    if c.quick:
+        record = device_loader_check(str(c.device), resolutions=(64,), images=32, batch_size=16, amp=False,
+                                     repeats=1, work=c.work, peaks=c.peaks())
+    else:
+        record = device_loader_check(str(c.device), amp=True, work=c.work, peaks=c.peaks())
+    for r in record["results"]:
+        c.say(f"loader: {r['resolution']} px, decode {r['decode']}: {r['loader_img_per_s_per_worker']:.0f} img/s "
+              f"per worker, model {r['model_img_per_s']:.0f} img/s: {r['verdict']}")
+    ok = all(r["loader_img_per_s_per_worker"] > 0 and r["model_img_per_s"] > 0 for r in record["results"])
+    return {"status": "pass" if ok and record["results"] else "fail", **record}
+
+
 def check_speed_train(c: Ctx) -> dict:
     """Training img/s of every spec in one alternating run; the defaults' verdict."""
     result = run_bench(speed_specs(c), bench_options(c, "train"), c.peaks(), progress=True)
@@ -467,7 +489,8 @@ CHECKS: list[tuple[str, Callable[[Ctx], dict], float, float]] = [  # name, check
     ("fold", check_fold, 15, 5),
     ("sync_free", check_sync_free, 30, 10),
     ("checkpoint_to_cpu", check_checkpoint_to_cpu, 30, 20),
-    ("export", check_export, 20, 10),
+    ("export", check_export, 20, 20),
+    ("loader", check_loader, 60, 30),
     ("speed_train", check_speed_train, 75, 15),
     ("speed_infer", check_speed_infer, 45, 10),
     ("compile", check_compile, 150, 20),
@@ -558,7 +581,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
         os._exit(code)
 
-    signal.signal(signal.SIGTERM, lambda *_: abort("killed by SIGTERM (the time limit?)", 143))
+    main_pid = os.getpid()
+
+    def on_sigterm(*_: object) -> None:
+        """This process: record, save, clean up and end; a forked child (a pool or DataLoader worker told to
+        stop) just ends, leaving the record and the temporary folder to this process."""
+        if os.getpid() != main_pid:
+            os._exit(143)
+        abort("killed by SIGTERM (the time limit?)", 143)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     selected = [c for c in CHECKS if (args.only is None or c[0] in args.only) and (c[0] != "suite" or args.suite)]
     try:
         for name, fn, budget_gpu, budget_quick in selected:

@@ -26,6 +26,13 @@ def render(record: dict) -> str:
             for label, d in checks[name].get("defaults", {}).items():
                 lines.append(f"- {label}: default {d['default']}, fastest {d['fastest']} "
                              f"({d['default_slower_by']:.3f}x the default's speed)")
+    if "results" in checks.get("loader", {}):
+        lines += ["", "## Loader against the model", "",
+                  "| resolution | decode | loader img/s per worker | finish img/s | model img/s | verdict |",
+                  "|---|---|---|---|---|---|"]
+        for r in checks["loader"]["results"]:
+            lines.append(f"| {r['resolution']} | {r['decode']} | {r['loader_img_per_s_per_worker']:.0f} | "
+                         f"{r['finish_img_per_s']:.0f} | {r['model_img_per_s']:.0f} | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -37,6 +44,8 @@ def _headline(name: str, r: dict) -> str:
         return ", ".join(f"{amp}: {c['syncs']} syncs in {c['steps']} steps" for amp, c in r["counts"].items())
     if name == "export" and "onnx_max_abs_diff" in r:
         return f"ONNX max abs diff {r['onnx_max_abs_diff']:.1e}"
+    if name == "loader" and r.get("results"):
+        return ", ".join(f"{x['resolution']} px {x['decode']}: {x['verdict']}" for x in r["results"])
     if name == "compile" and "loss_rel_diff" in r:
         return f"{r['backend']}: loss rel diff {r['loss_rel_diff']:.1e}"
     if name.startswith("speed") and r.get("above_peak"):

@@ -31,7 +31,7 @@ from peffnet.data.images import ImageDataset, finish
 from peffnet.data.photos import write_photo_folder
 from peffnet.errors import ConfigError
 from peffnet.measure.bench import BenchOptions, run_bench
-from peffnet.measure.device import environment, resolve_device
+from peffnet.measure.device import DevicePeaks, environment, resolve_device
 from peffnet.measure.subjects import BenchSpec
 from peffnet.measure.timing import synchronize
 from peffnet.resolution import RESOLUTION
@@ -56,7 +56,7 @@ class DataBenchOptions(Settings):
     batch_size: int = setting(64, "training batch of the model's measurement, and images per loader round", INT,
                               POSITIVE)
     repeats: int = setting(5, "rounds of each measurement (medians)", INT, POSITIVE)
-    amp: bool = setting(False, "train the model under autocast (float16 on CUDA, bfloat16 on CPU)", BOOL)
+    amp: bool = setting(False, "train the model under bfloat16 autocast", BOOL)
     channels_last: bool = setting(True, "NHWC model and input (faster on CPUs and GPUs)", BOOL)
 
 
@@ -104,21 +104,24 @@ def verdict(model_img_per_s: float, per_worker: float, finish_img_per_s: float, 
     return {"workers_needed": needed, "keeps_up": keeps_up, "verdict": text}
 
 
-def measure_loader(opts: DataBenchOptions) -> dict:
-    """The record of ``peffnet data bench``: per resolution and decoder, loader vs model img/s."""
+def measure_loader(opts: DataBenchOptions, peaks: DevicePeaks | None = None) -> dict:
+    """The record of ``peffnet data bench``: per resolution and decoder, loader vs model img/s. The model's
+    training img/s at every resolution come from one alternating benchmark (``peaks``: the device's, if already
+    measured)."""
     device = resolve_device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     decoders = ("cpu", "device") if opts.decode == "both" else (opts.decode,)
+    resolutions = opts.resolutions or DEFAULT_RESOLUTIONS
+    datasets = [build_dataset(opts.data, "train", r, True) for r in resolutions]
+    if not isinstance(datasets[0], ImageDataset):
+        raise ConfigError(f"{opts.data} is an in-memory dataset: its batches are tensor ops, not decoding; "
+                          "bench an image folder or shards")
+    specs = [BenchSpec(opts.model, {"norm": opts.norm}, r, channels_last=opts.channels_last) for r in resolutions]
+    bench = run_bench(specs, BenchOptions(train=True, batch_size=opts.batch_size, device=str(device), amp=opts.amp,
+                                          repeats=opts.repeats, warmup=1, iters=1,
+                                          num_classes=datasets[0].num_classes), peaks)
     results = []
-    for r in opts.resolutions or DEFAULT_RESOLUTIONS:
-        dataset = build_dataset(opts.data, "train", r, True)
-        if not isinstance(dataset, ImageDataset):
-            raise ConfigError(f"{opts.data} is an in-memory dataset: its batches are tensor ops, not decoding; "
-                              "bench an image folder or shards")
-        spec = BenchSpec(opts.model, {"norm": opts.norm}, r, channels_last=opts.channels_last)
-        bench = run_bench([spec], BenchOptions(train=True, batch_size=opts.batch_size, device=str(device),
-                                               amp=opts.amp, repeats=opts.repeats, warmup=1, iters=1,
-                                               num_classes=dataset.num_classes))
-        model = bench["results"][0]["train"]["img_per_s"]
+    for r, dataset, row in zip(resolutions, datasets, bench["results"], strict=True):
+        model = row["train"]["img_per_s"]
         for decode in decoders:
             rates = loader_rates(dataset, decode, device, opts.batch_size, opts.repeats)
             results.append({"resolution": r, "decode": decode, **rates, "model_img_per_s": model,
@@ -144,14 +147,16 @@ def format_loader(record: dict) -> str:
 
 
 def device_loader_check(device: str = "cuda", resolutions: tuple[int, ...] = (128, 224), images: int = 256,
-                        batch_size: int = 128, amp: bool = True, repeats: int = 3) -> dict:
+                        batch_size: int = 128, amp: bool = True, repeats: int = 3, work: Path | None = None,
+                        peaks: DevicePeaks | None = None) -> dict:
     """Loader vs model img/s on ``device`` at each resolution, for ``scripts/device_check.py``: makes its own
     photo-like JPEG set (``images`` training files in a temporary folder, :mod:`peffnet.data.photos`), then
     measures both decoders (CPU workers; the device's nvJPEG) against the flagship model's training steps
-    (G16 LN+PN B0, channels-last, AMP). Returns :func:`measure_loader`'s record; about a minute on one H100."""
-    with tempfile.TemporaryDirectory(prefix="peffnet-photos-") as tmp:
+    (G16 LN+PN B0, channels-last, AMP). Returns :func:`measure_loader`'s record; about a minute on one H100.
+    The images go to a temporary folder inside ``work`` (default: the system's), removed at the end."""
+    with tempfile.TemporaryDirectory(prefix="peffnet-photos-", dir=work) as tmp:
         classes = 8
         write_photo_folder(Path(tmp), classes, max(1, images // classes), 1, workers=min(8, cores()))
         opts = DataBenchOptions(data=f"imagefolder:{tmp}", resolutions=list(resolutions), device=device,
                                 decode="both", batch_size=batch_size, repeats=repeats, amp=amp)
-        return measure_loader(opts)
+        return measure_loader(opts, peaks)

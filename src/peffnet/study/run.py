@@ -109,7 +109,7 @@ def run_cell(cfg: StudyConfig, cell: Cell, seed: int, chosen: dict[str, dict], o
             channels_last=chosen["finetune"]["channels_last"], amp=chosen["finetune"]["amp"], resume=resume,
             progress=cfg.progress))
     final = evaluate_checkpoint(final_dir, cfg.data, [native], val_subset=cfg.test_subset, device=cfg.device,
-                                progress=False)["results"][0]
+                                progress=cfg.progress)["results"][0]
     curve = [{"stage": name, **r} for name, d in (("train", train_dir), ("finetune", run / "finetune"))
              if (d / "metrics.jsonl").exists() for r in _epochs(d)]
     return {"label": cell.label, "key": cell.key, "group_size": cell.group_size, "expansion": cell.expansion,

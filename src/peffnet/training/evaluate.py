@@ -82,13 +82,15 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, resolutions: 
                   f"{train_res} recorded in {path} (paper Section 3.3)", file=sys.stderr)
     model = fold_proxy_norm(model.eval()).to(ctx.device, memory_format=torch.channels_last)  # the served form
     results = []
-    for r in tqdm(resolutions, desc="evaluating", unit="size", disable=not (progress and ctx.is_main)):
+    for r in resolutions:
         dataset = build_dataset(spec, "val", r, False, data_dir, subset=val_subset, augment=augment)
         check_data(dataset, model.cfg, spec)
         loader = make_loader(dataset, batch_size, train=False, rank=ctx.rank, world_size=ctx.world_size,
                              device=ctx.device)
         start = time.perf_counter()
-        top1, top5 = evaluate(model, loader, amp, channels_last=True)
+        batches = tqdm(loader, desc=f"evaluating at {r} px", unit="batch", leave=False,
+                       disable=not (progress and ctx.is_main))
+        top1, top5 = evaluate(model, batches, amp, channels_last=True)
         seconds = time.perf_counter() - start
         results.append({"resolution": r, "top1": top1, "top5": top5, "mod32_ok": mod32_ok(train_res, r),
                         "images": len(dataset), "img_per_s": len(dataset) / seconds, "time_s": seconds})

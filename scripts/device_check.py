@@ -285,7 +285,7 @@ def check_sync_free(c: Ctx) -> dict:
     host synchronisations: none in fp32 and bf16; fp16's loss scaler reads its overflow flag once a step."""
     from peffnet.training import distributed
     from peffnet.training.config import TrainConfig
-    from peffnet.training.loop import LossReader, advance
+    from peffnet.training.loop import LossReader, advance, train_mode
     from peffnet.training.train import train_job
 
     counts, cuda = {}, c.device.type == "cuda"
@@ -295,7 +295,7 @@ def check_sync_free(c: Ctx) -> dict:
                           cutmix_lambda=0.8, label_smoothing=0.1, device=c.device.type, out=str(c.work / "sync"),
                           progress=False)
         job = train_job(cfg, distributed.Context(0, 1, 0, c.device))
-        job.net.train()
+        train_mode(job.net)
         reader, batches, steps = LossReader(), iter(job.train_loader), 2 if c.quick else 5
         for _ in range(2):  # warm-up: lazy initialisation, cuDNN's autotuning
             reader.put(job.state.step, 1, 0.0, advance(job, *next(batches)))

@@ -18,10 +18,10 @@ from peffnet.cli import main
 from peffnet.data import build_dataset
 from peffnet.errors import ConfigError
 from peffnet.models import create_model
-from peffnet.runtime.step import train_step
-from peffnet.training import loop as engine
-from peffnet.training.finetune import finetuned_stage_indices, freeze_for_finetune
+from peffnet.training.finetune import finetuned_stage_indices, freeze_for_finetune, frozen_modules
+from peffnet.training.loop import train_mode
 from resolution_helpers import TINY_FINETUNE
+from train_helpers import after_update
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -55,7 +55,7 @@ def test_trainable_parameters(stages: int) -> None:
 def test_frozen_parts_stay_in_eval_mode_and_keep_statistics() -> None:
     model = tiny("bn")
     freeze_for_finetune(model, 2)
-    model.train()
+    train_mode(model, frozen_modules(model, 2).values())
     assert not model.stem.training and not model.stages[4].training and not model.stages[0][0].spatial.norm.training
     assert model.stages[5].training and model.head.training and model.head.norm.training
     frozen_bn, trained_bn = model.stages[4][0].spatial.norm, model.head.norm
@@ -138,17 +138,8 @@ def test_sigterm_then_the_same_command_matches_uninterrupted(tiny_parent: Path, 
     args = [str(tiny_parent), "--resolution", "32", "--stages", "3", "--epochs", "1", *TINY_FINETUNE,
             "--batch-size", "4"]
     assert main(["finetune", *args, "--out", str(tmp_path / "a")]) == 0
-    calls = []
-
-    def signalled_step(*a: object, **k: object) -> float:
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return train_step(*a, **k)
-
     capsys.readouterr()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine, "train_step", signalled_step)
+    with after_update(3, lambda _: os.kill(os.getpid(), signal.SIGTERM)):
         assert main(["finetune", *args, "--out", str(tmp_path / "b")]) == 143
     err = capsys.readouterr().err.splitlines()
     assert err[-1] == (f"peffnet finetune: stopped by SIGTERM after step 3 (fine-tune epoch 1/1); checkpoint "

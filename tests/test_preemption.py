@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,8 @@ import torch
 from conftest import COMMAND_ENV
 from peffnet.checkpoint import load_checkpoint
 from peffnet.cli import main
-from peffnet.training import loop
 from peffnet.training.lock import LOCK_NAME, RunLock
-from train_helpers import final_weights, tiny_args
+from train_helpers import after_update, final_weights, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 4  # per epoch: 32 images in global batches of 8
@@ -44,29 +44,24 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert all(torch.equal(wa[k], wb[k]) for k in wa), f"{key} weights differ"
 
 
-def patch_step(monkeypatch: pytest.MonkeyPatch, at: int, action: object) -> None:
-    """Make training call ``action()`` during its ``at``-th step (counted in this process)."""
-    calls, real = [], loop.train_step
-
-    def step(*args: object, **kwargs: object) -> float:
-        calls.append(1)
-        if len(calls) == at:
-            action()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", step)
+def send(*signums: int) -> Callable[[object], None]:
+    """An action that sends this process ``signums``, as a scheduler or Ctrl-C would."""
+    def action(_: object) -> None:
+        for signum in signums:
+            os.kill(os.getpid(), signum)
+    return action
 
 
 @pytest.mark.parametrize("signum, code, at", [(signal.SIGTERM, 143, 3), (signal.SIGINT, 130, STEPS),
                                               (signal.SIGUSR1, 138, STEPS + 2)])
 def test_a_signal_finishes_the_step_writes_a_checkpoint_and_the_same_command_resumes(
-        reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        signum: int, code: int, at: int) -> None:
-    """Mid-epoch 1, at the end of epoch 1 (after its evaluation), mid-epoch 2: the step in progress finishes,
-    the checkpoint holds it, one line says where; the same command line ends bitwise at the reference."""
+        reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], signum: int, code: int,
+        at: int) -> None:
+    """Mid-epoch 1, at the end of epoch 1 (after its evaluation), mid-epoch 2: the step in progress (its
+    update done) finishes, the checkpoint holds it, one line says where; the same command line ends bitwise at
+    the reference."""
     out, handler = tmp_path / "run", signal.getsignal(signum)
-    with monkeypatch.context() as mp:
-        patch_step(mp, at, lambda: os.kill(os.getpid(), signum))
+    with after_update(at, send(signum)):
         assert main(tiny_args(out, epochs=2)) == code
     err = capsys.readouterr().err.splitlines()
     name = signal.Signals(signum).name
@@ -86,14 +81,9 @@ def test_a_signal_finishes_the_step_writes_a_checkpoint_and_the_same_command_res
     assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, 2 * STEPS + 1))
 
 
-def test_a_second_sigint_stops_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    def twice() -> None:
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    patch_step(monkeypatch, 2, twice)
-    assert main(tiny_args(tmp_path / "run", "--checkpoint-every", "1")) == 130
+def test_a_second_sigint_stops_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with after_update(2, send(signal.SIGINT, signal.SIGINT)):
+        assert main(tiny_args(tmp_path / "run", "--checkpoint-every", "1")) == 130
     assert capsys.readouterr().err.splitlines()[-1] == "peffnet train: interrupted"
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1  # step 2 was abandoned
 
@@ -161,21 +151,16 @@ def test_a_run_whose_schedule_depends_on_its_length_says_why_it_cannot_go_on(
 
 
 def test_diverged_weights_are_not_checkpointed_and_the_last_finite_one_resumes_with_a_lower_lr(
-        reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Step 3's update makes a weight NaN while its loss is finite (an overflowing update): the checkpoint of
     step 3 is refused, the run stops naming step 2's; the same command with half the lr resumes from it."""
-    out, real, steps = tmp_path / "run", loop.train_step, []
+    out = tmp_path / "run"
 
-    def poisoned(model: torch.nn.Module, *args: object, **kwargs: object) -> float:
-        loss = real(model, *args, **kwargs)
-        steps.append(loss)
-        if len(steps) == 3:
-            with torch.no_grad():
-                next(model.parameters()).view(-1)[0] = float("nan")
-        return loss
+    def poison(optimizer: torch.optim.Optimizer) -> None:
+        with torch.no_grad():
+            optimizer.param_groups[0]["params"][0].view(-1)[0] = float("nan")
 
-    with monkeypatch.context() as mp:
-        mp.setattr(loop, "train_step", poisoned)
+    with after_update(3, poison):
         assert main(tiny_args(out, "--checkpoint-every", "1", epochs=2)) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("peffnet train: error: non-finite model weights (")
@@ -229,24 +214,40 @@ def test_a_stale_lock_is_taken_over_and_orphan_temporary_files_removed(tmp_path:
     assert not list(out.glob(".*.tmp")) and not (out / LOCK_NAME).exists()
 
 
+HOLDER = """
+import os, sys, time
+from peffnet.training.lock import RunLock
+RunLock(sys.argv[1]).acquire()
+ready, tell = os.pipe()
+worker = os.fork()
+if worker == 0:  # a worker that lingers, once it has done what a fork does first
+    os.write(tell, b"x")
+    time.sleep(120)
+    os._exit(0)
+os.read(ready, 1)
+print(worker, flush=True)
+time.sleep(120)
+"""
+
+
 def test_a_forked_child_does_not_keep_the_lock_of_a_dead_run(tmp_path: Path) -> None:
     """DataLoader workers are forked from the run; one that outlives a killed run must not hold its lock (a
-    flock lasts while any process keeps the descriptor open)."""
-    lock = RunLock(tmp_path)
-    lock.acquire()
-    ready, tell = os.pipe()
-    child = os.fork()
-    if child == 0:  # a worker that lingers
-        os.write(tell, b"x")
-        time.sleep(5)
-        os._exit(0)
+    flock lasts while any process keeps the descriptor open). A real run process takes the lock, forks a
+    worker and is killed (SIGKILL: its lock file stays)."""
+    run = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                           env=COMMAND_ENV)
+    worker = 0
     try:
-        os.read(ready, 1)  # the child runs (it has done what a fork does first)
-        os.close(lock._fd)  # the run dies (without removing its lock file)
-        notes = RunLock(tmp_path).acquire()
-        assert notes and notes[0].startswith(f"took over {tmp_path / LOCK_NAME} from pid {os.getpid()}")
+        worker = int(run.stdout.readline())
+        run.kill()
+        run.wait()
+        lock = RunLock(tmp_path)
+        notes = lock.acquire()
+        assert notes and notes[0].startswith(f"took over {tmp_path / LOCK_NAME} from pid {run.pid}")
+        lock.release()
     finally:
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
-        os.close(ready)
-        os.close(tell)
+        run.kill()
+        run.wait()
+        run.stdout.close()
+        if worker:
+            os.kill(worker, signal.SIGKILL)

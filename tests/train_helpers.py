@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from peffnet.checkpoint import load_checkpoint
 
@@ -26,6 +29,24 @@ def tiny_args(out: Path, *extra: str, epochs: int = 1) -> list[str]:
 def final_weights(run_dir: Path, key: str = "model") -> dict[str, torch.Tensor]:
     """The live (``model``) or averaged weights stored in a run's checkpoint."""
     return load_checkpoint(run_dir / "checkpoint.pt")[key]
+
+
+@contextlib.contextmanager
+def after_update(at: int, action: Callable[[torch.optim.Optimizer], None]) -> Iterator[None]:
+    """While active, call ``action(optimizer)`` once, right after the ``at``-th optimizer update (counted from
+    here) of any run in this process: PyTorch's hook on every optimizer, the run's own code untouched."""
+    updates = []
+
+    def hook(optimizer: torch.optim.Optimizer, *_: object) -> None:
+        updates.append(optimizer)
+        if len(updates) == at:
+            action(optimizer)
+
+    handle = register_optimizer_step_post_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -32,7 +32,8 @@ from peffnet.runtime.optim import param_groups, rmsprop_tf
 from peffnet.runtime.step import StepSettings, autocast, grad_scaler, train_step
 from peffnet.study.config import Cell, StudyConfig
 from peffnet.training import distributed
-from peffnet.training.finetune import freeze_for_finetune
+from peffnet.training.finetune import freeze_for_finetune, frozen_modules
+from peffnet.training.loop import train_mode
 from peffnet.training.train import prepare
 
 STAGES = ("train", "finetune", "infer")
@@ -89,7 +90,7 @@ def _steps(cfg: StudyConfig, cell: Cell, stage: str, resolution: int, channels_l
         optimizer = rmsprop_tf(model, lr=1e-4, decay=0.99)
     net = prepare(model, training_form(model, device, compile=False), distributed.Context(0, 1, 0, device),
                   compile=False)
-    net.train()
+    train_mode(net, frozen_modules(model, FINETUNE_STAGES).values() if stage == "finetune" else ())
 
     def make_train(amp: str) -> Callable[[], None]:
         settings = StepSettings(micro_batch_size=cfg.batch_size, num_classes=num_classes, amp=amp,

@@ -9,8 +9,8 @@ approximately independent of the model size":
    i.e. back to the last stride-2 stage (stage 6 of 7): stages 6-7;
 3. the *last three blocks*: back "one further downsampling layer" (stage 4): stages 4-7.
 
-The stride-2 stages are read from the stage table, not hard-coded. Frozen parts are pinned in eval
-mode, their normalization layers included, so ``model.train()`` in any loop leaves them alone.
+The stride-2 stages are read from the stage table, not hard-coded. Frozen parts stay in eval mode, their
+normalization layers included: the loop puts them there after ``model.train()`` (``Job.frozen``).
 
 The run itself (:func:`finetune`) starts from the parent checkpoint's averaged weights and trains with
 SGD without momentum, a cosine learning rate from 0.25 at global batch 512 (scaled linearly with the
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,23 +88,16 @@ def frozen_modules(model: EfficientNet, stages: int) -> dict[str, nn.Module]:
     return parts
 
 
-def _train_stays_eval(self: nn.Module, mode: bool = True) -> nn.Module:
-    """Replacement ``train`` of a frozen part: whatever the mode asked, the part stays in eval mode."""
-    return nn.Module.train(self, False)
-
-
 def freeze_for_finetune(model: EfficientNet, stages: int) -> list[str]:
     """Freeze everything but the last ``stages`` parts; return the names of the trainable parameters.
 
-    Frozen parts get ``requires_grad=False`` and a pinned eval mode (dropout, stochastic depth and
-    normalization statistics stay as in inference); the trained parts follow ``model.train()``.
+    Frozen parts get ``requires_grad=False``; the training loop keeps them in eval mode (dropout, stochastic
+    depth and normalization statistics as in inference: :func:`peffnet.training.loop.train_mode` with
+    :func:`frozen_modules`) while the trained parts train.
     """
     model.requires_grad_(False)
     for module in finetuned_modules(model, stages).values():
         module.requires_grad_(True)
-    for module in frozen_modules(model, stages).values():
-        module.train = types.MethodType(_train_stays_eval, module)  # type: ignore[method-assign]
-        module.train(False)
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
@@ -226,8 +218,7 @@ def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
     net = prepare(model, form, ctx, compile=False)
     optimizer = torch.optim.SGD(param_groups(model, c.weight_decay), lr=c.lr, momentum=0.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=len(train_loader) * c.epochs)
-    state = TrainState(model, optimizer, scheduler, grad_scaler(ctx.device, c.amp),
-                       average=None)
+    state = TrainState(model, optimizer, scheduler, grad_scaler(ctx.device, c.amp), average=None)
     step = StepSettings(micro, train_set.num_classes, c.label_smoothing, 0.0, 1.0, c.amp, c.channels_last)
     record = {"train_resolution": c.resolution, "num_classes": train_set.num_classes,
               "data": {"spec": spec, "in_chans": train_set.in_chans, "subset": c.subset},
@@ -237,8 +228,9 @@ def finetune_job(cfg: FinetuneConfig, ctx: distributed.Context) -> Job:
     summary = {"trainable_params": sum(p.numel() for n, p in model.named_parameters() if n in trainable),
                "lr": c.lr, "parent": relative_to(parent_path, c.out), "parent_train_resolution": parent_res,
                "finetune_stages": c.stages}
-    return Job("finetune", Path(c.out), c, state, net, form, train_loader, val_loader, step, c.epochs,
-               c.batch_size, c.seed, c.log_every, c.checkpoint_every, c.progress, ctx, record, summary,
+    frozen = list(frozen_modules(model, c.stages).values())  # in the trained form (a fused stem is another module)
+    return Job(name="finetune", config=c, state=state, net=net, form=form, train_loader=train_loader,
+               val_loader=val_loader, step_settings=step, ctx=ctx, frozen=frozen, record=record, summary=summary,
                fixed_length="the cosine learning rate spans all --epochs (it has reached 0 at their end)")
 
 

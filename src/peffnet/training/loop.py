@@ -11,11 +11,12 @@ that is trained (the same model, possibly fused, DDP-wrapped or compiled), loade
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -141,30 +142,64 @@ class TrainState:
         return self.average.module if self.average is not None and self.average.epochs_seen else self.model
 
 
-@dataclass
+class RunConfig(Protocol):
+    """A run's resolved settings as the loop and the run directory read them: a ``TrainConfig`` or
+    ``FinetuneConfig`` with its "auto" values filled in (:class:`peffnet.settings.Settings`)."""
+
+    out: str
+    epochs: int
+    batch_size: int
+    seed: int
+    log_every: int
+    checkpoint_every: int
+    progress: bool
+
+    def recorded_in(self, directory: str | os.PathLike) -> Settings: ...
+
+    def resume_changes(self, saved: dict[str, Any], what: str) -> dict[str, tuple[Any, Any]]: ...
+
+    def config_hash(self) -> str: ...
+
+
+def train_mode(net: nn.Module, frozen: Iterable[nn.Module] = ()) -> None:
+    """``net`` in training mode but for its ``frozen`` parts (fine-tuning's, paper Section 3.4): those stay in
+    eval mode, their normalization statistics, dropout and stochastic depth as in inference."""
+    net.train()
+    for part in frozen:
+        part.eval()
+
+
+@dataclass(kw_only=True)
 class Job:
     """One run as the loop sees it; built by :func:`peffnet.training.train.train_job` or
-    :func:`peffnet.training.finetune.finetune_job`."""
+    :func:`peffnet.training.finetune.finetune_job`. What the settings say (run directory, length, batch, seed,
+    logging) is read from ``config``, not copied."""
 
     name: str  # "train" or "finetune"
-    out: Path
-    config: Settings  # resolved: config.yaml, the checkpoint's "config", config_hash, the resume check
+    config: RunConfig  # resolved: config.yaml, the checkpoint's "config", config_hash, the resume check
     state: TrainState
     net: nn.Module  # what is trained: state.model, or it wrapped by DDP and/or torch.compile
     form: str  # "plain" or "fused" (peffnet.fuse_proxy_norm): what the banner and summary.json say
     train_loader: Loader
     val_loader: Loader
-    step: StepSettings
-    epochs: int
-    global_batch: int
-    seed: int
-    log_every: int
-    checkpoint_every: int
-    progress_bar: bool
+    step_settings: StepSettings
     ctx: distributed.Context
+    frozen: list[nn.Module] = field(default_factory=list)  # parts that stay in eval mode (train_mode)
     record: dict[str, Any] = field(default_factory=dict)  # checkpoint entries particular to this kind of run
     summary: dict[str, Any] = field(default_factory=dict)  # summary.json fields particular to this kind of run
     fixed_length: str = ""  # why --epochs cannot change when the run is resumed ("": it can)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size
 
     @property
     def label(self) -> str:
@@ -173,6 +208,10 @@ class Job:
     @property
     def steps_per_epoch(self) -> int:
         return len(self.train_loader)
+
+    def accuracy(self, model: nn.Module) -> tuple[float, float]:
+        """Top-1 and top-5 (percent) of ``model`` on the validation set, in the steps' precision and layout."""
+        return evaluate(model, self.val_loader, self.step_settings.amp, self.step_settings.channels_last)
 
 
 @dataclass(frozen=True)
@@ -203,21 +242,99 @@ def advance(job: Job, images: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     schedule. Returns the global batch's mean loss, on the device (nothing here makes a GPU wait for the
     host)."""
     state = job.state
-    torch.manual_seed((job.seed * 1_000_003 + state.step) * 1_009 + distributed.rank())
-    loss = train_step(job.net, state.optimizer, state.scaler, images, labels, job.step)
+    torch.manual_seed((job.config.seed * 1_000_003 + state.step) * 1_009 + distributed.rank())
+    loss = train_step(job.net, state.optimizer, state.scaler, images, labels, job.step_settings)
     state.scheduler.step()
     state.step += 1
     return distributed.all_reduce_sum(loss) / distributed.world_size()
 
 
+class Epoch:
+    """One epoch of a run as the host sees it. Its steps' losses are read back (:class:`LossReader`), each
+    checked (NaN/inf stops the run), counted, shown on the progress bar and logged every ``log_every`` steps;
+    :meth:`end` closes the epoch. A context manager: the progress bar closes on the way out."""
+
+    def __init__(self, job: Job, logger: MetricsLogger, hooks: Hooks, epoch: int) -> None:
+        self.job, self.logger, self.hooks, self.number = job, logger, hooks, epoch + 1
+        first = job.state.step - epoch * job.steps_per_epoch
+        self.bar = tqdm(total=job.steps_per_epoch, initial=first, desc=f"{job.label} {epoch + 1}/{job.epochs}",
+                        unit="step", disable=not (job.ctx.is_main and job.config.progress), dynamic_ncols=True)
+        self.reader = LossReader()
+        self.losses: list[float] = []
+        self.start = self.tick = time.perf_counter()  # tick: when the latest step began (a CPU step's img/s)
+
+    def __enter__(self) -> Epoch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def put(self, lr: float, loss: torch.Tensor, tick: float) -> None:
+        """The loss of the step just taken (begun at host time ``tick``, at learning rate ``lr``); reads the
+        losses that have landed."""
+        self.tick = tick
+        self.reader.put(self.job.state.step, self.number, lr, loss)
+        self.read()
+
+    def read(self, wait: bool = False) -> None:
+        """Check, count, show and log the steps whose losses have landed (all of them with ``wait``)."""
+        job = self.job
+        for s, value, seconds in self.reader.take(wait):
+            if not math.isfinite(value):
+                raise diverged(f"loss is {value}", s.step, f"{job.label} {s.epoch}", self.hooks)
+            self.losses.append(value)
+            img_per_s = job.global_batch / (seconds if seconds is not None else time.perf_counter() - self.tick)
+            self.bar.update()
+            self.bar.set_postfix(loss=f"{value:.4f}", lr=f"{s.lr:.3g}", img_s=f"{img_per_s:.0f}")
+            if s.step % job.config.log_every == 0:
+                self.logger.log({"kind": "step", "epoch": s.epoch, "step": s.step, "loss": value, "lr": s.lr,
+                                 "img_per_s": img_per_s, "time_s": self.hooks.elapsed()})
+
+    def end(self) -> tuple[float, float]:
+        """The epoch's end, once every loss is read: its time and images added to the progress, the weights
+        folded into the average, the live weights evaluated, the epoch logged and printed, a checkpoint
+        written. Returns the live weights' (top-1, top-5)."""
+        job, state, hooks = self.job, self.job.state, self.hooks
+        seconds, images = time.perf_counter() - self.start, len(self.losses) * job.global_batch
+        state.progress.train_time_s += seconds
+        state.progress.images += images
+        if state.average is not None:
+            state.average.end_epoch(state.model)
+        live = job.accuracy(state.model)
+        loss, img_per_s = sum(self.losses) / len(self.losses), images / seconds
+        self.logger.log({"kind": "epoch", "epoch": self.number, "step": state.step, "loss": loss,
+                         "lr": state.optimizer.param_groups[0]["lr"], "img_per_s": img_per_s, "top1": live[0],
+                         "top5": live[1], "time_s": hooks.elapsed()})
+        if job.ctx.is_main:
+            tqdm.write(f"{job.label} {self.number}/{job.epochs}: loss {loss:.4f}  top-1 {live[0]:.2f} %  "
+                       f"top-5 {live[1]:.2f} %  {img_per_s:.0f} img/s")
+        hooks.save()
+        if job.ctx.is_main and state.progress.skipped:
+            tqdm.write(f"skipped {len(state.progress.skipped)} image file(s) so far (unreadable, or over the "
+                       f"pixel limit: {len(state.progress.oversized)}), e.g. {state.progress.skipped[0]}")
+        return live
+
+
+def save_or_stop(job: Job, epoch: Epoch, hooks: Hooks, where: str) -> None:
+    """After a step inside an epoch: ask whether a rank got a stop signal; write a checkpoint when one is due
+    (every ``checkpoint_every`` steps) or the run stops, every loss read first (a diverged step is never
+    saved); then stop if asked."""
+    step, every = job.state.step, job.config.checkpoint_every
+    signum = hooks.stop_signal()
+    if signum or (every and step % every == 0):
+        epoch.read(wait=True)
+        hooks.save()
+    if signum:
+        raise stopped(signum, step, where, hooks)
+
+
 def fit(job: Job, logger: MetricsLogger, hooks: Hooks) -> tuple[float, float] | None:
     """Run the epochs left, from ``job.state.step`` (mid-epoch after a resume) to ``job.epochs``.
 
-    Each step (:func:`advance`) updates the progress bar, logs every ``log_every`` steps, saves every
-    ``checkpoint_every`` steps, and asks whether a rank got a stop signal: then it saves and stops. Each epoch
-    adds its time and images to the progress, folds the weights into the average, evaluates, logs, prints one
-    line, saves, and asks again. Returns (top-1, top-5) of the last epoch's live weights, or ``None`` when no
-    epoch was left to run.
+    Each step (:func:`advance`) is read back, shown and logged (:class:`Epoch`); inside an epoch the loop then
+    checkpoints when due and stops if a rank got a stop signal (:func:`save_or_stop`). Each epoch ends with
+    :meth:`Epoch.end` (average, evaluate, log, save), and the loop asks again. Returns (top-1, top-5) of the
+    last epoch's live weights, or ``None`` when no epoch was left to run.
 
     Raises:
         NonFiniteLoss: the loss became NaN/inf; names the step, the epoch and the last finite checkpoint.
@@ -226,68 +343,18 @@ def fit(job: Job, logger: MetricsLogger, hooks: Hooks) -> tuple[float, float] | 
     state, spe = job.state, job.steps_per_epoch
     live = None
     for epoch in range(state.step // spe, job.epochs):
-        first = state.step - epoch * spe
-        job.train_loader.set_epoch(epoch, first)
-        bar = tqdm(total=spe, initial=first, desc=f"{job.label} {epoch + 1}/{job.epochs}", unit="step",
-                   disable=not (job.ctx.is_main and job.progress_bar), dynamic_ncols=True)
-        job.net.train()
-        losses: list[float] = []
-        start = tick = time.perf_counter()
-        reader = LossReader()
-
-        def report(read: list[tuple[StepLoss, float, float | None]], tick: float, losses: list[float] = losses,
-                   bar: tqdm = bar) -> None:
-            """Check, count, show and log the steps whose losses were read."""
-            for s, value, seconds in read:
-                if not math.isfinite(value):
-                    raise diverged(f"loss is {value}", s.step, f"{job.label} {s.epoch}", hooks)
-                losses.append(value)
-                img_per_s = job.global_batch / (seconds if seconds is not None else time.perf_counter() - tick)
-                bar.update()
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{s.lr:.3g}", img_s=f"{img_per_s:.0f}")
-                if s.step % job.log_every == 0:
-                    logger.log({"kind": "step", "epoch": s.epoch, "step": s.step, "loss": value, "lr": s.lr,
-                                "img_per_s": img_per_s, "time_s": hooks.elapsed()})
-
-        try:
+        where = f"{job.label} {epoch + 1}/{job.epochs}"
+        job.train_loader.set_epoch(epoch, state.step - epoch * spe)
+        train_mode(job.net, job.frozen)
+        with Epoch(job, logger, hooks, epoch) as this:
             for images, labels in job.train_loader:
-                tick = time.perf_counter()
-                lr = state.optimizer.param_groups[0]["lr"]
-                reader.put(state.step + 1, epoch + 1, lr, advance(job, images, labels))
-                report(reader.take(), tick)
-                if state.step % spe == 0:  # the epoch's end: averaged, evaluated and saved below
-                    continue
-                saved = job.checkpoint_every and state.step % job.checkpoint_every == 0
-                if saved:
-                    report(reader.take(wait=True), tick)  # every loss read first: a diverged step is never saved
-                    hooks.save()
-                signum = hooks.stop_signal()
-                if signum:
-                    if not saved:
-                        report(reader.take(wait=True), tick)
-                        hooks.save()
-                    raise stopped(signum, state.step, f"{job.label} {epoch + 1}/{job.epochs}", hooks)
-            report(reader.take(wait=True), tick)
-        finally:
-            bar.close()
-        seconds = time.perf_counter() - start
-        state.progress.train_time_s += seconds
-        state.progress.images += len(losses) * job.global_batch
-        if state.average is not None:
-            state.average.end_epoch(state.model)
-        live = evaluate(state.model, job.val_loader, job.step.amp, job.step.channels_last)
-        loss, img_per_s = sum(losses) / len(losses), len(losses) * job.global_batch / seconds
-        logger.log({"kind": "epoch", "epoch": epoch + 1, "step": state.step, "loss": loss,
-                    "lr": state.optimizer.param_groups[0]["lr"], "img_per_s": img_per_s, "top1": live[0],
-                    "top5": live[1], "time_s": hooks.elapsed()})
-        if job.ctx.is_main:
-            tqdm.write(f"{job.label} {epoch + 1}/{job.epochs}: loss {loss:.4f}  top-1 {live[0]:.2f} %  "
-                       f"top-5 {live[1]:.2f} %  {img_per_s:.0f} img/s")
-        hooks.save()
-        if job.ctx.is_main and state.progress.skipped:
-            tqdm.write(f"skipped {len(state.progress.skipped)} image file(s) so far (unreadable, or over the pixel "
-                       f"limit: {len(state.progress.oversized)}), e.g. {state.progress.skipped[0]}")
+                tick, lr = time.perf_counter(), state.optimizer.param_groups[0]["lr"]
+                this.put(lr, advance(job, images, labels), tick)
+                if state.step % spe:  # the epoch's end is saved by this.end()
+                    save_or_stop(job, this, hooks, where)
+            this.read(wait=True)
+        live = this.end()
         signum = hooks.stop_signal()
         if signum:
-            raise stopped(signum, state.step, f"end of {job.label} {epoch + 1}/{job.epochs}", hooks)
+            raise stopped(signum, state.step, f"end of {where}", hooks)
     return live

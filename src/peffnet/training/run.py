@@ -25,7 +25,7 @@ from peffnet.models.config import DEFAULT_NORM, split_norm
 from peffnet.models.profile import profile_model
 from peffnet.runtime.device import device_name, peak_memory_bytes, reset_peak_memory
 from peffnet.training import distributed
-from peffnet.training.loop import Hooks, Job, Progress, TrainState, diverged, evaluate, fit
+from peffnet.training.loop import Hooks, Job, Progress, TrainState, diverged, fit
 from peffnet.training.metrics import MetricsLogger
 from peffnet.training.rundir import Start
 from peffnet.training.signals import StopRequests
@@ -42,7 +42,7 @@ def checkpoint_entries(job: Job) -> dict[str, Any]:
             "averaged": s.final_model().state_dict(), "optimizer": s.optimizer.state_dict(),
             "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
             "epoch": s.step // job.steps_per_epoch, "step": s.step, "progress": dataclasses.asdict(s.progress),
-            "rng": {"seed": job.seed, "scheme": RNG_SCHEME}, "config": job.config.recorded_in(job.out).to_dict(),
+            "rng": {"seed": job.config.seed, "scheme": RNG_SCHEME}, "config": job.config.recorded_in(job.out).to_dict(),
             **job.record}
 
 
@@ -174,9 +174,8 @@ def _run(job: Job, start: Start) -> dict[str, Any]:
         hooks = Hooks(save, start.checkpoints.describe_last, elapsed, stop.agreed)
         live = fit(job, logger, hooks)
         if live is None:  # nothing was left to run (a finished run resumed): measure the live weights here
-            live = evaluate(state.model, job.val_loader, job.step.amp, job.step.channels_last)
-        final = live if state.final_model() is state.model else evaluate(
-            state.final_model(), job.val_loader, job.step.amp, job.step.channels_last)
+            live = job.accuracy(state.model)
+        final = live if state.final_model() is state.model else job.accuracy(state.final_model())
         save()
     summary = make_summary(job, final, live, peak_memory_bytes(ctx.device))
     if ctx.is_main:
@@ -204,7 +203,8 @@ def make_summary(job: Job, final: tuple[float, float], live: tuple[float, float]
         "train_time_s": s.progress.train_time_s, "peak_memory_bytes": peak_memory,
         "params": sum(p.numel() for p in s.model.parameters()), "macs": macs,
         "epochs": job.epochs, "steps": job.steps_per_epoch * job.epochs, "batch_size": job.global_batch,
-        "micro_batch_size": job.step.micro_batch_size, "world_size": job.ctx.world_size, "amp": job.step.amp,
+        "micro_batch_size": job.step_settings.micro_batch_size, "world_size": job.ctx.world_size,
+        "amp": job.step_settings.amp,
         "dataset": job.record["data"]["spec"], "num_classes": job.record["num_classes"],
         "skipped_images": len(s.progress.skipped), "skipped_files": s.progress.skipped[:100],
         "oversized_images": len(s.progress.oversized), "resumes": s.progress.resumes,

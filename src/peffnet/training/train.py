@@ -90,8 +90,8 @@ def train_job(cfg: TrainConfig, ctx: distributed.Context) -> Job:
     fixed_length = "" if not c.recipe_epochs else (
         f"warm-up, lr decay and the weight average are stretched by epochs / recipe_epochs ({c.recipe_epochs:g}), so "
         f"another length changes the steps already done (--recipe-epochs 0 makes a run extendable)")
-    return Job("train", Path(c.out), c, state, net, form, train_loader, val_loader, step, c.epochs, c.batch_size,
-               c.seed, c.log_every, c.checkpoint_every, c.progress, ctx, record, fixed_length=fixed_length)
+    return Job(name="train", config=c, state=state, net=net, form=form, train_loader=train_loader,
+               val_loader=val_loader, step_settings=step, ctx=ctx, record=record, fixed_length=fixed_length)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

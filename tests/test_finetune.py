@@ -20,7 +20,7 @@ from peffnet.errors import ConfigError
 from peffnet.models import create_model
 from peffnet.training.finetune import finetuned_stage_indices, freeze_for_finetune, frozen_modules
 from peffnet.training.loop import train_mode
-from resolution_helpers import TINY_FINETUNE
+from resolution_helpers import TINY_FINETUNE, TINY_TRAIN
 from train_helpers import after_update
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -122,6 +122,21 @@ def test_only_the_chosen_parts_changed(tiny_parent: Path, run: tuple[Path, list[
             assert not torch.equal(after[k], v), k
         elif not k.startswith(trained):
             assert torch.equal(after[k], v), k
+
+
+def test_a_run_keeps_the_frozen_statistics(tmp_path: Path) -> None:
+    """A BN parent fine-tuned at depth 1: the frozen parts' running statistics (and batch counts) leave the run
+    as they came, bit for bit, while the head's BN statistics move: the loop keeps frozen parts in eval mode."""
+    parent = tmp_path / "parent"
+    assert main(["train", *TINY_TRAIN, "--norm", "bn", "--subset", "8", "--val-subset", "8", "--out", str(parent)]) == 0
+    assert main(["finetune", str(parent), "--resolution", "32", "--stages", "1", "--epochs", "1", *TINY_FINETUNE,
+                 "--subset", "8", "--out", str(tmp_path / "ft")]) == 0
+    before = load_checkpoint(parent / "checkpoint.pt")["averaged"]
+    after = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")["model"]
+    stats = [k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    frozen = [k for k in stats if k.startswith(("stem.", "stages."))]
+    assert frozen and all(torch.equal(after[k], before[k]) for k in frozen)
+    assert not torch.equal(after["head.norm.running_mean"], before["head.norm.running_mean"])
 
 
 def test_cosine_lr_from_scaled_reference(run: tuple[Path, list[bool]]) -> None:

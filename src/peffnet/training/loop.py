@@ -1,11 +1,13 @@
 """The training loop, read top to bottom: evaluation and :func:`fit`, the epoch loop that ``peffnet train`` and
 ``peffnet finetune`` share around the training step (:func:`peffnet.runtime.step.train_step`; paper Section 3.4).
 
-A :class:`Job` is everything one run needs: the state a checkpoint holds (:class:`TrainState`), the module
-that is trained (the same model, possibly fused, DDP-wrapped or compiled), loaders and step settings.
+A :class:`Job` is everything one run needs: its resolved settings, the state a checkpoint holds
+(:class:`TrainState`), the module that is trained (the same model, possibly fused, DDP-wrapped or compiled) and
+the parts of it that stay frozen in eval mode (fine-tuning: :func:`train_mode`), loaders and step settings.
 :func:`peffnet.training.run.run` builds the files around it (checkpoints, logs, summary) and hands
 :func:`fit` its :class:`Hooks`: checkpointing, the clock, and the stop requests of
-:mod:`peffnet.training.signals`.
+:mod:`peffnet.training.signals`. Each epoch of :func:`fit` is an :class:`Epoch`: its steps' losses read back,
+checked and logged, and its end (average, evaluate, save).
 """
 
 from __future__ import annotations

@@ -11,7 +11,13 @@ import yaml
 from conftest import documented_keys
 from peffnet.cli import main
 from peffnet.training.config import SMALL_DATA_DEFAULTS
-from peffnet.training.recipe import SHORT_RUN_FINETUNE_LR, SMALL_IMAGE_NATIVE, RecipeConfig, result_at
+from peffnet.training.recipe import (
+    SHORT_RUN_FINETUNE_LR,
+    SHORT_RUN_LR_SCALE,
+    SMALL_IMAGE_NATIVE,
+    RecipeConfig,
+    result_at,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -65,12 +71,15 @@ def test_stages_and_summary(recipe: Path) -> None:
 
 def test_training_stages_take_train_s_small_dataset_defaults(recipe: Path) -> None:
     """One set of defaults: the recipe's training stages get `peffnet train`'s (as the study's runs do); only
-    what the recipe declares itself (epochs, batch, resolution, ...) differs."""
+    what the recipe declares itself (epochs, batch, resolution, ...) differs, and its one named difference, the
+    full lr of a one-epoch run (SHORT_RUN_LR_SCALE)."""
+    own = ("batch_size", "lr_scale")
     for stage in ("train", "native"):
         config = yaml.safe_load((recipe / stage / "config.yaml").read_text())
-        assert {k: config[k] for k in SMALL_DATA_DEFAULTS if k != "batch_size"} == {
-            k: v for k, v in SMALL_DATA_DEFAULTS.items() if k != "batch_size"}
+        assert {k: config[k] for k in SMALL_DATA_DEFAULTS if k not in own} == {
+            k: v for k, v in SMALL_DATA_DEFAULTS.items() if k not in own}
         assert (config["batch_size"], config["epochs"]) == (8, 1)
+        assert config["lr_scale"] == SHORT_RUN_LR_SCALE and config["lr"] == pytest.approx(8 * 2**-14)
 
 
 def test_resume_keeps_finished_stages(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -93,8 +93,16 @@ def test_an_older_checkpoint_is_described_by_its_pretrained_cfg(run_dir: Path, t
 
 
 def test_mismatch_writes_nothing(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    real = export_mod._run_exported
-    monkeypatch.setattr(export_mod, "_run_exported", lambda fmt, path, x: real(fmt, path, x) + 1e-3)
+    """A served form that drifts from the checkpoint's model (a fold gone wrong) is caught and nothing written."""
+    fold = export_mod.fold_for_inference
+
+    def drifting_fold(model: torch.nn.Module) -> int:
+        count = fold(model)
+        with torch.no_grad():
+            model.get_classifier().bias.add_(1e-3)
+        return count
+
+    monkeypatch.setattr(export_mod, "fold_for_inference", drifting_fold)
     out = tmp_path / "bad.pt"
     with pytest.raises(ConfigError, match=r"differs from PyTorch by 0\.00\d+ > 0\.0001; nothing written"):
         export_mod.export_checkpoint(run_dir, "torchscript", out=out)

@@ -38,6 +38,7 @@ def reference_logits(run_dir: Path, x: torch.Tensor) -> np.ndarray:
         return model(x).numpy()
 
 
+@pytest.mark.slow  # the ONNX exporter traces with torch.export (the fast tier exports ONNX in tests/test_predict.py)
 def test_onnx_export_matches_pytorch(run_dir: Path, tmp_path: Path, capsys) -> None:
     import onnxruntime as ort
 

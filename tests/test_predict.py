@@ -85,6 +85,7 @@ def test_predicting_a_validation_image_reproduces_the_evaluation(run_dir: Path, 
     torch.testing.assert_close(folded.logits(x), expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # exporting ONNX (torch.export): ~15 s on 2 cores
 def test_pytorch_and_onnx_predictions_agree(run_dir: Path, onnx_file: Path, images: list[str]) -> None:
     ours, exported = load_predictor(run_dir), load_predictor(onnx_file)
     assert exported.kind == "onnx" and exported.classes == CLASSES
@@ -95,8 +96,8 @@ def test_pytorch_and_onnx_predictions_agree(run_dir: Path, onnx_file: Path, imag
         np.testing.assert_allclose([p for *_, p in x.top], [p for *_, p in y.top], rtol=0, atol=1e-4)
 
 
-def test_cli_lines_and_json(run_dir: Path, onnx_file: Path, images: list[str], capsys) -> None:
-    assert main(["predict", str(onnx_file), *images[:2], "--top-k", "2"]) == 0
+def test_cli_lines_and_json(run_dir: Path, images: list[str], capsys) -> None:
+    assert main(["predict", str(run_dir), *images[:2], "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     for line, path in zip(lines, images[:2], strict=True):
@@ -172,6 +173,7 @@ def test_older_checkpoints_are_refused_or_fall_back_to_indices_and_the_pretraine
     assert out.split(": ")[1].split()[0] in [str(i) for i in range(10)]
 
 
+@pytest.mark.slow  # exporting ONNX
 def test_onnx_without_metadata_is_refused(onnx_file: Path, images: list[str], tmp_path: Path, capsys) -> None:
     import onnx
 

@@ -185,22 +185,19 @@ def test_features_only_and_forward_intermediates(name: str) -> None:
 
 @pytest.mark.parametrize("name", LARGE)
 def test_large_models_on_the_meta_device(name: str) -> None:
-    """The shapes of :func:`test_default_cfgs_forward` and :func:`test_features_only_and_forward_intermediates`
-    for B5-B7, with no weights made: features of the pool size, pre-logits, logits, and the maps
-    ``feature_info`` describes."""
+    """The shapes of :func:`test_default_cfgs_forward` for B5-B7 with no weights made (a meta forward costs
+    several times a real one at this size: one is run): features of the pool size, pre-logits, logits; the
+    ``features_only`` model describes the classifier's maps."""
     with torch.device("meta"):
         model = timm.create_model(name).eval()
         backbone = timm.create_model(name, features_only=True).eval()
-        x = small_input(model, batch=2)
-        pool = math.ceil(x.shape[-1] / 32)
-        features = model.forward_features(x)
-        assert features.shape == (2, model.num_features, pool, pool)
-        assert model.forward_head(features, pre_logits=True).shape == (2, model.head_hidden_size)
-        assert model(x).shape == (2, 1000)
-        maps = backbone(x)
-        info = FeatureInfo(model.feature_info, len(model.feature_info))
-        assert [m.shape for m in maps] == [(2, c, math.ceil(x.shape[-1] / r), math.ceil(x.shape[-1] / r))
-                                           for c, r in zip(info.channels(), info.reduction(), strict=True)]
+    x = small_input(model, batch=2).to("meta")
+    pool = math.ceil(x.shape[-1] / 32)
+    features = model.forward_features(x)
+    assert features.shape == (2, model.num_features, pool, pool)
+    assert model.forward_head(features, pre_logits=True).shape == (2, model.head_hidden_size)
+    assert model.forward_head(features).shape == (2, 1000)
+    assert backbone.feature_info.get_dicts() == FeatureInfo(model.feature_info, len(model.feature_info)).get_dicts()
 
 
 def fx_model(model: torch.nn.Module, train: bool = False) -> torch.nn.Module:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 
 import peffnet
 from peffnet.models import build, preset
-from resolution_helpers import train_tiny
+from resolution_helpers import TINY_SERVED, train_tiny
 
 FORMATS_DOC = Path(__file__).resolve().parents[1] / "docs" / "formats.md"
 COMMAND_ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
@@ -100,3 +101,17 @@ def tiny_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     which only read it (``peffnet eval`` adds its ``eval.json``)."""
     with torch_threads(1):
         return train_tiny(tmp_path_factory.mktemp("parent"))
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny trained G16-LN+PN run (:data:`resolution_helpers.TINY_SERVED`, its proxy norm folded when served)
+    shared by the export, predict and report tests. They only read it; a test that writes into a run (an
+    export beside the checkpoint, ``peffnet eval``) copies it first (:func:`copy_run`)."""
+    with torch_threads(1):
+        return train_tiny(tmp_path_factory.mktemp("served") / "run", TINY_SERVED)
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A copy of the run directory ``run`` at ``to`` (for a test that writes into a shared run)."""
+    return Path(shutil.copytree(run, to))

@@ -103,6 +103,7 @@ def test_run_bench_alternates_and_reports_every_figure() -> None:
     assert out["env"]["torch"] == torch.__version__ and out["peaks"]["macs_per_s"] == 1e11
 
 
+@pytest.mark.slow  # a benchmark
 def test_cli_json_and_out_file(tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
     rc = main(["bench", "efficientnet_b0", "timm:efficientnet_b0", "--resolution", "32", "--infer", "--batch-size",
@@ -145,6 +146,7 @@ def test_batch_that_does_not_fit_is_exit_2(capsys) -> None:
     assert rc == 2 and "\n" not in err and "batch size 100000 does not fit for efficientnet_b0@64 (inference)" in err
 
 
+@pytest.mark.slow  # a benchmark
 def test_batch_size_max_respects_the_cpu_memory_cap() -> None:
     cap = 0.1  # GiB
     opts = BenchOptions(infer=True, batch_size="max", warmup=1, repeats=1, iters=1, memory_cap=cap,
@@ -158,6 +160,7 @@ def test_batch_size_max_respects_the_cpu_memory_cap() -> None:
     assert large["ratio"] == pytest.approx(large["img_per_s"] / small["img_per_s"])
 
 
+@pytest.mark.slow  # a benchmark suite
 def test_suite_quick_writes_json_and_side_by_side_markdown(tmp_path, monkeypatch) -> None:
     script = Path(__file__).parents[1] / "benchmarks" / "run_suite.py"
     spec = importlib.util.spec_from_file_location("run_suite", script)
@@ -215,6 +218,7 @@ def test_roofline_places_g16_spatial_convs_at_higher_intensity() -> None:
     assert g16[len(g16) // 2] > 5 * g1[len(g1) // 2]
 
 
+@pytest.mark.slow  # a benchmark
 def test_roofline_cli_writes_plot_and_measured_points(tmp_path, capsys) -> None:
     out = tmp_path / "roof"
     assert main(["roofline", "efficientnet_b0", "timm:efficientnet_b0", "--resolution", "32", "--batch-size", "2",

@@ -78,6 +78,7 @@ def test_a_check_killed_at_the_time_limit_keeps_what_finished(tmp_path: Path) ->
     assert not list((tmp_path / "tmp").glob("peffnet-*"))
 
 
+@pytest.mark.slow  # a fresh Python process
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the check would run")
 def test_without_a_gpu_the_check_says_so_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True)

@@ -30,6 +30,7 @@ def console_script() -> list[str]:
     return [sys.executable, "-c", code]
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_importing_peffnet_does_no_work() -> None:
     """Imported under the command's name, the library leaves the environment alone and reads no ``/proc/stat``
     (torch and timm are imported first: timm sets ``TORCHINDUCTOR_CACHE_DIR``)."""
@@ -54,7 +55,7 @@ def openmp_settings_read(stderr: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("entry", "policy"), [
-    ("console script", None),
+    pytest.param("console script", None, marks=pytest.mark.slow),  # a fresh Python process
     pytest.param("python -m peffnet", None, marks=pytest.mark.slow),  # two starts of torch: ~20 s when busy
     pytest.param("python -m peffnet", "ACTIVE", marks=pytest.mark.slow),
 ])

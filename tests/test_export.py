@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import peffnet.serving.export as export_mod
-from conftest import documented_keys
+from conftest import copy_run, documented_keys
 from peffnet.checkpoint import load_checkpoint, model_from_checkpoint
 from peffnet.cli import main
 from peffnet.errors import ConfigError
@@ -20,17 +20,16 @@ from peffnet.serving.metadata import KEYS, TORCHSCRIPT_EXTRA
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
-TINY = ["--data", "synthetic", "--subset", "16", "--val-subset", "8", "--batch-size", "8", "--resolution", "32",
-        "--epochs", "1", "--no-progress", "--drop-rate", "0", "--drop-path-rate", "0", "--mixup-alpha", "0",
-        "--cutmix-lambda", "1", "--lr", "0.01", "--warmup-epochs", "0.5", "--recipe-epochs", "0"]
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A real (tiny) training run: G16-LN+PN B0 on synthetic 32 px images, 2 steps."""
-    out = tmp_path_factory.mktemp("export") / "g16lnpn"
-    assert main(["train", "--model", "g16_efficientnet_b0", "--norm", "lnpn", *TINY, "--out", str(out)]) == 0
-    return out
+def run_dir(served_run: Path) -> Path:
+    """The shared tiny G16-LN+PN run (tests/conftest.py): trained at 32 px, evaluated at 64 px."""
+    return served_run
+
+
+def batch(run_dir: Path, n: int, side: int, seed: int) -> torch.Tensor:
+    """``n`` random inputs of ``side`` px with the run's input channels (1 for Fashion-MNIST)."""
+    chans = model_from_checkpoint(run_dir / "checkpoint.pt")[0].cfg.in_chans
+    return torch.randn(n, chans, side, side, generator=torch.Generator().manual_seed(seed))
 
 
 def reference_logits(run_dir: Path, x: torch.Tensor) -> np.ndarray:
@@ -39,40 +38,44 @@ def reference_logits(run_dir: Path, x: torch.Tensor) -> np.ndarray:
         return model(x).numpy()
 
 
+@pytest.mark.slow  # the ONNX exporter traces with torch.export (the fast tier exports ONNX in tests/test_predict.py)
 def test_onnx_export_matches_pytorch(run_dir: Path, tmp_path: Path, capsys) -> None:
     import onnxruntime as ort
 
     out = tmp_path / "model.onnx"
-    assert main(["export", str(run_dir), "--format", "onnx", "--resolution", "64", "--out", str(out)]) == 0
+    assert main(["export", str(run_dir), "--format", "onnx", "--resolution", "96", "--out", str(out)]) == 0
     # stem + 15 expansions + 16 spatial convs + head: every proxy-normalized activation is folded
     assert "33 proxy-norm layers folded" in capsys.readouterr().out
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))  # batch 5: the batch axis is dynamic
+    x = batch(run_dir, 5, 96, seed=1)  # batch 5: the batch axis is dynamic
     got = session.run(None, {"input": x.numpy()})[0]
     assert got.shape == (5, 10)
     np.testing.assert_allclose(got, reference_logits(run_dir, x), rtol=0, atol=1e-4)
-    # the file describes itself: class names and the preprocessing at the exported resolution
+    # the file describes itself: class names and the preprocessing at the exported resolution (not the
+    # recorded 64 px): the image on a 96 px canvas
     props = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     assert set(props) == set(KEYS) == documented_keys("ONNX `metadata_props`")
     assert props["format"] == "peffnet-export-v1" and props["weights"] == "averaged"
-    assert props["classes"] == [f"prototype {i}" for i in range(10)]
+    assert props["classes"] == load_checkpoint(run_dir / "checkpoint.pt")["classes"]
     assert props["preprocessing"] == {**load_checkpoint(run_dir / "checkpoint.pt")["preprocessing"],
-                                      "resolution": 64, "resize": 64, "crop_pct": 1.0}
+                                      "resolution": 96, "resize": 96, "crop_pct": 1.0}
     assert props["train_resolution"] == 32 and props["model_config"]["norm"] == "lnpn"
 
 
-def test_torchscript_export_matches_pytorch_and_defaults_beside_the_checkpoint(run_dir: Path, capsys) -> None:
+def test_torchscript_export_matches_pytorch_and_defaults_beside_the_checkpoint(run_dir: Path, tmp_path: Path,
+                                                                               capsys) -> None:
+    run_dir = copy_run(run_dir, tmp_path / "run")  # the export lands in the run directory
     assert main(["export", str(run_dir / "checkpoint.pt"), "--format", "torchscript"]) == 0
-    out = run_dir / "g16_efficientnet_b0-32px.torchscript.pt"
+    out = run_dir / "g16_efficientnet_b0-64px.torchscript.pt"  # at the recorded evaluation resolution
     assert str(out) in capsys.readouterr().out
-    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    x = batch(run_dir, 4, 64, seed=2)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still loadable
         got = torch.jit.load(str(out))(x).numpy()
     np.testing.assert_allclose(got, reference_logits(run_dir, x), rtol=0, atol=1e-4)
     # the description: in the file (extra file peffnet.json) and beside it (FILE.json)
     sidecar = json.loads(Path(f"{out}.json").read_text())
-    assert set(sidecar) == set(KEYS) and sidecar["preprocessing"]["resolution"] == 32
+    assert set(sidecar) == set(KEYS) and sidecar["preprocessing"]["resolution"] == 64
     extra = {TORCHSCRIPT_EXTRA: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -93,8 +96,16 @@ def test_an_older_checkpoint_is_described_by_its_pretrained_cfg(run_dir: Path, t
 
 
 def test_mismatch_writes_nothing(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    real = export_mod._run_exported
-    monkeypatch.setattr(export_mod, "_run_exported", lambda fmt, path, x: real(fmt, path, x) + 1e-3)
+    """A served form that drifts from the checkpoint's model (a fold gone wrong) is caught and nothing written."""
+    fold = export_mod.fold_for_inference
+
+    def drifting_fold(model: torch.nn.Module) -> int:
+        count = fold(model)
+        with torch.no_grad():
+            model.get_classifier().bias.add_(1e-3)
+        return count
+
+    monkeypatch.setattr(export_mod, "fold_for_inference", drifting_fold)
     out = tmp_path / "bad.pt"
     with pytest.raises(ConfigError, match=r"differs from PyTorch by 0\.00\d+ > 0\.0001; nothing written"):
         export_mod.export_checkpoint(run_dir, "torchscript", out=out)

@@ -80,6 +80,7 @@ def check_line(err: str, command: str, file: str, directory: Path, at_least: int
     return match
 
 
+@pytest.mark.slow  # a fresh Python process that trains
 def test_train_into_a_3_mib_disk_is_one_line_and_exit_1(small_disk: Callable[[str], Path]) -> None:
     """As a user meets it: ``peffnet train`` into a 3 MiB tmpfs, where no checkpoint fits."""
     disk = small_disk("3m")

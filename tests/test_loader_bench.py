@@ -13,6 +13,7 @@ from peffnet.measure.loader import device_loader_check
 from test_pipeline import photo_folder
 
 
+@pytest.mark.slow  # a benchmark
 def test_data_bench_reports_loader_and_model_speed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     folder = photo_folder(tmp_path / "photos", classes=2, train=4, val=1)
     out = tmp_path / "bench.json"
@@ -31,6 +32,7 @@ def test_data_bench_reports_loader_and_model_speed(tmp_path: Path, capsys: pytes
     assert "in-memory dataset" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a benchmark
 def test_device_loader_check_makes_its_own_images() -> None:
     record = device_loader_check("cpu", resolutions=(64,), images=16, batch_size=4, amp=False, repeats=1)
     assert record["data"].startswith("imagefolder:") and not Path(record["data"].split(":", 1)[1]).exists()

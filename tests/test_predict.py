@@ -16,32 +16,26 @@ from PIL import Image
 from conftest import documented_keys
 from peffnet.checkpoint import load_checkpoint, model_from_checkpoint
 from peffnet.cli import main
-from peffnet.data import FASHION_MNIST_DIR, build_dataset
+from peffnet.data import build_dataset
 from peffnet.data.datasets import FASHION_MNIST_CLASSES, SYNTHETIC_CLASS_NAMES
 from peffnet.data.preprocessing import Preprocessing
 from peffnet.errors import ConfigError
 from peffnet.serving.predict import load_predictor, predict, read_image
+from resolution_helpers import SERVED_DATA, SERVED_EVAL_RESOLUTION
 from train_helpers import make_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
-# Fashion-MNIST when installed (grayscale, the real labels), else the synthetic set (RGB)
-SPEC = "fashion-mnist" if Path(FASHION_MNIST_DIR).is_dir() else "synthetic"
+SPEC = SERVED_DATA
 CLASSES = list(FASHION_MNIST_CLASSES if SPEC == "fashion-mnist" else SYNTHETIC_CLASS_NAMES)
-EVAL_RESOLUTION = 64  # trained at 32, evaluated at 64: the canvas is resized, as evaluation resizes it
-TINY = ["--model", "g16_efficientnet_b0", "--norm", "lnpn", "--data", SPEC, "--subset", "16", "--val-subset", "8",
-        "--batch-size", "8", "--resolution", "32", "--eval-resolution", str(EVAL_RESOLUTION), "--epochs", "1",
-        "--no-progress", "--drop-rate", "0", "--drop-path-rate", "0", "--mixup-alpha", "0", "--cutmix-lambda", "1",
-        "--lr", "0.01", "--warmup-epochs", "0", "--recipe-epochs", "0"]
+EVAL_RESOLUTION = SERVED_EVAL_RESOLUTION
 INDICES = [0, 1, 2, 3, 7]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny G16-LN+PN training run (2 steps): its proxy norm is folded for predict and export."""
-    out = tmp_path_factory.mktemp("predict") / "run"
-    assert main(["train", *TINY, "--out", str(out)]) == 0
-    return out
+def run_dir(served_run: Path) -> Path:
+    """The shared tiny G16-LN+PN run (tests/conftest.py): its proxy norm is folded for predict and export."""
+    return served_run
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +85,7 @@ def test_predicting_a_validation_image_reproduces_the_evaluation(run_dir: Path, 
     torch.testing.assert_close(folded.logits(x), expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # exporting ONNX (torch.export): ~15 s on 2 cores
 def test_pytorch_and_onnx_predictions_agree(run_dir: Path, onnx_file: Path, images: list[str]) -> None:
     ours, exported = load_predictor(run_dir), load_predictor(onnx_file)
     assert exported.kind == "onnx" and exported.classes == CLASSES
@@ -101,8 +96,8 @@ def test_pytorch_and_onnx_predictions_agree(run_dir: Path, onnx_file: Path, imag
         np.testing.assert_allclose([p for *_, p in x.top], [p for *_, p in y.top], rtol=0, atol=1e-4)
 
 
-def test_cli_lines_and_json(run_dir: Path, onnx_file: Path, images: list[str], capsys) -> None:
-    assert main(["predict", str(onnx_file), *images[:2], "--top-k", "2"]) == 0
+def test_cli_lines_and_json(run_dir: Path, images: list[str], capsys) -> None:
+    assert main(["predict", str(run_dir), *images[:2], "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     for line, path in zip(lines, images[:2], strict=True):
@@ -178,6 +173,7 @@ def test_older_checkpoints_are_refused_or_fall_back_to_indices_and_the_pretraine
     assert out.split(": ")[1].split()[0] in [str(i) for i in range(10)]
 
 
+@pytest.mark.slow  # exporting ONNX
 def test_onnx_without_metadata_is_refused(onnx_file: Path, images: list[str], tmp_path: Path, capsys) -> None:
     import onnx
 

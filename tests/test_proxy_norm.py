@@ -273,6 +273,7 @@ def test_channels_last_matches(fused: bool) -> None:
             torch.testing.assert_close(folded(x_cl), model.eval()(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # torch._dynamo traces a whole B0 three times: ~30 s on 2 cores
 def test_b0_traces_without_graph_breaks() -> None:
     # one graph each for a training forward, an eval forward and the folded model: nothing falls back to eager
     model = create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10)

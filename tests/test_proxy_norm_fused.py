@@ -5,6 +5,7 @@ micro-batching; it shares the plain model's Parameters and state_dict keys."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -13,7 +14,6 @@ from conftest import randomize
 from peffnet import create_model, fold_proxy_norm, fuse_proxy_norm
 from peffnet.fusion.fuse import FusedConvNormAct, FusedMBConv, ProxyAffineTable
 from peffnet.fusion.ops import cropped_conv2d
-from peffnet.layers import proxy_moments
 from peffnet.layers.blocks import MBConv
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 
@@ -121,31 +121,33 @@ def test_state_dict_of_either_form_loads_into_the_other() -> None:
         assert rel(fused(x), ref) < 1e-10 and torch.equal(plain(x), ref)
 
 
-def test_moments_of_a_forward_are_one_batched_call(monkeypatch) -> None:
+def moment_calls(run: Callable[[], object]) -> list[int]:
+    """The channel count of every computation of the proxy moments while ``run()`` runs, in the order they
+    start: torch.profiler records one ``_ProxyMoments`` event (the autograd Function of Eq. 4) per computation,
+    with its inputs' shapes."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        run()
+    events = sorted((e for e in prof.events() if e.name == "_ProxyMoments"), key=lambda e: e.time_range.start)
+    return [e.input_shapes[0][0] for e in events]
+
+
+def test_moments_of_a_forward_are_one_batched_call() -> None:
     """O(channels), whatever the batch and resolution (Section 3.2): the fused form computes the moments of all
     33 PN layers of a training forward in one call, not again when checkpointed blocks are recomputed, and
     not at all in eval without gradients once cached. The plain model computes them per layer."""
-    sizes: list[int] = []
-    original = proxy_moments._moments
-    monkeypatch.setattr(proxy_moments, "_moments", lambda act, mu, sigma, nodes: (
-        sizes.append(mu.numel()), original(act, mu, sigma, nodes))[1])
     plain = create_model("g16_efficientnet_b0", norm="lnpn", num_classes=10)
     channels = [m.channels for m in plain.modules() if isinstance(m, ProxyNormAct2d)]
     assert len(channels) == 33 and sum(channels) == 13248
-    plain(torch.randn(2, 3, 32, 32)).sum().backward()
-    assert sizes == channels
+    assert moment_calls(lambda: plain(torch.randn(2, 3, 32, 32)).sum().backward()) == channels
     fused = fuse_proxy_norm(plain)
     for checkpointing, (batch, res) in ((False, (1, 32)), (False, (4, 64)), (True, (2, 32))):
-        sizes.clear()
         fused.set_grad_checkpointing(checkpointing)
-        fused(torch.randn(batch, 3, res, res)).sum().backward()
-        assert sizes == [13248]
+        x = torch.randn(batch, 3, res, res)
+        assert moment_calls(lambda x=x: fused(x).sum().backward()) == [13248]
     fused.eval()
     with torch.no_grad():
-        fused(torch.randn(1, 3, 32, 32))
-        sizes.clear()
-        fused(torch.randn(1, 3, 32, 32))
-    assert sizes == []
+        assert sum(moment_calls(lambda: fused(torch.randn(1, 3, 32, 32)))) == 13248  # every channel once, cached
+        assert moment_calls(lambda: fused(torch.randn(1, 3, 32, 32))) == []
 
 
 def test_fuse_leaves_other_models_alone_and_fold_refuses_a_fused_model() -> None:

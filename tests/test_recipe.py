@@ -110,13 +110,13 @@ def test_bad_input_fails_before_training(tmp_path: Path, extra: list[str], messa
 
 
 def test_only_rank_0_writes(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under torchrun every rank runs the recipe's evaluations; only rank 0 writes their records."""
-    from peffnet.training import recipe as recipe_module
+    """Under torchrun every rank runs the recipe's evaluations; only rank 0 writes their records and the
+    summaries. Here the finished recipe is resumed as rank 1: every stage is kept, every evaluation reruns."""
+    from peffnet.training import distributed
 
-    before = (recipe / "train" / "eval.json").stat().st_mtime_ns
-    monkeypatch.setattr(recipe_module.distributed, "rank", lambda: 1)
-    cfg = RecipeConfig(out=str(recipe), data="synthetic", model="efficientnet_b0", norm="gn", test_subset=8,
-                       progress=False)
-    record = recipe_module._evaluate(cfg, recipe / "train", [32])
-    assert record["results"][0]["resolution"] == 32
-    assert (recipe / "train" / "eval.json").stat().st_mtime_ns == before
+    records = [recipe / d / "eval.json" for d in ("train", "finetune", "native")]
+    records += [recipe / "summary.json", recipe / "summary.md"]
+    before = {p: p.stat().st_mtime_ns for p in records}
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    assert main(["recipe", "--out", str(recipe), "--baseline", "--resume", *TINY]) == 0
+    assert {p: p.stat().st_mtime_ns for p in records} == before

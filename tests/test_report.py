@@ -62,6 +62,7 @@ def test_series_labels_follow_the_paper() -> None:
     assert series_label(preset("g4_efficientnet_b0"), 32) == "G4-BN-32px"
 
 
+@pytest.mark.slow  # three tiny runs and --measure benchmarks them
 def test_report_from_real_runs(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
     dirs = [str(p) for p in runs.values()]
@@ -101,6 +102,7 @@ def test_report_from_real_runs(runs: dict[str, Path], tmp_path: Path, capsys) ->
     assert table.count("| G16-LN+PN-32px |") == 2 and "accuracy_vs_macs.png" in table
 
 
+@pytest.mark.slow  # a benchmark
 def test_load_run_reads_bench_json_written_by_bench(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
     run = tmp_path / "copy"
     run.mkdir()
@@ -122,19 +124,24 @@ def test_not_a_run_directory_is_exit_2(tmp_path: Path, capsys) -> None:
     assert err == f"peffnet report: error: not a run directory (no summary.json): {tmp_path}"
 
 
-def test_runs_on_different_data_are_refused(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_runs_on_different_data_are_refused(tiny_parent: Path, tmp_path: Path, capsys) -> None:
+    """Checked before anything is measured; the shared tiny run (tests/conftest.py) and a copy that says
+    it was trained on other data."""
     other = tmp_path / "other"
     other.mkdir()
     for f in ("summary.json", "checkpoint.pt"):
-        (other / f).write_bytes((runs["g16gn"] / f).read_bytes())
+        (other / f).write_bytes((tiny_parent / f).read_bytes())
     summary = json.loads((other / "summary.json").read_text())
     (other / "summary.json").write_text(json.dumps({**summary, "dataset": "fashion-mnist"}))
-    assert main(["report", str(runs["g1gn"]), str(other), "--out", str(tmp_path / "out"), "--measure"]) == 2
+    assert main(["report", str(tiny_parent), str(other), "--out", str(tmp_path / "out"), "--measure"]) == 2
     err = capsys.readouterr().err
-    assert "cannot share a Pareto front (synthetic (10 classes): g1gn; fashion-mnist (10 classes): other)" in err
+    assert (f"cannot share a Pareto front (synthetic (10 classes): {tiny_parent.name}; fashion-mnist (10 classes): "
+            "other)") in err
     assert err.count("\n") == 1 and not (other / "bench.json").exists() and not (tmp_path / "out").exists()
+    assert not (tiny_parent / "bench.json").exists()
 
 
+@pytest.mark.slow  # three tiny runs and a fine-tuning
 def test_a_fine_tuned_run_is_labelled_as_such(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
     ft = tmp_path / "ft"
     assert main(["finetune", str(runs["g16gn"]), "--resolution", "64", "--data", "synthetic", "--subset", "16",

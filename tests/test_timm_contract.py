@@ -8,7 +8,8 @@ What runs on which names (docs/models.md, "timm's contract"):
 
 * every one of the 144 names: the registry, the ``pretrained_cfg`` and the model's attributes (meta device);
 * :data:`SAMPLE` (B0 of each group preset with each norm spelling, 18 names, plus B1-B7 once each, every
-  preset and every norm among them): the forward, backward, head, features and intermediates checks;
+  preset and every norm among them): the forward, backward, head, features and intermediates checks (built
+  for real from B5 on only in the slow tier; the fast tier checks their shapes on the meta device);
 * :data:`HEAVY` (B0: each norm, each group preset, the bare name and the flagship G16 LN+PN): FX forward and
   backward, TorchScript.
 * :data:`FX_SCRIPT` (one B0 per norm, classifier and backbone): FX, then TorchScript.
@@ -42,6 +43,10 @@ SAMPLE = [f"peffnet_{group}efficientnet_b0{norm}" for group in ("", "g4_", "g16_
     "peffnet_g4_efficientnet_b1_gnpn", "peffnet_g16_efficientnet_b2_ln", "peffnet_efficientnet_b3_lnpn",
     "peffnet_g4_efficientnet_b4", "peffnet_g16_efficientnet_b5_gn", "peffnet_efficientnet_b6_bn",
     "peffnet_g16_efficientnet_b7_lnpn"]
+LARGE = [n for n in SAMPLE if preset(n.removeprefix("peffnet_")).size in ("b5", "b6", "b7")]
+"""The B5-B7 names of :data:`SAMPLE` (tens of millions of parameters each)."""
+REAL = [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in SAMPLE]
+"""SAMPLE, the real B5-B7 builds marked slow (:func:`test_large_models_on_the_meta_device` is their fast check)."""
 HEAVY = ["peffnet_efficientnet_b0_bn", "peffnet_g4_efficientnet_b0_gn", "peffnet_g16_efficientnet_b0_ln",
          "peffnet_efficientnet_b0_lnpn", "peffnet_g4_efficientnet_b0_gnpn", "peffnet_g16_efficientnet_b0",
          "peffnet_g16_efficientnet_b0_lnpn"]
@@ -99,7 +104,7 @@ def test_pretrained_cfg_and_model_attributes(name: str) -> None:
         assert model.get_submodule(module)[-1].project.conv.out_channels == channels
 
 
-@pytest.mark.parametrize("name", SAMPLE)
+@pytest.mark.parametrize("name", REAL)
 def test_default_cfgs_forward(name: str) -> None:
     """timm's test_model_default_cfgs: unpooled features of the pool size, pre-logits of ``head_hidden_size``,
     ``reset_classifier(0)`` and ``(0, '')``, and ``num_classes=0, global_pool=''`` at creation."""
@@ -131,7 +136,7 @@ def test_pool_size_at_the_native_resolution(name: str) -> None:
     assert features.shape[-2:] == model.pretrained_cfg["pool_size"] == (7, 7)
 
 
-@pytest.mark.parametrize("name", SAMPLE)
+@pytest.mark.parametrize("name", REAL)
 def test_forward_and_backward(name: str) -> None:
     """timm's test_model_forward (gradient checkpointing leaves the output alone) and test_model_backward
     (``num_classes=42``, every parameter gets a gradient)."""
@@ -149,7 +154,7 @@ def test_forward_and_backward(name: str) -> None:
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
 
-@pytest.mark.parametrize("name", SAMPLE)
+@pytest.mark.parametrize("name", REAL)
 def test_features_only_and_forward_intermediates(name: str) -> None:
     """timm's test_model_forward_features, test_model_forward_intermediates_features (the ``getter`` wrapper) and
     test_model_forward_intermediates: the maps ``feature_info`` describes, the same maps every way, the final
@@ -176,6 +181,23 @@ def test_features_only_and_forward_intermediates(name: str) -> None:
             assert fmap.shape[-1] == math.ceil(x.shape[-1] / reduction)
         model.set_grad_checkpointing()
         torch.testing.assert_close(model.forward_intermediates(x)[0], final, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", LARGE)
+def test_large_models_on_the_meta_device(name: str) -> None:
+    """The shapes of :func:`test_default_cfgs_forward` for B5-B7 with no weights made (a meta forward costs
+    several times a real one at this size: one is run): features of the pool size, pre-logits, logits; the
+    ``features_only`` model describes the classifier's maps."""
+    with torch.device("meta"):
+        model = timm.create_model(name).eval()
+        backbone = timm.create_model(name, features_only=True).eval()
+    x = small_input(model, batch=2).to("meta")
+    pool = math.ceil(x.shape[-1] / 32)
+    features = model.forward_features(x)
+    assert features.shape == (2, model.num_features, pool, pool)
+    assert model.forward_head(features, pre_logits=True).shape == (2, model.head_hidden_size)
+    assert model.forward_head(features).shape == (2, 1000)
+    assert backbone.feature_info.get_dicts() == FeatureInfo(model.feature_info, len(model.feature_info)).get_dicts()
 
 
 def fx_model(model: torch.nn.Module, train: bool = False) -> torch.nn.Module:

@@ -186,6 +186,7 @@ def test_result_does_not_depend_on_micro_batch_size(tmp_path: Path) -> None:
     assert max_abs_diff({k: whole[k] for k in body}, {k: init[k] for k in body}) > 1e-4
 
 
+@pytest.mark.slow  # three tiny runs, one in bf16 (slow on CPUs)
 def test_speed_options_keep_the_result(tmp_path: Path) -> None:
     """--recompute and --channels-last change how, not what; --amp bf16 trains (on the CPU) to nearby weights."""
     assert main(tiny_args(tmp_path / "plain")) == 0

@@ -16,8 +16,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "device_check.py"
-CHECKS = ["train_steps", "fold", "sync_free", "checkpoint_to_cpu", "export", "speed_train", "speed_infer", "compile",
-          "ddp"]
+CHECKS = ["train_steps", "fold", "sync_free", "checkpoint_to_cpu", "export", "loader", "speed_train", "speed_infer",
+          "compile", "ddp"]
 
 
 def repository_state() -> str:

@@ -7,7 +7,8 @@ For each seed: ``peffnet recipe`` (its defaults: train 1 epoch at 32 px, fine-tu
 ``--data fashion-mnist`` (batched tensor ops in memory), and the same recipe on the JPEG folder written by
 ``scripts/make_fashion_mnist_folder.py`` (decoded by the DataLoader workers) with the settings the recipe gives
 the in-memory set: native 64, the small-dataset training defaults (``peffnet.training.config.SMALL_DATA_DEFAULTS``;
-an image folder otherwise gets the paper's), fine-tuning lr 0.05, and the in-memory set's augmentation
+an image folder otherwise gets the paper's) with the recipe's training lr (``SHORT_RUN_LR_SCALE``), its fine-tuning
+lr, and the in-memory set's augmentation
 (``--augment shift``).
 What still differs: the folder's images are RGB (three equal channels) normalized with ImageNet's mean and std,
 JPEG-compressed (quality 95), and shifted by draws of another generator. Runs already finished are kept.
@@ -34,7 +35,7 @@ if (REPO / "src" / "peffnet").is_dir():
 import yaml  # noqa: E402
 
 from peffnet.training.config import SMALL_DATA_DEFAULTS  # noqa: E402
-from peffnet.training.recipe import SHORT_RUN_FINETUNE_LR, SMALL_IMAGE_NATIVE  # noqa: E402
+from peffnet.training.recipe import SHORT_RUN_FINETUNE_LR, SHORT_RUN_LR_SCALE, SMALL_IMAGE_NATIVE  # noqa: E402
 
 MODEL = "g16_efficientnet_b0"
 
@@ -50,7 +51,7 @@ def run(command: list[str], log: Path) -> None:
 def recipes(folder: Path, runs: Path, seed: int) -> dict[str, list[str]]:
     """The two recipe command lines of one seed."""
     settings = runs / "folder_train.yaml"
-    settings.write_text(yaml.safe_dump({**SMALL_DATA_DEFAULTS, "augment": "shift"}))
+    settings.write_text(yaml.safe_dump({**SMALL_DATA_DEFAULTS, "lr_scale": SHORT_RUN_LR_SCALE, "augment": "shift"}))
     common = ["recipe", "--model", MODEL, "--seed", str(seed), "--no-progress"]
     return {"memory": [*common, "--data", "fashion-mnist", "--out", str(runs / f"memory-s{seed}")],
             "folder": [*common, "--data", f"imagefolder:{folder}", "--native", str(SMALL_IMAGE_NATIVE),

@@ -81,8 +81,9 @@ class RecipeConfig(Settings):
     finetune_stages: int = setting(2, "parts to fine-tune: 1, 2 or 3", INT, DEPTH, group="schedule")
     finetune_epochs: int = setting(2, "fine-tuning epochs", INT, POSITIVE, group="schedule")
     finetune_batch_size: int = setting(256, "fine-tuning global batch", INT, POSITIVE, group="schedule")
-    finetune_lr: float | None = setting(None, "initial lr of the cosine schedule (default: 0.05 for "
-                                              "fashion-mnist/synthetic, else 0.25 x batch / 512)", FLOAT, POSITIVE,
+    finetune_lr: float | None = setting(None, "initial lr of the cosine schedule (default: "
+                                              f"{SHORT_RUN_FINETUNE_LR} for fashion-mnist/synthetic, else 0.25 x "
+                                              "batch / 512)", FLOAT, POSITIVE,
                                         group="schedule")
     finetune_subset: int | None = setting(10000, "fine-tune on this many training images", INT, POSITIVE,
                                           group="schedule")

@@ -55,8 +55,11 @@ def wait_for_checkpoint(proc: subprocess.Popen, out: Path, step: int) -> None:
 
 
 def same_weights(a: Path, b: Path) -> bool:
-    return all(torch.equal(final_weights(a, key)[k], v) for key in ("model", "averaged")
-               for k, v in final_weights(b, key).items())
+    """Whether two runs' checkpoints hold bit-identical live and averaged weights (each file read once)."""
+    first, second = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    return all(first[key].keys() == second[key].keys() and all(torch.equal(v, second[key][k])
+                                                              for k, v in first[key].items())
+               for key in ("model", "averaged"))
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,8 @@ def table(per_seed: dict[int, dict[str, dict[str, float]]], summary: dict[str, A
     c = summary["config"]
     lines = [f"{c['model']} ({c['norm']}) on {c['data']}, {c['epochs']} training epoch(s), native "
              f"{summary['native']} px, half {summary['train_resolution']} px + fine-tuning {c['finetune_stages']} "
-             f"part(s) for {c['finetune_epochs']} epoch(s) on {c['finetune_subset'] or 'all'} images; seeds "
+             f"part(s) for {summary['stages']['finetune']['epochs']} epoch(s) on {c['finetune_subset'] or 'all'} "
+             "images; seeds "
              f"{', '.join(map(str, seeds))}; {summary['device']}, torch {summary['torch']}.", "",
              f"| regime | top-1 % at {summary['native']} px | best top-1 % [size] | training wall time s | "
              "per seed: top-1 at native / wall s |", "|---|---|---|---|---|"]

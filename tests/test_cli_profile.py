@@ -15,9 +15,9 @@ from peffnet.models.profile import profile_model
 
 
 def test_models_lists_names_with_norm_params_and_macs(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["models", "--json", "g16_efficientnet_b0*", "efficientnet_b7_lnpn"]) == 0
+    assert main(["models", "--json", "g16_efficientnet_b0*", "efficientnet_b1_lnpn"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert list(rows) == ["efficientnet_b7_lnpn", "g16_efficientnet_b0", *(f"g16_efficientnet_b0_{n}" for n in NORMS)]
+    assert list(rows) == ["efficientnet_b1_lnpn", "g16_efficientnet_b0", *(f"g16_efficientnet_b0_{n}" for n in NORMS)]
     bare, lnpn = rows["g16_efficientnet_b0"], rows["g16_efficientnet_b0_lnpn"]
     assert bare["norm"] == DEFAULT_NORM == "bn" and bare["default_norm"] and not lnpn["default_norm"]
     assert lnpn["timm_name"] == "peffnet_g16_efficientnet_b0_lnpn"

@@ -52,8 +52,10 @@ def send(*signums: int) -> Callable[[object], None]:
     return action
 
 
-@pytest.mark.parametrize("signum, code, at", [(signal.SIGTERM, 143, 3), (signal.SIGINT, 130, STEPS),
-                                              (signal.SIGUSR1, 138, STEPS + 2)])
+@pytest.mark.parametrize("signum, code, at", [
+    (signal.SIGTERM, 143, 3),
+    pytest.param(signal.SIGINT, 130, STEPS, marks=pytest.mark.slow),  # the same path at other points and signals
+    pytest.param(signal.SIGUSR1, 138, STEPS + 2, marks=pytest.mark.slow)])
 def test_a_signal_finishes_the_step_writes_a_checkpoint_and_the_same_command_resumes(
         reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], signum: int, code: int,
         at: int) -> None:
@@ -88,6 +90,7 @@ def test_a_second_sigint_stops_at_once(tmp_path: Path, capsys: pytest.CaptureFix
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1  # step 2 was abandoned
 
 
+@pytest.mark.slow  # a fresh `python -m peffnet` process
 def test_sigterm_from_outside_exits_143_within_the_grace_period(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "peffnet", *tiny_args(out, "--subset", "128", epochs=2)],

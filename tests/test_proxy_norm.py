@@ -198,6 +198,7 @@ def test_placement_in_the_network(norm: str) -> None:
     assert len(pn) == len(with_pn) == 33
 
 
+@pytest.mark.slow  # 48 builds and a B7 forward on the meta device; the fast tier's PN models: test_timm_contract.py
 def test_every_preset_builds_with_pn() -> None:
     for name, norm in itertools.product(peffnet.list_models(), ["lnpn", "gnpn"]):
         with torch.device("meta"):

@@ -12,7 +12,6 @@ from conftest import documented_keys
 from peffnet.cli import main
 from peffnet.training.config import SMALL_DATA_DEFAULTS
 from peffnet.training.recipe import (
-    SHORT_RUN_FINETUNE_EPOCHS,
     SHORT_RUN_FINETUNE_LR,
     SHORT_RUN_LR_SCALE,
     SMALL_IMAGE_NATIVE,
@@ -47,7 +46,7 @@ def test_stages_and_summary(recipe: Path) -> None:
     assert list(s["stages"]) == ["train", "finetune", "native"]
     train, ft, native = (s["stages"][k] for k in ("train", "finetune", "native"))
     assert (train["train_resolution"], ft["train_resolution"], native["train_resolution"]) == (32, 64, 64)
-    assert ft["finetune_stages"] == 2 and ft["epochs"] == SHORT_RUN_FINETUNE_EPOCHS  # the small-data default
+    assert ft["finetune_stages"] == 2 and ft["epochs"] == 2
     assert ft["trainable_params"] < ft["params"]
     for st in s["stages"].values():
         assert st["wall_time_s"] > 0 and st["train_img_per_s"] > 0 and 0 <= st["top1"] <= 100

@@ -14,6 +14,10 @@ What runs on which names (docs/models.md, "timm's contract"):
   backward, TorchScript.
 * :data:`FX_SCRIPT` (one B0 per norm, classifier and backbone): FX, then TorchScript.
 
+The fast test tier (``-m "not slow"``) runs the registry check on :data:`SAMPLE`, the forward checks on
+:data:`FAST` (six B0s: every norm, every group preset, the bare name and the flagship), FX and TorchScript on
+:data:`FAST_HEAVY` and FX-then-TorchScript on its two proxy-norm names; the rest is in the slow tier.
+
 Inputs are small (:func:`small_input`), as in timm's tests for large models; the pool size at the native
 resolution is checked for two B0s.
 """
@@ -45,11 +49,28 @@ SAMPLE = [f"peffnet_{group}efficientnet_b0{norm}" for group in ("", "g4_", "g16_
     "peffnet_g16_efficientnet_b7_lnpn"]
 LARGE = [n for n in SAMPLE if preset(n.removeprefix("peffnet_")).size in ("b5", "b6", "b7")]
 """The B5-B7 names of :data:`SAMPLE` (tens of millions of parameters each)."""
-REAL = [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in SAMPLE]
-"""SAMPLE, the real B5-B7 builds marked slow (:func:`test_large_models_on_the_meta_device` is their fast check)."""
 HEAVY = ["peffnet_efficientnet_b0_bn", "peffnet_g4_efficientnet_b0_gn", "peffnet_g16_efficientnet_b0_ln",
          "peffnet_efficientnet_b0_lnpn", "peffnet_g4_efficientnet_b0_gnpn", "peffnet_g16_efficientnet_b0",
          "peffnet_g16_efficientnet_b0_lnpn"]
+FAST = ["peffnet_efficientnet_b0_bn", "peffnet_g4_efficientnet_b0_gn", "peffnet_g16_efficientnet_b0_ln",
+        "peffnet_g4_efficientnet_b0_gnpn", "peffnet_g16_efficientnet_b0", "peffnet_g16_efficientnet_b0_lnpn"]
+"""The names of the fast tier: each norm, each group preset, the bare name and the flagship G16 LN+PN."""
+FAST_HEAVY = ["peffnet_efficientnet_b0_bn", "peffnet_g4_efficientnet_b0_gnpn", "peffnet_g16_efficientnet_b0_lnpn"]
+"""The fast tier's FX and TorchScript names: BN, and proxy norm (whose moments are one leaf call) with GN and LN."""
+
+
+def tiered(params: list, fast: list) -> list:
+    """``params`` for ``parametrize``, those not in ``fast`` (or whose name, the first value, is not) marked
+    slow."""
+    def name(p: object) -> object:
+        return p[0] if isinstance(p, tuple) else p
+    return [p if p in fast or name(p) in fast else pytest.param(*(p if isinstance(p, tuple) else (p,)),
+                                                                marks=pytest.mark.slow) for p in params]
+
+
+REAL = tiered(SAMPLE, FAST)
+"""SAMPLE, all but :data:`FAST` marked slow (the real B5-B7 builds among them:
+:func:`test_large_models_on_the_meta_device` is their fast check)."""
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bilinear",
             "crop_pct": 0.875, "crop_mode": "center"}
 
@@ -69,14 +90,14 @@ def test_every_preset_is_registered_with_every_norm() -> None:
     assert "efficientnet_b0" in timm.list_models("efficientnet_b0")  # timm's own names are untouched
     assert timm.list_models("peffnet_*", pretrained=True) == []  # no weights are shipped
     assert all(get_pretrained_cfg(n).has_weights is None or not get_pretrained_cfg(n).has_weights for n in ALL)
-    assert set(SAMPLE) <= set(ALL) and set(HEAVY) <= set(SAMPLE)
+    assert set(SAMPLE) <= set(ALL) and set(HEAVY) <= set(SAMPLE) and set(FAST_HEAVY) <= set(FAST) <= set(SAMPLE)
     sampled = [preset(n.removeprefix("peffnet_")) for n in SAMPLE]
     assert {c.norm for c in sampled} == set(NORMS) and {c.size for c in sampled} == {f"b{i}" for i in range(8)}
     heavy = [preset(n.removeprefix("peffnet_")) for n in HEAVY]
     assert {c.norm for c in heavy} == set(NORMS) and {c.group_size for c in heavy} == {1, 4, 16}
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", tiered(ALL, SAMPLE))
 def test_pretrained_cfg_and_model_attributes(name: str) -> None:
     """timm's test_model_default_cfgs, without the forward (that is :func:`test_default_cfgs_forward`):
     the registry's pretrained_cfg, its data config, the model's attributes, on the meta device."""
@@ -209,7 +230,7 @@ def fx_model(model: torch.nn.Module, train: bool = False) -> torch.nn.Module:
                                     tracer_kwargs=kwargs).train(train)
 
 
-@pytest.mark.parametrize("name", HEAVY)
+@pytest.mark.parametrize("name", tiered(HEAVY, FAST_HEAVY))
 def test_fx_forward_is_exact(name: str) -> None:
     """timm's test_model_forward_fx: the traced graph gives exactly the model's output (proxy norm: the
     moments are one leaf call, computed on every call of the graph, while the model serves them from its
@@ -225,7 +246,7 @@ def test_fx_forward_is_exact(name: str) -> None:
     assert calls.count(peffnet.layers.swish_proxy_affine) == sum(isinstance(m, ProxyNormAct2d) for m in model.modules())
 
 
-@pytest.mark.parametrize("name", HEAVY)
+@pytest.mark.parametrize("name", tiered(HEAVY, FAST_HEAVY))
 def test_fx_backward(name: str) -> None:
     """timm's test_model_backward_fx: the traced training graph has every parameter's gradient; for proxy norm
     they equal the eager model's (the moments' own backward runs inside the leaf call)."""
@@ -246,7 +267,7 @@ def test_fx_backward(name: str) -> None:
             torch.testing.assert_close(g, model.get_parameter(n).grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", HEAVY)
+@pytest.mark.parametrize("name", tiered(HEAVY, FAST_HEAVY))
 def test_torchscript(name: str) -> None:
     """timm's test_model_forward_torchscript on the plain model; a scripted model also saves and loads
     (proxy norm's moments are plain ops there, not a Python autograd Function)."""
@@ -273,7 +294,7 @@ FX_SCRIPT.append(("peffnet_g16_efficientnet_b0_lnpn", "timm"))
 ``torch.fx.symbolic_trace``, and the flagship's classifier traced the timm way."""
 
 
-@pytest.mark.parametrize(("name", "trace"), FX_SCRIPT)
+@pytest.mark.parametrize(("name", "trace"), tiered(FX_SCRIPT, [p for p in FX_SCRIPT if p[0] in FAST_HEAVY[1:]]))
 def test_fx_graph_scripts(name: str, trace: str) -> None:
     """timm's test_model_forward_fx_torchscript: a traced model compiles with TorchScript (the code FX generates
     carries the forward's annotations, which must be types, not strings) and runs like the model (proxy norm:

@@ -52,12 +52,6 @@ initialisation of grouped convolutions, from the recipe's training stage: 0.1 / 
 top-1, 0.2 made the loss jump; from a parent trained at a quarter of the lr, 0.05 / 0.1 / 0.2 / 0.4 gave
 75.4 / 79.6 / 81.3 % / divergence on 2000 validation images (docs/resolution.md, "Fine-tuning lr")."""
 
-SHORT_RUN_FINETUNE_EPOCHS = 3
-"""Fine-tuning epochs of the recipe on the small datasets, where it fine-tunes on a 10 000-image subset; image
-folders keep the paper's 2 (Section 3.4). The third epoch added 0.86 / 0.94 points of test top-1 from the same
-parents (seeds 0 / 1: 83.45 -> 84.31 %, 83.09 -> 84.03 %; docs/resolution.md, "Fine-tuning epochs") for about
-50 s on 2 CPU cores."""
-
 
 @dataclass
 class RecipeConfig(Settings):
@@ -85,17 +79,15 @@ class RecipeConfig(Settings):
     train_config: str | None = setting(None, "YAML of `peffnet train` settings of the training stages (over "
                                              "`peffnet train`'s defaults for the dataset)", group="schedule")
     finetune_stages: int = setting(2, "parts to fine-tune: 1, 2 or 3", INT, DEPTH, group="schedule")
-    finetune_epochs: int | None = setting(None, f"fine-tuning epochs (default: {SHORT_RUN_FINETUNE_EPOCHS} for "
-                                                "fashion-mnist/synthetic, else `peffnet finetune`'s: the paper's 2)",
-                                          INT, POSITIVE, group="schedule")
+    finetune_epochs: int = setting(2, "fine-tuning epochs (the paper's)", INT, POSITIVE, group="schedule")
     finetune_batch_size: int = setting(256, "fine-tuning global batch", INT, POSITIVE, group="schedule")
     finetune_lr: float | None = setting(None, "initial lr of the cosine schedule (default: "
                                               f"{SHORT_RUN_FINETUNE_LR} for fashion-mnist/synthetic, else 0.25 x "
                                               "batch / 512)", FLOAT, POSITIVE,
                                         group="schedule")
-    finetune_subset: int | None = setting(10000, "fine-tune on this many training images", INT, POSITIVE,
-                                          group="schedule")
-    val_subset: int | None = setting(2000, "validation images of the per-epoch evaluations inside training and "
+    finetune_subset: int | None = setting(20000, "fine-tune on this many training images (docs/resolution.md, "
+                                                 "\"Fine-tuning length\")", INT, POSITIVE, group="schedule")
+    val_subset: int | None = setting(1000, "validation images of the per-epoch evaluations inside training and "
                                            "fine-tuning", INT, POSITIVE, group="schedule")
     test_subset: int | None = setting(None, "validation images of the final evaluations (default: all)", INT,
                                       POSITIVE, group="schedule")
@@ -159,11 +151,10 @@ def _finetune_config(cfg: RecipeConfig, parent: Path, run_dir: Path, resolution:
     """The ``peffnet finetune`` settings of the fine-tuning stage (validated now)."""
     small = in_memory(cfg.data)
     lr = cfg.finetune_lr if cfg.finetune_lr is not None else (SHORT_RUN_FINETUNE_LR if small else None)
-    epochs = cfg.finetune_epochs or (SHORT_RUN_FINETUNE_EPOCHS if small else FinetuneConfig.epochs)
     return FinetuneConfig(
         checkpoint=str(parent), resolution=resolution, out=str(run_dir), stages=cfg.finetune_stages, lr=lr,
         data=cfg.data, data_dir=cfg.data_dir, subset=cfg.finetune_subset, val_subset=cfg.val_subset,
-        epochs=epochs, batch_size=cfg.finetune_batch_size, seed=cfg.seed, amp=cfg.amp,
+        epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch_size, seed=cfg.seed, amp=cfg.amp,
         channels_last=cfg.channels_last, device=cfg.device, resume=resume, progress=cfg.progress)
 
 

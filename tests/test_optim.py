@@ -68,3 +68,23 @@ def test_build_optimizer_uses_the_recipe_s_parameter_groups(name: str) -> None:
     assert type(opt) is {"rmsprop_tf": RMSpropTF, "adam": torch.optim.Adam}[name]
     assert [g["weight_decay"] for g in opt.param_groups] == [1e-5, 0.0]
     assert all(g["lr"] == 0.01 for g in opt.param_groups)
+
+
+def test_the_multi_tensor_rmsprop_gives_the_per_tensor_loop_s_bits() -> None:
+    """The recipe's optimizer runs timm's foreach form on every device (also a CPU, where timm would loop);
+    three steps of both forms end in the same weights, bit for bit."""
+    torch.manual_seed(0)
+    models = [create_model("efficientnet_b0", norm="lnpn", num_classes=10) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fast = build_optimizer("rmsprop_tf", models[0], lr=0.01, decay=0.99, weight_decay=1e-5)
+    loop = RMSpropTF(param_groups(models[1], 1e-5), lr=0.01, alpha=0.99, eps=1e-3, momentum=0.9, foreach=False)
+    assert all(g["foreach"] for g in fast.param_groups)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in models[0].parameters()]
+        for model in models:
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g.clone()
+        fast.step()
+        loop.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)

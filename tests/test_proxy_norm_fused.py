@@ -15,6 +15,7 @@ from peffnet import create_model, fold_proxy_norm, fuse_proxy_norm
 from peffnet.fusion.fuse import FusedConvNormAct, FusedMBConv, ProxyAffineTable
 from peffnet.fusion.ops import cropped_conv2d
 from peffnet.layers.blocks import MBConv
+from peffnet.layers.proxy_moments import _ProxyMoments
 from peffnet.layers.proxy_norm import ProxyNormAct2d
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -122,13 +123,20 @@ def test_state_dict_of_either_form_loads_into_the_other() -> None:
 
 
 def moment_calls(run: Callable[[], object]) -> list[int]:
-    """The channel count of every computation of the proxy moments while ``run()`` runs, in the order they
-    start: torch.profiler records one ``_ProxyMoments`` event (the autograd Function of Eq. 4) per computation,
-    with its inputs' shapes."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+    """The channel count of every computation of the proxy moments while ``run()`` runs, in order: each is one
+    application of ``_ProxyMoments`` (the autograd Function of Eq. 4), counted by wrapping its ``apply``."""
+    calls, apply = [], _ProxyMoments.apply
+
+    def counted(gamma: torch.Tensor, *args: object) -> object:
+        calls.append(gamma.shape[0])
+        return apply(gamma, *args)
+
+    _ProxyMoments.apply = counted
+    try:
         run()
-    events = sorted((e for e in prof.events() if e.name == "_ProxyMoments"), key=lambda e: e.time_range.start)
-    return [e.input_shapes[0][0] for e in events]
+    finally:
+        _ProxyMoments.apply = apply
+    return calls
 
 
 def test_moments_of_a_forward_are_one_batched_call() -> None:
@@ -140,7 +148,7 @@ def test_moments_of_a_forward_are_one_batched_call() -> None:
     assert len(channels) == 33 and sum(channels) == 13248
     assert moment_calls(lambda: plain(torch.randn(2, 3, 32, 32)).sum().backward()) == channels
     fused = fuse_proxy_norm(plain)
-    for checkpointing, (batch, res) in ((False, (1, 32)), (False, (4, 64)), (True, (2, 32))):
+    for checkpointing, (batch, res) in ((False, (1, 32)), (False, (2, 64)), (True, (2, 32))):
         fused.set_grad_checkpointing(checkpointing)
         x = torch.randn(batch, 3, res, res)
         assert moment_calls(lambda x=x: fused(x).sum().backward()) == [13248]

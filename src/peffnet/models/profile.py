@@ -12,6 +12,7 @@ Counting runs on the ``meta`` device, so even B7 at 600 px is profiled in well u
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from peffnet.layers.blocks import SqueezeExcite
 from peffnet.layers.norm_act import BatchNormAct2d, norm_act
-from peffnet.models.config import NORMS, preset
+from peffnet.models.config import NORMS, ModelConfig, preset
 from peffnet.models.efficientnet import build as build_model
 
 
@@ -211,6 +212,14 @@ def model_macs(model: nn.Module, resolution: int) -> int:
     if isinstance(model, EfficientNet):
         return profile_model(model, resolution, in_chans=model.cfg.in_chans).macs
     return sum(layer.macs for layer in conv_layers(model, resolution))
+
+
+@functools.lru_cache(maxsize=64)
+def config_macs(cfg: ModelConfig, resolution: int) -> int:
+    """Forward MACs for one image of the model ``cfg`` builds, at ``resolution`` (:func:`profile_model` on a
+    meta-device build, remembered per configuration: every run's summary asks)."""
+    with torch.device("meta"):
+        return profile_model(build_model(cfg), resolution, in_chans=cfg.in_chans).macs
 
 
 def preset_costs(name: str) -> tuple[int, dict[str, int]]:

@@ -20,9 +20,8 @@ import yaml
 from peffnet.checkpoint import FORMAT, load_weights, non_finite
 from peffnet.errors import ConfigError, RunFailure, WriteFailure
 from peffnet.files import relative_to, write_file
-from peffnet.models import build
 from peffnet.models.config import DEFAULT_NORM, split_norm
-from peffnet.models.profile import profile_model
+from peffnet.models.profile import config_macs
 from peffnet.runtime.device import device_name, peak_memory_bytes, reset_peak_memory
 from peffnet.training import distributed
 from peffnet.training.loop import Hooks, Job, Progress, TrainState, diverged, fit
@@ -190,8 +189,7 @@ def make_summary(job: Job, final: tuple[float, float], live: tuple[float, float]
     s, m, c = job.state, job.state.model.cfg, job.config
     resolution = job.record["train_resolution"]
     eval_resolution = getattr(c, "eval_resolution", None) or resolution
-    with torch.device("meta"):
-        macs = profile_model(build(m), eval_resolution, in_chans=m.in_chans).macs
+    macs = config_macs(m, eval_resolution)
     return {
         "model": m.name, "group_size": m.group_size, "expansion": m.expansion, "norm": m.norm,
         "model_form": job.form, "train_resolution": resolution, "eval_resolution": eval_resolution,

@@ -74,7 +74,7 @@ def main() -> None:
     for seed in args.seeds:
         for kind, command in recipes(args.folder, args.runs, seed).items():
             out = Path(command[command.index("--out") + 1])
-            commands.append("peffnet " + " ".join(command))
+            commands.append("peffnet " + " ".join(command).replace(f"{REPO}/", ""))  # paths relative to the repo
             if not (out / "summary.json").exists():
                 start = time.time()
                 run([*command, *(["--resume"] if out.exists() else [])], args.runs / f"{out.name}.log")
@@ -104,7 +104,7 @@ def main() -> None:
     lines = ["# Same results: Fashion-MNIST in memory and as a JPEG folder", "",
              f"`{env['command'].strip()}` (commit {env['commit']}; load average {env['load_average']:.1f} at the end). "
              "Top-1 % on the 10 000 test images of the fine-tuned model at its best test resolution "
-             "(and of the half-resolution model at 32 px).", "",
+             "(and of the half-resolution model at 32 px on the size sweep's 1000 images).", "",
              "| pipeline | seed | top-1 % (fine-tuned) | half-res top-1 % | train img/s | recipe s |",
              "|---|---|---|---|---|---|"]
     for kind, rows in results.items():

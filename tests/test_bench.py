@@ -81,6 +81,7 @@ def test_parse_spec_resolution_suffix() -> None:
         parse_spec("efficientnet_b0@big")
 
 
+@pytest.mark.slow  # a benchmark
 def test_run_bench_alternates_and_reports_every_figure() -> None:
     specs = [BenchSpec("efficientnet_b0", {"norm": "gn"}, 32), BenchSpec("g16_efficientnet_b0", {}, 32)]
     opts = BenchOptions(batch_size=2, warmup=1, repeats=2, iters=1, latency_iters=2, num_classes=10)
@@ -240,6 +241,7 @@ def test_roofline_cli_writes_plot_and_measured_points(tmp_path, capsys) -> None:
         record["peaks"]["macs_per_s"] / record["peaks"]["bytes_per_s"])
 
 
+@pytest.mark.slow  # a benchmark
 def test_folded_proxy_norm_is_benchmarked_for_inference_only(capsys) -> None:
     opts = BenchOptions(infer=True, batch_size=2, warmup=1, repeats=1, iters=1, num_classes=10)
     specs = [BenchSpec("g16_efficientnet_b0", {"norm": "lnpn"}, 32),

@@ -10,8 +10,8 @@ import peffnet
 from conftest import checkpointed_grads_match, meta_model, randomize
 from peffnet.layers.norm_act import BatchNormAct2d
 from peffnet.layers.normalization import layer_norm_nhwc
-from peffnet.models.config import nearest_group_size
-from peffnet.models.profile import profile_model
+from peffnet.models.config import nearest_group_size, preset
+from peffnet.models.profile import config_macs, profile_model
 
 # Paper Table 2: (size, G, E, params in M, MACs in G). Values are printed to 0.1.
 TABLE2 = [
@@ -41,16 +41,17 @@ def test_macs_do_not_depend_on_the_normalization(norm: str) -> None:
     gn = profile_model(meta_model("g16_efficientnet_b0", norm="gn"), 224)
     prof = profile_model(meta_model("g16_efficientnet_b0", norm=norm), 224)
     assert prof.macs == gn.macs and [layer.name for layer in prof.layers] == [layer.name for layer in gn.layers]
+    assert config_macs(preset("g16_efficientnet_b0", norm=norm), 224) == prof.macs  # what a run's summary counts
 
 
 def test_presets_use_paper_group_size_and_expansion() -> None:
     names = peffnet.list_models()
     assert len(names) == 24 and len(set(names)) == 24
-    for size in range(8):
-        assert meta_model(f"efficientnet_b{size}").cfg.group_size == 1
-        g4, g16 = meta_model(f"g4_efficientnet_b{size}"), meta_model(f"g16_efficientnet_b{size}")
-        assert (g4.cfg.group_size, g4.cfg.expansion) == (4, 5)
-        assert (g16.cfg.group_size, g16.cfg.expansion) == (16, 4)
+    for size in range(8):  # the configurations the names build (test_table2_params_and_macs builds them)
+        assert preset(f"efficientnet_b{size}").group_size == 1
+        g4, g16 = preset(f"g4_efficientnet_b{size}"), preset(f"g16_efficientnet_b{size}")
+        assert (g4.group_size, g4.expansion) == (4, 5)
+        assert (g16.group_size, g16.expansion) == (16, 4)
 
 
 def _spatial_convs(model: nn.Module) -> list[nn.Conv2d]:
@@ -227,12 +228,15 @@ def test_channels_last_matches_contiguous() -> None:
 
 @pytest.mark.slow
 def test_torch_compile_b0_small_resolution() -> None:
+    """A whole B0 through TorchDynamo and AOTAutograd (``aot_eager``: the graphs run by PyTorch's kernels);
+    Inductor's code generation is checked on a small proxy-norm stack in test_proxy_norm.py (for a B0 it compiles
+    C++ for a minute and more on 2 cores with a cold cache, as in CI)."""
     torch.manual_seed(0)
     model = peffnet.create_model("efficientnet_b0", norm="gn", num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
-        compiled = torch.compile(model)
+        compiled = torch.compile(model, backend="aot_eager")
         out = compiled(x)
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
 

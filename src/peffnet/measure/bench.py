@@ -209,13 +209,14 @@ def run_bench(specs: list[BenchSpec], opts: BenchOptions, peaks: DevicePeaks | N
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     subjects = [Subject(s, opts, device) for s in specs]
+    batches_of = {mode: [_batch_for(s, mode, opts) for s in subjects] for mode in opts.modes}  # bad sizes fail fast
     measured_here = peaks is None
     peaks = peaks or measure_device(device, dtype)
     results = [{"name": s.spec.name, "label": s.label, "desc": s.desc, "resolution": s.resolution,
                 "params": s.params, "macs": s.macs, "channels_last": s.spec.channels_last,
                 "compile": s.spec.compile} for s in subjects]
     for mode in opts.modes:
-        batches = [_batch_for(s, mode, opts) for s in subjects]
+        batches = batches_of[mode]
         steps = []
         for s, b in zip(subjects, batches, strict=True):
             steps.append(s.make_step(mode, b)[0])

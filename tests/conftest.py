@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import os
 import re
 import shutil
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 import peffnet
+from peffnet.cli import main
 from peffnet.models import build, preset
 from resolution_helpers import TINY_SERVED, train_tiny
 
@@ -112,6 +115,46 @@ def served_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return train_tiny(tmp_path_factory.mktemp("served") / "run", TINY_SERVED)
 
 
+@pytest.fixture(scope="session")
+def served_onnx(served_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """:func:`served_run` exported to ONNX by ``peffnet export`` at its recorded (evaluation) resolution, and
+    what the command printed: one export (the exporter traces with torch.export, ~15 s on 2 cores) for the
+    export and predict tests."""
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    printed = io.StringIO()
+    with torch_threads(1), contextlib.redirect_stdout(printed):
+        assert main(["export", str(served_run), "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
 def copy_run(run: Path, to: Path) -> Path:
     """A copy of the run directory ``run`` at ``to`` (for a test that writes into a shared run)."""
     return Path(shutil.copytree(run, to))
+
+
+SHARED_RUNS = ("served_run", "tiny_parent")
+"""The session-scoped runs several test files read (:func:`served_onnx` is made from the first)."""
+
+
+@functools.lru_cache
+def shared_run_of(test_file: Path) -> str | None:
+    """The first of :data:`SHARED_RUNS` a test file names, if any."""
+    text = test_file.read_text() if test_file.is_file() else ""
+    return next((name for name in SHARED_RUNS if name in text), None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadfile`` (scripts/test.sh: a test file runs on one worker, so its module-scoped fixtures are made
+    once), with the files that read one of :data:`SHARED_RUNS` scheduled together, so that each shared run (and
+    the ONNX export made from one) is made once, not once per worker."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedRunScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return shared_run_of(config.rootpath / path) or path
+
+    return SharedRunScheduling(config, log)

@@ -38,44 +38,45 @@ def reference_logits(run_dir: Path, x: torch.Tensor) -> np.ndarray:
         return model(x).numpy()
 
 
-@pytest.mark.slow  # the ONNX exporter traces with torch.export (the fast tier exports ONNX in tests/test_predict.py)
-def test_onnx_export_matches_pytorch(run_dir: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.slow  # the ONNX exporter traces with torch.export (~15 s): one export, shared with test_predict.py
+def test_onnx_export_matches_pytorch(run_dir: Path, served_onnx: tuple[Path, str]) -> None:
     import onnxruntime as ort
 
-    out = tmp_path / "model.onnx"
-    assert main(["export", str(run_dir), "--format", "onnx", "--resolution", "96", "--out", str(out)]) == 0
+    out, printed = served_onnx  # `peffnet export RUN --out FILE`: ONNX at the recorded evaluation resolution
     # stem + 15 expansions + 16 spatial convs + head: every proxy-normalized activation is folded
-    assert "33 proxy-norm layers folded" in capsys.readouterr().out
+    assert "33 proxy-norm layers folded" in printed
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    x = batch(run_dir, 5, 96, seed=1)  # batch 5: the batch axis is dynamic
+    x = batch(run_dir, 5, 64, seed=1)  # batch 5: the batch axis is dynamic
     got = session.run(None, {"input": x.numpy()})[0]
     assert got.shape == (5, 10)
     np.testing.assert_allclose(got, reference_logits(run_dir, x), rtol=0, atol=1e-4)
-    # the file describes itself: class names and the preprocessing at the exported resolution (not the
-    # recorded 64 px): the image on a 96 px canvas
+    # the file describes itself: class names and the recorded preprocessing
     props = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     assert set(props) == set(KEYS) == documented_keys("ONNX `metadata_props`")
     assert props["format"] == "peffnet-export-v1" and props["weights"] == "averaged"
     assert props["classes"] == load_checkpoint(run_dir / "checkpoint.pt")["classes"]
-    assert props["preprocessing"] == {**load_checkpoint(run_dir / "checkpoint.pt")["preprocessing"],
-                                      "resolution": 96, "resize": 96, "crop_pct": 1.0}
+    assert props["preprocessing"] == load_checkpoint(run_dir / "checkpoint.pt")["preprocessing"]
+    assert props["preprocessing"]["resolution"] == 64
     assert props["train_resolution"] == 32 and props["model_config"]["norm"] == "lnpn"
 
 
-def test_torchscript_export_matches_pytorch_and_defaults_beside_the_checkpoint(run_dir: Path, tmp_path: Path,
-                                                                               capsys) -> None:
-    run_dir = copy_run(run_dir, tmp_path / "run")  # the export lands in the run directory
-    assert main(["export", str(run_dir / "checkpoint.pt"), "--format", "torchscript"]) == 0
-    out = run_dir / "g16_efficientnet_b0-64px.torchscript.pt"  # at the recorded evaluation resolution
+def test_torchscript_export_at_another_resolution_matches_pytorch_beside_the_checkpoint(run_dir: Path, tmp_path: Path,
+                                                                                      capsys) -> None:
+    run_dir = copy_run(run_dir, tmp_path / "run")  # without --out, the export lands in the run directory
+    assert main(["export", str(run_dir / "checkpoint.pt"), "--format", "torchscript", "--resolution", "96"]) == 0
+    out = run_dir / "g16_efficientnet_b0-96px.torchscript.pt"
     assert str(out) in capsys.readouterr().out
-    x = batch(run_dir, 4, 64, seed=2)
+    x = batch(run_dir, 4, 96, seed=2)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still loadable
         got = torch.jit.load(str(out))(x).numpy()
     np.testing.assert_allclose(got, reference_logits(run_dir, x), rtol=0, atol=1e-4)
-    # the description: in the file (extra file peffnet.json) and beside it (FILE.json)
+    # the description, in the file (extra file peffnet.json) and beside it (FILE.json): the preprocessing at the
+    # exported resolution, not the recorded 64 px: the image on a 96 px canvas
     sidecar = json.loads(Path(f"{out}.json").read_text())
-    assert set(sidecar) == set(KEYS) and sidecar["preprocessing"]["resolution"] == 64
+    assert set(sidecar) == set(KEYS)
+    assert sidecar["preprocessing"] == {**load_checkpoint(run_dir / "checkpoint.pt")["preprocessing"],
+                                        "resolution": 96, "resize": 96, "crop_pct": 1.0}
     extra = {TORCHSCRIPT_EXTRA: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)

@@ -57,10 +57,9 @@ def images(val_set, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def onnx_file(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    assert main(["export", str(run_dir), "--out", str(out)]) == 0  # default: the recorded (evaluation) resolution
-    return out
+def onnx_file(served_onnx: tuple[Path, str]) -> Path:
+    """The shared run's ONNX export (tests/conftest.py), at the recorded (evaluation) resolution."""
+    return served_onnx[0]
 
 
 def test_checkpoint_records_classes_and_the_evaluation_preprocessing(run_dir: Path, val_set) -> None:

@@ -275,6 +275,7 @@ def test_images_over_the_pixel_limit_are_skipped_unread_and_counted(tmp_path: Pa
         ImageFolderDataset(tmp_path, "val", 32, False, max_pixels=100)  # every image over the limit
 
 
+@pytest.mark.slow  # DataLoader worker processes, three signals
 def test_workers_survive_signals_sent_to_every_process_and_end_with_their_loader(tmp_path: Path) -> None:
     """Ctrl-C and SLURM signal every process; the main process decides when a run stops (it finishes the step
     and checkpoints), so the DataLoader workers ignore SIGINT, SIGUSR1 and a SIGTERM not sent by their parent."""

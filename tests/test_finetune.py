@@ -146,6 +146,7 @@ def test_cosine_lr_from_scaled_reference(run: tuple[Path, list[bool]]) -> None:
     assert lrs == pytest.approx([peak * 0.5 * (1 + math.cos(math.pi * k / total)) for k in range(total)])
 
 
+@pytest.mark.slow  # the signal path test_preemption.py checks, for fine-tuning
 def test_sigterm_then_the_same_command_matches_uninterrupted(tiny_parent: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """SIGTERM during step 3 of 4: the step finishes, a checkpoint at step 3 is written, exit 143; the same

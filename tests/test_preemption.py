@@ -125,6 +125,7 @@ def test_resume_modes(reference: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert "resume must be one of auto, yes, no, got 'maybe'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two more tiny runs
 def test_a_finished_run_goes_on_to_more_epochs(reference: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     """With --recipe-epochs 0 the schedule does not depend on the run's length: 1 epoch, then the same command
@@ -154,6 +155,7 @@ def test_a_run_whose_schedule_depends_on_its_length_says_why_it_cannot_go_on(
 # ------------------------------------------------------------------ never keep a bad state
 
 
+@pytest.mark.slow  # two more tiny runs
 def test_diverged_weights_are_not_checkpointed_and_the_last_finite_one_resumes_with_a_lower_lr(
         reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Step 3's update makes a weight NaN while its loss is finite (an overflowing update): the checkpoint of
@@ -234,6 +236,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow  # a fresh Python process that imports peffnet
 def test_a_forked_child_does_not_keep_the_lock_of_a_dead_run(tmp_path: Path) -> None:
     """DataLoader workers are forked from the run; one that outlives a killed run must not hold its lock (a
     flock lasts while any process keeps the descriptor open). A real run process takes the lock, forks a

@@ -83,6 +83,7 @@ def test_training_stages_take_train_s_small_dataset_defaults(recipe: Path) -> No
         assert config["lr_scale"] == SHORT_RUN_LR_SCALE and config["lr"] == pytest.approx(8 * 2**-14)
 
 
+@pytest.mark.slow  # the finished recipe again: every evaluation reruns
 def test_resume_keeps_finished_stages(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = {d: (recipe / d / "checkpoint.pt").stat().st_mtime_ns for d in ("train", "finetune", "native")}
     assert main(["recipe", "--out", str(recipe), "--baseline", "--resume", *TINY]) == 0
@@ -110,6 +111,7 @@ def test_bad_input_fails_before_training(tmp_path: Path, extra: list[str], messa
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # the finished recipe again: every evaluation reruns
 def test_only_rank_0_writes(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under torchrun every rank runs the recipe's evaluations; only rank 0 writes their records and the
     summaries. Here the finished recipe is resumed as rank 1: every stage is kept, every evaluation reruns."""

@@ -206,6 +206,7 @@ def test_a_corrupt_sample_in_a_shard_is_skipped_and_reported(packed: tuple[Path,
     assert images.shape == (12, 3, 32, 32) and loader.skipped == [f"{path}:00000005"]
 
 
+@pytest.mark.slow  # three commands end to end
 def test_train_finetune_and_eval_read_shards(packed: tuple[Path, Path], tmp_path: Path) -> None:
     _, shards = packed
     out = tmp_path / "run"

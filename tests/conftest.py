@@ -143,11 +143,18 @@ def shared_run_of(test_file: Path) -> str | None:
     return next((name for name in SHARED_RUNS if name in text), None)
 
 
+LONGEST_FIRST = ("tests/test_timm_contract.py", "tests/test_device_check.py", "tiny_parent", "tests/test_ddp.py",
+                 "tests/test_bench.py", "tests/test_study.py", "tests/test_preemption.py", "tests/test_proxy_norm.py",
+                 "served_run")
+"""The longest units of work of the whole suite, longest first (``--durations=0`` on 2 cores): started first,
+so that no worker is left with a long one at the end while the other idles. The rest follow xdist's order."""
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """``--dist loadfile`` (scripts/test.sh: a test file runs on one worker, so its module-scoped fixtures are made
-    once), with the files that read one of :data:`SHARED_RUNS` scheduled together, so that each shared run (and
-    the ONNX export made from one) is made once, not once per worker."""
+    once), with the files that read one of :data:`SHARED_RUNS` scheduled together as one unit, so that each shared
+    run (and the ONNX export made from one) is made once, not once per worker; :data:`LONGEST_FIRST` first."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
@@ -156,5 +163,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
         def _split_scope(self, nodeid: str) -> str:
             path = super()._split_scope(nodeid)
             return shared_run_of(config.rootpath / path) or path
+
+        def _assign_work_unit(self, node: object) -> None:
+            first = min(self.workqueue, key=lambda unit: LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST
+                        else len(LONGEST_FIRST))  # the first of the longest still waiting, else the queue's first
+            self.workqueue.move_to_end(first, last=False)
+            super()._assign_work_unit(node)
 
     return SharedRunScheduling(config, log)

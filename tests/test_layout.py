@@ -125,3 +125,15 @@ def test_no_comment_cites_an_issue() -> None:
     roots = [PACKAGE, PACKAGE.parents[1] / "tests", PACKAGE.parents[1] / "benchmarks", PACKAGE.parents[1] / "scripts"]
     cited = [str(p) for root in roots for p in root.rglob("*.py") if re.search(r"\bissues? #?\d", p.read_text(), re.I)]
     assert not cited
+
+
+def test_the_schedulers_units_exist() -> None:
+    """tests/conftest.py's scheduling hints name test files that exist and the shared runs it groups."""
+    from conftest import LONGEST_FIRST, SHARED_RUNS, shared_run_of
+
+    root = PACKAGE.parents[1]
+    for unit_name in LONGEST_FIRST:
+        assert unit_name in SHARED_RUNS or (root / unit_name).is_file(), unit_name
+    assert shared_run_of(root / "tests" / "test_export.py") == "served_run"
+    assert shared_run_of(root / "tests" / "test_finetune.py") == "tiny_parent"
+    assert shared_run_of(root / "tests" / "test_models.py") is None

@@ -15,6 +15,14 @@ from peffnet.training.metrics import MetricsLogger
 def test_a_resume_drops_the_records_after_its_checkpoint_from_every_log(tmp_path: Path) -> None:
     """An interrupted process logged steps 1-6 and checkpointed at step 4; the resumed one logs 5 and 6
     again. TensorBoard (its own reader) shows steps 1-6 once, with the resumed values after step 4."""
+    scratch = 0
+    while True:  # the next event files of this process: its 9th-10th, 99th-100th...: names that once sorted wrongly
+        made = MetricsLogger(tmp_path / f"scratch{scratch}", enabled=True)
+        number = int(next((tmp_path / f"scratch{scratch}" / "tb").iterdir()).name.rsplit(".", 1)[1])
+        del made
+        scratch += 1
+        if str(number + 1).endswith("9"):
+            break
     first = MetricsLogger(tmp_path, enabled=True)
     for step in range(1, 7):
         first.log({"kind": "step", "epoch": 1, "step": step, "loss": float(step), "lr": 0.1})

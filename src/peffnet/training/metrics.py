@@ -23,6 +23,8 @@ from peffnet.files import append_file, write_file
 
 CSV_COLUMNS = ("kind", "epoch", "step", "loss", "lr", "img_per_s", "top1", "top5", "time_s")
 _EVENT_FILES = itertools.count()
+"""Numbers the event files of this process: zero-padded, so that files of one second sort in the order they were
+made (TensorBoard reads a directory's files in name order; a resumed run's purge must come after the run)."""
 
 
 class EventFile:
@@ -39,7 +41,7 @@ class EventFile:
 
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-                                 f"{os.getpid()}.{next(_EVENT_FILES)}")
+                                 f"{os.getpid()}.{next(_EVENT_FILES):06d}")
         events = [Event(wall_time=time.time(), file_version="brain.Event:2")]
         if purge_after is not None:  # TensorBoard then hides the events of steps after ``purge_after``
             events.append(Event(wall_time=time.time(), step=purge_after + 1,

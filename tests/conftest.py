@@ -138,9 +138,9 @@ SHARED_RUNS = ("served_run", "tiny_parent")
 
 @functools.lru_cache
 def shared_run_of(test_file: Path) -> str | None:
-    """The first of :data:`SHARED_RUNS` a test file names, if any."""
+    """The first of :data:`SHARED_RUNS` a test file takes as a fixture (a parameter of one of its functions)."""
     text = test_file.read_text() if test_file.is_file() else ""
-    return next((name for name in SHARED_RUNS if name in text), None)
+    return next((name for name in SHARED_RUNS if re.search(rf"def \w+\([^)]*\b{name}\b", text)), None)
 
 
 LONGEST_FIRST = ("tests/test_timm_contract.py", "tests/test_device_check.py", "tiny_parent", "tests/test_ddp.py",

@@ -60,12 +60,16 @@ def test_onnx_export_matches_pytorch(run_dir: Path, served_onnx: tuple[Path, str
     assert props["train_resolution"] == 32 and props["model_config"]["norm"] == "lnpn"
 
 
-def test_torchscript_export_at_another_resolution_matches_pytorch_beside_the_checkpoint(run_dir: Path, tmp_path: Path,
-                                                                                      capsys) -> None:
+def test_torchscript_export_matches_pytorch_at_the_recorded_and_another_resolution(run_dir: Path, tmp_path: Path,
+                                                                                   capsys) -> None:
     run_dir = copy_run(run_dir, tmp_path / "run")  # without --out, the export lands in the run directory
-    assert main(["export", str(run_dir / "checkpoint.pt"), "--format", "torchscript", "--resolution", "96"]) == 0
-    out = run_dir / "g16_efficientnet_b0-96px.torchscript.pt"
+    assert main(["export", str(run_dir / "checkpoint.pt"), "--format", "torchscript"]) == 0
+    out = run_dir / "g16_efficientnet_b0-64px.torchscript.pt"  # at the recorded evaluation resolution
     assert str(out) in capsys.readouterr().out
+    recorded = load_checkpoint(run_dir / "checkpoint.pt")["preprocessing"]
+    assert json.loads(Path(f"{out}.json").read_text())["preprocessing"] == recorded
+    out = tmp_path / "m96.pt"
+    assert main(["export", str(run_dir), "--format", "torchscript", "--resolution", "96", "--out", str(out)]) == 0
     x = batch(run_dir, 4, 96, seed=2)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still loadable
@@ -75,8 +79,7 @@ def test_torchscript_export_at_another_resolution_matches_pytorch_beside_the_che
     # exported resolution, not the recorded 64 px: the image on a 96 px canvas
     sidecar = json.loads(Path(f"{out}.json").read_text())
     assert set(sidecar) == set(KEYS)
-    assert sidecar["preprocessing"] == {**load_checkpoint(run_dir / "checkpoint.pt")["preprocessing"],
-                                        "resolution": 96, "resize": 96, "crop_pct": 1.0}
+    assert sidecar["preprocessing"] == {**recorded, "resolution": 96, "resize": 96, "crop_pct": 1.0}
     extra = {TORCHSCRIPT_EXTRA: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)

@@ -23,8 +23,14 @@ from peffnet.files import append_file, write_file
 
 CSV_COLUMNS = ("kind", "epoch", "step", "loss", "lr", "img_per_s", "top1", "top5", "time_s")
 _EVENT_FILES = itertools.count()
-"""Numbers the event files of this process: zero-padded, so that files of one second sort in the order they were
-made (TensorBoard reads a directory's files in name order; a resumed run's purge must come after the run)."""
+"""Numbers the event files of this process (:func:`event_file_name`)."""
+
+
+def event_file_name(when: float, number: int) -> str:
+    """TensorBoard's event file name for a file made at ``when`` (seconds since the epoch) as this process's
+    ``number``-th. The number is zero-padded: TensorBoard reads a directory's files in name order, so the files of
+    one second must sort in the order they were made (a resumed run's purge comes after the run's own events)."""
+    return f"events.out.tfevents.{int(when):010d}.{socket.gethostname()}.{os.getpid()}.{number:06d}"
 
 
 class EventFile:
@@ -40,8 +46,7 @@ class EventFile:
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-                                 f"{os.getpid()}.{next(_EVENT_FILES):06d}")
+        self.path = directory / event_file_name(time.time(), next(_EVENT_FILES))
         events = [Event(wall_time=time.time(), file_version="brain.Event:2")]
         if purge_after is not None:  # TensorBoard then hides the events of steps after ``purge_after``
             events.append(Event(wall_time=time.time(), step=purge_after + 1,

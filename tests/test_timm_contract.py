@@ -9,14 +9,15 @@ What runs on which names (docs/models.md, "timm's contract"):
 * every one of the 144 names: the registry, the ``pretrained_cfg`` and the model's attributes (meta device);
 * :data:`SAMPLE` (B0 of each group preset with each norm spelling, 18 names, plus B1-B7 once each, every
   preset and every norm among them): the forward, backward, head, features and intermediates checks (built
-  for real from B5 on only in the slow tier; the fast tier checks their shapes on the meta device);
+  for real from B5 on only in the slow tier; the fast tier checks B7's shapes on the meta device);
 * :data:`HEAVY` (B0: each norm, each group preset, the bare name and the flagship G16 LN+PN): FX forward and
   backward, TorchScript.
 * :data:`FX_SCRIPT` (one B0 per norm, classifier and backbone): FX, then TorchScript.
 
 The fast test tier (``-m "not slow"``) runs the registry check on :data:`SAMPLE`, the forward checks on
-:data:`FAST` (six B0s: every norm, every group preset, the bare name and the flagship), FX and TorchScript on
-:data:`FAST_HEAVY` and FX-then-TorchScript on its proxy-norm name; the rest is in the slow tier.
+:data:`FAST` (five B0s: every norm, every group preset and the flagship), B7's shapes on the meta device, FX
+and TorchScript on :data:`FAST_HEAVY` and FX-then-TorchScript on its proxy-norm name; the rest is in the slow
+tier.
 
 Inputs are small (:func:`small_input`), as in timm's tests for large models; the pool size at the native
 resolution is checked for two B0s.
@@ -53,8 +54,9 @@ HEAVY = ["peffnet_efficientnet_b0_bn", "peffnet_g4_efficientnet_b0_gn", "peffnet
          "peffnet_efficientnet_b0_lnpn", "peffnet_g4_efficientnet_b0_gnpn", "peffnet_g16_efficientnet_b0",
          "peffnet_g16_efficientnet_b0_lnpn"]
 FAST = ["peffnet_efficientnet_b0_bn", "peffnet_g4_efficientnet_b0_gn", "peffnet_g16_efficientnet_b0_ln",
-        "peffnet_g4_efficientnet_b0_gnpn", "peffnet_g16_efficientnet_b0", "peffnet_g16_efficientnet_b0_lnpn"]
-"""The names of the fast tier: each norm, each group preset, the bare name and the flagship G16 LN+PN."""
+        "peffnet_g4_efficientnet_b0_gnpn", "peffnet_g16_efficientnet_b0_lnpn"]
+"""The names of the fast tier: each norm, each group preset, and the flagship G16 LN+PN (a bare name builds the
+BN model: test_pretrained_cfg_and_model_attributes checks that on the meta device)."""
 FAST_HEAVY = ["peffnet_efficientnet_b0_bn", "peffnet_g16_efficientnet_b0_lnpn"]
 """The fast tier's FX and TorchScript names: BN, and the flagship's proxy norm (whose moments are one leaf call)."""
 
@@ -204,7 +206,7 @@ def test_features_only_and_forward_intermediates(name: str) -> None:
         torch.testing.assert_close(model.forward_intermediates(x)[0], final, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", LARGE)
+@pytest.mark.parametrize("name", tiered(LARGE, LARGE[-1:]))  # the fast tier: B7
 def test_large_models_on_the_meta_device(name: str) -> None:
     """The shapes of :func:`test_default_cfgs_forward` for B5-B7 with no weights made (a meta forward costs
     several times a real one at this size: one is run): features of the pool size, pre-logits, logits; the

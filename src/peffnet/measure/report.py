@@ -23,6 +23,7 @@ from peffnet.errors import ConfigError
 from peffnet.files import write_file
 from peffnet.measure.plotting import label_points, pyplot, save_figure
 from peffnet.models import ModelConfig, preset
+from peffnet.models.profile import config_macs
 
 if TYPE_CHECKING:
     from peffnet.measure.bench import BenchOptions
@@ -126,18 +127,6 @@ def run_config(run_dir: Path, summary: dict) -> ModelConfig:
                   norm=summary["norm"], num_classes=summary.get("num_classes", 1000))
 
 
-def macs_at(cfg: ModelConfig, resolution: int) -> int:
-    """Forward MACs of one image at ``resolution`` (meta device: no weights are allocated)."""
-    import torch
-
-    from peffnet.models import build
-    from peffnet.models.profile import profile_model
-
-    with torch.device("meta"):
-        model = build(cfg)
-    return profile_model(model, resolution, in_chans=cfg.in_chans).macs
-
-
 def load_run(run_dir: str | Path) -> tuple[list[Point], ModelConfig]:
     """The accuracy points of one run directory (with bench.json figures when recorded) and its config."""
     run_dir = Path(run_dir)
@@ -167,7 +156,7 @@ def load_run(run_dir: str | Path) -> tuple[list[Point], ModelConfig]:
         train_img_per_s = _read_json(parent, "parent run summary").get("train_img_per_s") if parent.is_file() else None
     points = []
     for res, top1 in sorted(accuracy.items()):
-        macs = int(summary["macs"]) if res == int(summary["eval_resolution"]) else macs_at(cfg, res)
+        macs = int(summary["macs"]) if res == int(summary["eval_resolution"]) else config_macs(cfg, res)
         b = bench.get(res, {})
         points.append(Point(str(run_dir), series, cfg.size.upper(), res, top1, int(summary["params"]), macs,
                             train_img_per_s, b.get("infer", {}).get("img_per_s"), b.get("latency", {}).get("median_ms"),

@@ -206,11 +206,12 @@ def conv_layers(model: nn.Module, resolution: int, batch_size: int = 1, in_chans
 
 
 def model_macs(model: nn.Module, resolution: int) -> int:
-    """Forward MACs for one image: :func:`profile_model` for peffnet models, :func:`conv_layers` otherwise."""
+    """Forward MACs for one image: :func:`config_macs` of a peffnet model's configuration (the count of
+    :func:`profile_model`), :func:`conv_layers` for any other model."""
     from peffnet.models.efficientnet import EfficientNet
 
     if isinstance(model, EfficientNet):
-        return profile_model(model, resolution, in_chans=model.cfg.in_chans).macs
+        return config_macs(model.cfg, resolution)
     return sum(layer.macs for layer in conv_layers(model, resolution))
 
 

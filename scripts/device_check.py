@@ -42,6 +42,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
@@ -73,6 +74,7 @@ from peffnet.measure.device import DevicePeaks, measure_device  # noqa: E402
 from peffnet.measure.loader import device_loader_check  # noqa: E402
 from peffnet.measure.subjects import BenchSpec  # noqa: E402
 from peffnet.measure.timing import alternate  # noqa: E402
+from peffnet.models import build, preset  # noqa: E402
 from peffnet.resolution import half_resolution  # noqa: E402
 from peffnet.runtime.device import prefers_channels_last  # noqa: E402
 from peffnet.runtime.optim import rmsprop_tf  # noqa: E402
@@ -123,13 +125,15 @@ class Ctx:
         return self.measured
 
 
-def model_of(label: str, norm: str | None = None) -> torch.nn.Module:
+def model_of(label: str, norm: str | None = None, quick: bool = False) -> torch.nn.Module:
     """The seeded model (``norm`` instead of the label's); its classifier init scaled by 0.1 (timm's
     head_init_scale) keeps the 10 logits small, so that comparisons across precisions measure the network rather
-    than the rounding of a few big logits."""
+    than the rounding of a few big logits. ``quick``: B0 at a quarter of its depth, one block of each of its 7
+    stages (every kind of block, 7 instead of 16)."""
     name, own = MODELS[label]
     torch.manual_seed(0)
-    model = peffnet.create_model(name, norm=norm or own, num_classes=10, drop_rate=0.0, drop_path_rate=0.0)
+    cfg = preset(name, norm=norm or own, num_classes=10, drop_rate=0.0, drop_path_rate=0.0)
+    model = build(dataclasses.replace(cfg, depth=0.25) if quick else cfg)
     with torch.no_grad():
         model.classifier.weight.mul_(0.1)
     return model
@@ -168,19 +172,20 @@ def first_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, amp: st
 
 def check_train_steps(c: Ctx) -> dict:
     """Loss and gradients of the first step against float64 on the CPU; later steps finite. ``--quick``: bf16 and
-    fp16 for the flagship only (on CPUs without bf16 instructions both run at a few percent of fp32's speed)."""
+    fp16 for the flagship only (on CPUs without bf16 instructions both run at a few percent of fp32's speed), the
+    models at a quarter of their depth (:func:`model_of`)."""
     res, batch = (32, 4) if c.quick else (128, 32)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(batch, 3, res, res, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
     cases, status = {}, "pass"
     for label in MODELS:
-        names = [n for n, _ in model_of(label).named_parameters()]
-        ref_loss, ref_grads, _, _ = first_step(model_of(label).double(), x.double(), y, "off", 0.0)
+        names = [n for n, _ in model_of(label, quick=c.quick).named_parameters()]
+        ref_loss, ref_grads, _, _ = first_step(model_of(label, quick=c.quick).double(), x.double(), y, "off", 0.0)
         ref = torch.cat(ref_grads)
         for form in ("plain", "fused") if MODELS[label][1] == "lnpn" else ("plain",):
             for amp in ("off",) if c.quick and (label, form) != ("G16-LN+PN", "plain") else ("off", "bf16", "fp16"):
                 precision = "fp32" if amp == "off" else amp
-                model = model_of(label).to(c.device).train()
+                model = model_of(label, quick=c.quick).to(c.device).train()
                 if form == "fused":
                     peffnet.fuse_proxy_norm(model)
                 loss, grads, optimizer, scaler = first_step(model, x.to(c.device), y.to(c.device), amp, 1e-3)
@@ -409,13 +414,14 @@ def verdict(result: dict, c: Ctx, mode: str) -> dict:
 def check_compile(c: Ctx) -> dict:
     """A compiled training step of the plain G16-LN+PN model equals the eager one at the same weights; then both
     train in alternation, the compiled one reusing its graphs (``--quick``: the ``eager`` backend, graph capture
-    only, since generating and compiling kernels takes minutes on a CPU)."""
+    only, since generating and compiling kernels takes minutes on a CPU; the model at a quarter of its depth,
+    since capturing the proxy norms' moments takes about 0.4 s a layer there)."""
     res, batch = (32, 4) if c.quick else (224, 128)
     backend = "eager" if c.quick else "inductor"
     fmt = torch.channels_last if prefers_channels_last("lnpn", c.device) else torch.contiguous_format
     x = torch.randn(batch, 3, res, res, device=c.device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=c.device)
-    eager = model_of("G16-LN+PN").to(c.device, memory_format=fmt).train()
+    eager = model_of("G16-LN+PN", quick=c.quick).to(c.device, memory_format=fmt).train()
     compiled = copy.deepcopy(eager)
     nets = {"eager": eager, "compiled": torch.compile(compiled, backend=backend)}
     losses, firsts = {}, {}

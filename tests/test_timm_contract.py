@@ -6,7 +6,9 @@ keyword of ``timm.create_model`` honoured or refused.
 
 What runs on which names (docs/models.md, "timm's contract"):
 
-* every one of the 144 names: the registry, the ``pretrained_cfg`` and the model's attributes (meta device);
+* every one of the 144 names: the registry and the ``pretrained_cfg``;
+* :data:`BUILT` (each group preset at each size, the norm spellings in turn, 24 names): the model's attributes
+  (meta device);
 * :data:`SAMPLE` (B0 of each group preset with each norm spelling, 18 names, plus B1-B7 once each, every
   preset and every norm among them): the forward, backward, head, features and intermediates checks (built
   for real from B5 on only in the slow tier; the fast tier checks B7's shapes on the meta device);
@@ -14,7 +16,7 @@ What runs on which names (docs/models.md, "timm's contract"):
   backward, TorchScript.
 * :data:`FX_SCRIPT` (one B0 per norm, classifier and backbone): FX, then TorchScript.
 
-The fast test tier (``-m "not slow"``) runs the registry check on :data:`SAMPLE`, the forward checks on
+The fast test tier (``-m "not slow"``) runs the registry and attribute checks, the forward checks on
 :data:`FAST` (five B0s: every norm, every group preset and the flagship), B7's shapes on the meta device, FX
 and TorchScript on :data:`FAST_HEAVY` and FX-then-TorchScript on its proxy-norm name; the rest is in the slow
 tier.
@@ -48,6 +50,9 @@ SAMPLE = [f"peffnet_{group}efficientnet_b0{norm}" for group in ("", "g4_", "g16_
     "peffnet_g4_efficientnet_b1_gnpn", "peffnet_g16_efficientnet_b2_ln", "peffnet_efficientnet_b3_lnpn",
     "peffnet_g4_efficientnet_b4", "peffnet_g16_efficientnet_b5_gn", "peffnet_efficientnet_b6_bn",
     "peffnet_g16_efficientnet_b7_lnpn"]
+SPELLINGS = ("", *(f"_{n}" for n in NORMS))
+BUILT = [f"peffnet_{name}{SPELLINGS[i % len(SPELLINGS)]}" for i, name in enumerate(list_models())]
+"""Each group preset at each size once (24 names), the norm spellings in turn: every spelling with every preset."""
 LARGE = [n for n in SAMPLE if preset(n.removeprefix("peffnet_")).size in ("b5", "b6", "b7")]
 """The B5-B7 names of :data:`SAMPLE` (tens of millions of parameters each)."""
 HEAVY = ["peffnet_efficientnet_b0_bn", "peffnet_g4_efficientnet_b0_gn", "peffnet_g16_efficientnet_b0_ln",
@@ -95,14 +100,18 @@ def test_every_preset_is_registered_with_every_norm() -> None:
     assert set(SAMPLE) <= set(ALL) and set(HEAVY) <= set(SAMPLE) and set(FAST_HEAVY) <= set(FAST) <= set(SAMPLE)
     sampled = [preset(n.removeprefix("peffnet_")) for n in SAMPLE]
     assert {c.norm for c in sampled} == set(NORMS) and {c.size for c in sampled} == {f"b{i}" for i in range(8)}
+    built = [preset(n.removeprefix("peffnet_")) for n in BUILT]
+    assert len({(c.group_size, c.size) for c in built}) == len(BUILT) == 24
+    spelled = {(c.group_size, f"_{c.norm}" if n.endswith(f"_{c.norm}") else "") for n, c in
+               zip(BUILT, built, strict=True)}
+    assert spelled == {(g, sp) for g in (1, 4, 16) for sp in SPELLINGS}  # every spelling with every preset
     heavy = [preset(n.removeprefix("peffnet_")) for n in HEAVY]
     assert {c.norm for c in heavy} == set(NORMS) and {c.group_size for c in heavy} == {1, 4, 16}
 
 
-@pytest.mark.parametrize("name", tiered(ALL, SAMPLE))
-def test_pretrained_cfg_and_model_attributes(name: str) -> None:
-    """timm's test_model_default_cfgs, without the forward (that is :func:`test_default_cfgs_forward`):
-    the registry's pretrained_cfg, its data config, the model's attributes, on the meta device."""
+@pytest.mark.parametrize("name", ALL)
+def test_pretrained_cfg(name: str) -> None:
+    """timm's test_model_default_cfgs, its registry half: every name's pretrained_cfg and data config."""
     cfg = preset(name.removeprefix("peffnet_"))
     suffix = name.rpartition("_")[2]
     assert cfg.norm == (suffix if suffix in NORMS else DEFAULT_NORM)
@@ -112,12 +121,19 @@ def test_pretrained_cfg_and_model_attributes(name: str) -> None:
     assert registered["min_input_size"] == (3, 32, 32)
     assert registered["pool_size"] == (side, side) and registered["num_classes"] == 1000
     assert {k: registered[k] for k in IMAGENET} == IMAGENET and "url" not in registered
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_model_attributes(name: str) -> None:
+    """timm's test_model_default_cfgs, without the forward (that is :func:`test_default_cfgs_forward`): the
+    attributes of the model the registry builds, on the meta device."""
     with torch.device("meta"):
         model = timm.create_model(name)
-    assert isinstance(model, peffnet.EfficientNet) and model.cfg.norm == cfg.norm
+    registered = get_pretrained_cfg(name).to_dict()
+    assert isinstance(model, peffnet.EfficientNet) and model.cfg == preset(name.removeprefix("peffnet_"))
     assert model.pretrained_cfg == model.default_cfg == registered
     data = timm.data.resolve_data_config({}, model=model)
-    assert data == {"input_size": (3, cfg.resolution, cfg.resolution), **IMAGENET}
+    assert data == {"input_size": registered["input_size"], **IMAGENET}
     assert model.num_classes == 1000 and model.num_features > 0 and model.head_hidden_size == model.num_features
     keys = model.state_dict().keys()
     assert registered["classifier"] + ".weight" in keys and registered["first_conv"] + ".weight" in keys

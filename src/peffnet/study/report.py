@@ -20,8 +20,8 @@ import torch
 from peffnet.files import write_file
 from peffnet.measure.plotting import label_points, pyplot, save_figure
 from peffnet.measure.report import pareto_front
-from peffnet.models import build, preset
-from peffnet.models.profile import profile_model
+from peffnet.models import preset
+from peffnet.models.profile import config_macs
 from peffnet.study.config import NORM_LABELS, StudyConfig
 from peffnet.version import __version__
 
@@ -36,10 +36,8 @@ SCALE = {"macs": 1e-9}
 
 def macs(cfg: StudyConfig, result: dict) -> int:
     """Multiply-accumulates per image of the configuration at its test (native) resolution."""
-    with torch.device("meta"):
-        model = build(preset(cfg.model_name(result["group_size"]), norm=result["norm"],
-                             num_classes=result["num_classes"], in_chans=result["in_chans"]))
-    return profile_model(model, result["native"], in_chans=result["in_chans"]).macs
+    return config_macs(preset(cfg.model_name(result["group_size"]), norm=result["norm"],
+                              num_classes=result["num_classes"], in_chans=result["in_chans"]), result["native"])
 
 
 def row(cfg: StudyConfig, result: dict, speed: dict) -> dict[str, Any]:

@@ -89,8 +89,8 @@ def _cpu_size(dtype: torch.dtype, largest: int = 1024, enough: float = 0.02) -> 
 def measure_bandwidth(device: torch.device, numel: int | None = None, repeats: int = 5) -> float:
     """Bytes per second of ``c = a + b`` over float32 vectors far larger than any cache."""
     n = numel or (2**28 if device.type == "cuda" else 2**25)
-    a = torch.rand(n, device=device)
-    b = torch.rand(n, device=device)
+    a = torch.full((n,), 0.5, device=device)  # the values do not matter; filling is 3x faster than rand on a CPU
+    b = torch.full((n,), 0.25, device=device)
     c = torch.empty(n, device=device)
     return 3 * 4 * n / best_time(lambda: torch.add(a, b, out=c), device, repeats, inner=2)
 

@@ -29,7 +29,7 @@ is recorded as timed out and the command ends. Correctness comes first, speed ne
   G1-BN, G16-GN, G16-LN+PN in NCHW and channels_last (and LN+PN's other form), the three at half resolution;
   bf16 autocast on a GPU (fp32 on a CPU); MAC utilization against the peak measured in that precision; and
   whether the layout and form ``peffnet train`` picks by default on the device are the fastest.
-- ``compile``: a ``torch.compile`` training step of G16-LN+PN matches eager, and its speed against eager.
+- ``compile``: a ``torch.compile`` training step of G16-LN+PN, one graph, matches eager; its speed against eager.
 - ``suite`` (``--suite`` only): ``benchmarks/run_suite.py``'s comparisons at GPU sizes.
 - ``ddp``: a one-process NCCL group (60 s timeout) with micro-batches under ``no_sync``, last.
 """
@@ -412,7 +412,8 @@ def verdict(result: dict, c: Ctx, mode: str) -> dict:
 
 
 def check_compile(c: Ctx) -> dict:
-    """A compiled training step of the plain G16-LN+PN model equals the eager one at the same weights; then both
+    """A compiled training step of the plain G16-LN+PN model, captured as one graph (``fullgraph``: a graph break
+    fails the check), equals the eager one at the same weights; then both
     train in alternation, the compiled one reusing its graphs (``--quick``: the ``eager`` backend, graph capture
     only, since generating and compiling kernels takes minutes on a CPU; the model at a quarter of its depth,
     since capturing the proxy norms' moments takes about 0.4 s a layer there)."""
@@ -423,7 +424,7 @@ def check_compile(c: Ctx) -> dict:
     y = torch.randint(0, 10, (batch,), device=c.device)
     eager = model_of("G16-LN+PN", quick=c.quick).to(c.device, memory_format=fmt).train()
     compiled = copy.deepcopy(eager)
-    nets = {"eager": eager, "compiled": torch.compile(compiled, backend=backend)}
+    nets = {"eager": eager, "compiled": torch.compile(compiled, backend=backend, fullgraph=True)}  # a break fails
     losses, firsts = {}, {}
     for mode, net in nets.items():
         start = time.perf_counter()

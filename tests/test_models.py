@@ -229,8 +229,8 @@ def test_channels_last_matches_contiguous() -> None:
 @pytest.mark.slow
 def test_torch_compile_b0_small_resolution() -> None:
     """A whole B0 through TorchDynamo and AOTAutograd (``aot_eager``: the graphs run by PyTorch's kernels);
-    Inductor's code generation is checked on a small proxy-norm stack in test_proxy_norm.py (for a B0 it compiles
-    C++ for a minute and more on 2 cores with a cold cache, as in CI)."""
+    Inductor's code generation is the GPU check's (scripts/device_check.py, ``compile``): for a B0 it compiles
+    C++ for a minute and more on 2 cores with a cold cache, as in CI."""
     torch.manual_seed(0)
     model = peffnet.create_model("efficientnet_b0", norm="gn", num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)

@@ -15,8 +15,8 @@ from peffnet.training.config import SMALL_DATA_DEFAULTS
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 TINY = ["--data", "synthetic", "--groups", "1,16", "--norms", "gn", "--regimes", "native,half", "--epochs", "1",
-        "--subset", "64", "--val-subset", "32", "--finetune-subset", "32", "--test-subset", "64", "--batch-size",
-        "16", "--repeats", "1", "--no-progress"]
+        "--subset", "32", "--val-subset", "16", "--finetune-subset", "16", "--test-subset", "32", "--batch-size",
+        "8", "--repeats", "1", "--no-progress"]
 ROW_KEYS = {"label", "group_size", "norm", "regime", "seed", "params", "macs", "train_img_per_s", "train_time_s",
             "top1"}
 

@@ -69,7 +69,7 @@ SETTINGS = {
                       latency_iters=10, warmup=3),  # scripts/device_check.py: fixed batches, minutes not hours
     "quick": Settings(train_res=32, train_batch=2, infer_res=32, infer_batch=2, repeats=1, iters=1,
                       latency_iters=1, warmup=1, native_res=64, half_res=32, roofline_batch=2,
-                      peak_repeats=2),
+                      peak_repeats=1),
 }
 
 

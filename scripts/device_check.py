@@ -121,7 +121,7 @@ class Ctx:
         """The device's compute peak in the speed checks' precision and its bandwidth, measured once."""
         if self.measured is None:
             dtype = torch.bfloat16 if self.amp == "bf16" else torch.float32
-            self.measured = measure_device(self.device, dtype, repeats=2 if self.quick else 5)
+            self.measured = measure_device(self.device, dtype, repeats=1 if self.quick else 5)
         return self.measured
 
 

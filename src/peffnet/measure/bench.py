@@ -26,7 +26,7 @@ from torch import nn
 
 from peffnet.errors import ConfigError
 from peffnet.fusion import fuse_proxy_norm, training_form
-from peffnet.measure.device import DevicePeaks, environment, measure_device, resolve_device
+from peffnet.measure.device import PEAK_REPEATS, DevicePeaks, environment, measure_device, resolve_device
 from peffnet.measure.subjects import BenchSpec, build_model
 from peffnet.measure.timing import GIB, alternate, max_batch, memory_cap, nbytes
 from peffnet.models.profile import model_macs
@@ -211,7 +211,8 @@ def run_bench(specs: list[BenchSpec], opts: BenchOptions, peaks: DevicePeaks | N
     subjects = [Subject(s, opts, device) for s in specs]
     batches_of = {mode: [_batch_for(s, mode, opts) for s in subjects] for mode in opts.modes}  # bad sizes fail fast
     measured_here = peaks is None
-    peaks = peaks or measure_device(device, dtype)
+    peak_repeats = min(PEAK_REPEATS, opts.repeats)  # a quick look (--repeats 1) times its ceilings as often
+    peaks = peaks or measure_device(device, dtype, peak_repeats)
     results = [{"name": s.spec.name, "label": s.label, "desc": s.desc, "resolution": s.resolution,
                 "params": s.params, "macs": s.macs, "channels_last": s.spec.channels_last,
                 "compile": s.spec.compile} for s in subjects]
@@ -246,7 +247,7 @@ def run_bench(specs: list[BenchSpec], opts: BenchOptions, peaks: DevicePeaks | N
                              achieved_macs_per_s=passes * s.macs * img_s)
             results[i][mode] = entry
     if measured_here:  # the machine may have been busier at the start: keep the best of both measurements
-        peaks = peaks.max_with(measure_device(device, dtype))
+        peaks = peaks.max_with(measure_device(device, dtype, peak_repeats))
     set_utilization(results, peaks)
     options = {**opts.to_dict(), "modes": list(opts.modes)}
     return {"env": environment(device), "peaks": peaks.to_dict(), "options": options, "results": results}

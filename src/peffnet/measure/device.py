@@ -95,7 +95,13 @@ def measure_bandwidth(device: torch.device, numel: int | None = None, repeats: i
     return 3 * 4 * n / best_time(lambda: torch.add(a, b, out=c), device, repeats, inner=2)
 
 
-def measure_device(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 5) -> DevicePeaks:
+PEAK_REPEATS = 5
+"""Timings of each ceiling's kernel, at a benchmark's start and again at its end (fewer when the benchmark times
+its models fewer times: :func:`peffnet.measure.bench.run_bench`)."""
+
+
+def measure_device(device: torch.device, dtype: torch.dtype = torch.float32,
+                   repeats: int = PEAK_REPEATS) -> DevicePeaks:
     """Both ceilings of ``device``; compute for ``dtype``, bandwidth in bytes (dtype independent): the best of
     ``repeats`` timings of each kernel. A benchmark measures at its start and at its end and keeps the higher
     of each (:meth:`DevicePeaks.max_with`: load only lowers a ceiling), the best of ten timings in all."""

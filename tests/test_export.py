@@ -43,8 +43,8 @@ def test_onnx_export_matches_pytorch(run_dir: Path, served_onnx: tuple[Path, str
     import onnxruntime as ort
 
     out, printed = served_onnx  # `peffnet export RUN --out FILE`: ONNX at the recorded evaluation resolution
-    # stem + 15 expansions + 16 spatial convs + head: every proxy-normalized activation is folded
-    assert "33 proxy-norm layers folded" in printed
+    # stem + 16 spatial convs + head (expansion 1: no block has an expansion conv): every proxy norm is folded
+    assert "18 proxy-norm layers folded" in printed
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = batch(run_dir, 5, 64, seed=1)  # batch 5: the batch axis is dynamic
     got = session.run(None, {"input": x.numpy()})[0]

@@ -183,7 +183,7 @@ def test_a_finished_fine_tuning_says_why_it_cannot_go_on(tiny_parent: Path, run:
     (["--resolution", "abc"], "resolution must be an integer"),
     (["--resolution", "64", "--stages", "4"], "stages must be 1, 2 or 3"),
     (["--resolution", "64", "--stages", "0"], "stages must be 1, 2 or 3"),
-    (["--resolution", "64", "--model", "g16_efficientnet_b0"], "holds efficientnet_b0 (G1 E6 gn), not the requested"),
+    (["--resolution", "64", "--model", "g16_efficientnet_b0"], "holds efficientnet_b0 (G1 E1 gn), not the requested"),
     (["--resolution", "64", "--norm", "lnpn"], "not the requested norm 'lnpn'"),
     (["--resolution", "64", "--data", "fashion-mnist"], "1 channel(s), but the checkpoint's efficientnet_b0"),
     (["--resolution", "64", "--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a CUDA device"),

@@ -15,10 +15,10 @@ from peffnet.models.profile import profile_model
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
-# Three tiny real runs of `peffnet train`: synthetic data, 32 px, 4 steps of 8 images.
-TINY = ["--data", "synthetic", "--subset", "32", "--val-subset", "16", "--batch-size", "8", "--resolution", "32",
-        "--epochs", "1", "--no-progress", "--drop-rate", "0", "--drop-path-rate", "0", "--mixup-alpha", "0",
-        "--cutmix-lambda", "1", "--lr", "0.01", "--warmup-epochs", "0.5", "--recipe-epochs", "0"]
+# Three tiny real runs of `peffnet train`: synthetic data, 32 px, 4 steps of 8 images, expansion 1.
+TINY = ["--expansion", "1", "--data", "synthetic", "--subset", "32", "--val-subset", "16", "--batch-size", "8",
+        "--resolution", "32", "--epochs", "1", "--no-progress", "--drop-rate", "0", "--drop-path-rate", "0",
+        "--mixup-alpha", "0", "--cutmix-lambda", "1", "--lr", "0.01", "--warmup-epochs", "0.5", "--recipe-epochs", "0"]
 RUNS = {"g1gn": ("efficientnet_b0", "gn"), "g16gn": ("g16_efficientnet_b0", "gn"),
         "g16lnpn": ("g16_efficientnet_b0", "lnpn")}
 
@@ -89,7 +89,7 @@ def test_report_from_real_runs(runs: dict[str, Path], tmp_path: Path, capsys) ->
     assert {p["series"] for p in points} == {"G1-GN-32px", "G16-GN-32px", "G16-LN+PN-32px"}
     lnpn64 = next(p for p in points if p["resolution"] == 64)
     with torch.device("meta"):  # counted on the model itself at the second resolution
-        lnpn = build(preset("g16_efficientnet_b0", norm="lnpn", num_classes=10))
+        lnpn = build(preset("g16_efficientnet_b0", norm="lnpn", expansion=1, num_classes=10))
     assert lnpn64["macs"] == profile_model(lnpn, 64).macs
     summary = json.loads((runs["g1gn"] / "summary.json").read_text())
     g1 = next(p for p in points if p["series"].startswith("G1-"))

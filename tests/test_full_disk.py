@@ -9,13 +9,11 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import COMMAND_ENV
 from peffnet.checkpoint import load_checkpoint, save_checkpoint
 from peffnet.cli import main
 from peffnet.errors import WriteFailure
@@ -80,17 +78,17 @@ def check_line(err: str, command: str, file: str, directory: Path, at_least: int
     return match
 
 
-@pytest.mark.slow  # a fresh Python process that trains
-def test_train_into_a_3_mib_disk_is_one_line_and_exit_1(small_disk: Callable[[str], Path]) -> None:
-    """As a user meets it: ``peffnet train`` into a 3 MiB tmpfs, where no checkpoint fits."""
+def test_train_into_a_3_mib_disk_is_one_line_and_exit_1(small_disk: Callable[[str], Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """As a user meets it: ``peffnet train`` into a 3 MiB tmpfs, where no checkpoint fits (the command's exit
+    status is what ``main`` returns: tests/test_cli_profile.py runs a fresh ``python -m peffnet``)."""
     disk = small_disk("3m")
-    env = {**COMMAND_ENV, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "peffnet", *tiny_args(disk / "run")], capture_output=True,
-                          text=True, env=env)
-    assert proc.returncode == 1, proc.stderr
-    match = check_line(proc.stderr, "train", "checkpoint.pt", disk / "run", 10**6)
+    capsys.readouterr()
+    assert main(tiny_args(disk / "run")) == 1
+    err = capsys.readouterr().err
+    match = check_line(err, "train", "checkpoint.pt", disk / "run", 10**6)
     assert match["reason"] == "No space left on device"
-    assert proc.stderr.endswith("; the earlier checkpoints are intact: no checkpoint yet\n")
+    assert err.endswith("; the earlier checkpoints are intact: no checkpoint yet\n")
     assert temporary_files(disk) == [] and not (disk / "run" / "checkpoint.pt").exists()
 
 

@@ -129,7 +129,7 @@ def model_of(label: str, norm: str | None = None, quick: bool = False) -> torch.
     """The seeded model (``norm`` instead of the label's); its classifier init scaled by 0.1 (timm's
     head_init_scale) keeps the 10 logits small, so that comparisons across precisions measure the network rather
     than the rounding of a few big logits. ``quick``: B0 at a quarter of its depth, one block of each of its 7
-    stages (every kind of block, 7 instead of 16)."""
+    stages (every kind of block but the residual ones, 7 instead of 16)."""
     name, own = MODELS[label]
     torch.manual_seed(0)
     cfg = preset(name, norm=norm or own, num_classes=10, drop_rate=0.0, drop_path_rate=0.0)

@@ -100,7 +100,7 @@ def test_bad_input_exit_2_one_line(argv: list[str], message: str, capsys: pytest
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-@pytest.mark.slow  # two fresh Python processes
+@pytest.mark.slow  # a fresh Python process
 def test_console_script_usage_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "peffnet", "profile"], capture_output=True, text=True, env=COMMAND_ENV)
     assert proc.returncode == 2

@@ -275,9 +275,9 @@ def test_channels_last_matches(fused: bool) -> None:
 @pytest.mark.slow  # torch._dynamo traces a quarter-depth B0 twice: ~10 s on 2 cores
 def test_b0_traces_without_graph_breaks() -> None:
     """One graph each for an eval forward and the folded model: nothing falls back to eager; B0 at a quarter of its
-    depth (one block of each of its 7 stages: every kind of block, 7 instead of 16). The training forward and
-    backward are captured with ``fullgraph=True`` by the GPU check's ``compile``, which its dry run on the CPU
-    runs on the same model (tests/test_device_check.py)."""
+    depth (one block of each of its 7 stages: every kind of block but the residual ones, 7 instead of 16). The
+    training forward and backward are captured with ``fullgraph=True`` by the GPU check's ``compile``, which its dry
+    run on the CPU runs on the same model (tests/test_device_check.py)."""
     model = build(dataclasses.replace(preset("g16_efficientnet_b0", norm="lnpn", num_classes=10), depth=0.25))
     x = torch.randn(2, 3, 32, 32)
     for mode in ("eval", "folded"):

@@ -104,7 +104,7 @@ def measure_device(device: torch.device, dtype: torch.dtype = torch.float32,
                    repeats: int = PEAK_REPEATS) -> DevicePeaks:
     """Both ceilings of ``device``; compute for ``dtype``, bandwidth in bytes (dtype independent): the best of
     ``repeats`` timings of each kernel. A benchmark measures at its start and at its end and keeps the higher
-    of each (:meth:`DevicePeaks.max_with`: load only lowers a ceiling), the best of ten timings in all."""
+    of each (:meth:`DevicePeaks.max_with`: load only lowers a ceiling), the best of ten timings in all by default."""
     return DevicePeaks(str(device), str(dtype).removeprefix("torch."),
                        measure_peak_macs(device, dtype, repeats=repeats), measure_bandwidth(device, repeats=repeats))
 

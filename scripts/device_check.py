@@ -179,8 +179,9 @@ def check_train_steps(c: Ctx) -> dict:
     x, y = torch.randn(batch, 3, res, res, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
     cases, status = {}, "pass"
     for label in MODELS:
-        names = [n for n, _ in model_of(label, quick=c.quick).named_parameters()]
-        ref_loss, ref_grads, _, _ = first_step(model_of(label, quick=c.quick).double(), x.double(), y, "off", 0.0)
+        reference = model_of(label, quick=c.quick)
+        names = [n for n, _ in reference.named_parameters()]
+        ref_loss, ref_grads, _, _ = first_step(reference.double(), x.double(), y, "off", 0.0)
         ref = torch.cat(ref_grads)
         for form in ("plain", "fused") if MODELS[label][1] == "lnpn" else ("plain",):
             for amp in ("off",) if c.quick and (label, form) != ("G16-LN+PN", "plain") else ("off", "bf16", "fp16"):

@@ -17,10 +17,9 @@ from peffnet.checkpoint import load_checkpoint
 # (0.8 M parameters, not 4.0: the run takes half the time), no stochastic regularizer (so results do not depend on
 # how a batch is split).
 TINY = ["--model", "efficientnet_b0", "--norm", "gn", "--expansion", "1", "--data", "synthetic", "--subset", "32",
-        "--val-subset", "16",
-        "--batch-size", "8", "--resolution", "32", "--no-progress", "--drop-rate", "0", "--drop-path-rate", "0",
-        "--mixup-alpha", "0", "--cutmix-lambda", "1", "--lr", "0.003", "--warmup-epochs", "0.5",
-        "--head-init-scale", "0", "--recipe-epochs", "0"]
+        "--val-subset", "16", "--batch-size", "8", "--resolution", "32", "--no-progress", "--drop-rate", "0",
+        "--drop-path-rate", "0", "--mixup-alpha", "0", "--cutmix-lambda", "1", "--lr", "0.003", "--warmup-epochs",
+        "0.5", "--head-init-scale", "0", "--recipe-epochs", "0"]
 
 
 def tiny_args(out: Path, *extra: str, epochs: int = 1) -> list[str]:
